@@ -1,0 +1,193 @@
+"""A campaign: corpus → tokenizer → packed shards → stages (pretrain, context extensions) → evaluation.
+
+Each step is a call into the package that owns it; this module only orders them and records them
+in MLflow: one parent run for the campaign and one child run per stage, with params, per-step
+metrics, the tokenizer and data manifests as artifacts, the checkpoint location as a tag, and a
+plot of the loss of every stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from forge_data import load_tokenizer, run_pipeline, train_tokenizer
+from forge_models import build_model
+
+from forge_platform.cluster import ensure_ray
+from forge_platform.config import flatten
+from forge_platform.demo_corpus import prepare_demo_corpus
+from forge_platform.engine.checkpoint import load_weights
+from forge_platform.engine.stage_runner import run_stage
+from forge_platform.engine.train_loop import StageRun
+from forge_platform.evaluation.phonebook import phonebook_accuracy
+from forge_platform.evaluation.validation import validation_loss
+from forge_platform.job_config import CampaignConfig, TrackingConfig
+from forge_platform.tracking.mlflow_server import LocalMlflowServer, local_mlflow_server
+from forge_platform.tracking.plots import plot_loss_per_stage
+from forge_platform.tracking.runs import CampaignRuns, NullRuns
+
+CHECKPOINT_TAG = "forge.checkpoint"
+
+
+@dataclass
+class StageOutcome:
+    """What one stage left behind."""
+
+    name: str
+    run_id: str
+    checkpoint_dir: Path
+    final_loss: float
+    eval_metrics: dict[str, float]
+
+
+@dataclass
+class CampaignOutcome:
+    """What the whole campaign left behind, for the summary and for tests."""
+
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    stages: list[StageOutcome] = field(default_factory=list)
+    loss_plot: Path | None = None
+    server: LocalMlflowServer | None = None
+    seconds: float = 0.0
+
+
+def banner(text: str) -> None:
+    print(f"\n=== {text} ===", flush=True)
+
+
+@contextlib.contextmanager
+def tracking_session(cfg: TrackingConfig, root: Path) -> Iterator[tuple[str, LocalMlflowServer | None]]:
+    """The tracking URI to use: the configured one, or a local server started for the job."""
+    if cfg.backend != "mlflow" or cfg.uri:
+        yield cfg.uri, None
+        return
+    banner("starting a local MLflow tracking server")
+    with local_mlflow_server(root) as server:
+        print(f"MLflow server at {server.uri} (SQLite and artifacts under {server.root})", flush=True)
+        yield server.uri, server
+
+
+def run_campaign(cfg: CampaignConfig) -> CampaignOutcome:
+    """Run every stage of `cfg` in order and return where everything went."""
+    started = time.perf_counter()
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    banner(f"campaign {cfg.name!r}: starting Ray")
+    ensure_ray(cfg.ray_num_cpus, workspace=Path.cwd())
+    with tracking_session(cfg.tracking, out / "mlflow") as (uri, server):
+        runs = CampaignRuns(uri, cfg.tracking.experiment) if cfg.tracking.backend == "mlflow" else NullRuns()
+        params = {k: v for k, v in flatten(cfg).items() if not k.startswith("stages")}
+        parent = runs.start(cfg.name, params, tags={"forge.kind": "campaign"})
+        outcome = CampaignOutcome(uri, cfg.tracking.experiment, parent, server=server)
+        try:
+            _run_stages(cfg, out, runs, parent, outcome)
+        except BaseException:
+            runs.finish(parent, ok=False)
+            raise
+        histories = {s.name: runs.loss_history(s.run_id) for s in outcome.stages}
+        if any(histories.values()):
+            outcome.loss_plot = plot_loss_per_stage(histories, out / "loss_per_stage.png", f"{cfg.name}: loss per stage")
+            runs.log_artifact(parent, str(outcome.loss_plot))
+        final = {f"{s.name}.{k}": v for s in outcome.stages for k, v in s.eval_metrics.items()}
+        runs.log_metrics(parent, final)
+        runs.finish(parent)
+        outcome.seconds = time.perf_counter() - started
+        print_summary(cfg, outcome, runs)
+    return outcome
+
+
+def _run_stages(cfg: CampaignConfig, out: Path, runs: CampaignRuns | NullRuns, parent: str,
+                outcome: CampaignOutcome) -> None:
+    banner("preparing the corpus")
+    corpus = prepare_demo_corpus(cfg.corpus, out / "corpus")
+    print(f"{corpus.num_train_docs} training and {corpus.num_val_docs} held-out documents", flush=True)
+
+    banner("training the SentencePiece tokenizer")
+    tokenizer_path = train_tokenizer(cfg.data.tokenizer, [str(corpus.train_dir)], out / "tokenizer")
+    tokenizer = load_tokenizer(tokenizer_path)
+    runs.log_artifact(parent, str(tokenizer_path), "tokenizer")
+    model_cfg = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
+    print(f"vocabulary {tokenizer.vocab_size}; model pattern {model_cfg.pattern!r}", flush=True)
+
+    previous: Path | None = None
+    for index, stage in enumerate(cfg.stages):
+        banner(f"stage {index + 1}/{len(cfg.stages)} {stage.name!r}: packing data at {stage.seq_len} tokens")
+        manifests = {}
+        for split, folder in (("train", corpus.train_dir), ("val", corpus.val_dir)):
+            data_cfg = dataclasses.replace(
+                cfg.data,
+                inputs=[str(folder)],
+                output_dir=str(out / "data" / stage.name / split),
+                tokenizer=dataclasses.replace(cfg.data.tokenizer, model_path=str(tokenizer_path)),
+                packing=dataclasses.replace(cfg.data.packing, seq_len=stage.seq_len),
+            )
+            manifests[split] = run_pipeline(data_cfg).path
+        child = runs.start(stage.name, flatten(stage), parent_run_id=parent, tags={"forge.kind": "stage"})
+        for split, manifest in manifests.items():
+            runs.log_artifact(child, str(manifest), f"data/{split}")
+
+        banner(f"stage {stage.name!r}: training {stage.train.steps} steps on {cfg.parallel.num_workers} workers")
+        run = StageRun(
+            stage=stage,
+            model=model_cfg,
+            parallel=cfg.parallel,
+            train_manifest=str(manifests["train"]),
+            tracking_backend=cfg.tracking.backend,
+            tracking_uri=runs.tracking_uri,
+            run_id=child,
+            init_weights=str(previous) if stage.init_from_previous and previous else "",
+        )
+        try:
+            result = run_stage(run, out / "checkpoints", f"{cfg.name}-{stage.name}")
+        except BaseException:
+            runs.finish(child, ok=False)
+            raise
+        runs.set_tag(child, CHECKPOINT_TAG, str(result.checkpoint_dir))
+
+        banner(f"stage {stage.name!r}: evaluating")
+        metrics = evaluate_checkpoint(model_cfg, result.checkpoint_dir, str(manifests["val"]), tokenizer, stage)
+        runs.log_metrics(child, metrics, step=stage.train.steps)
+        print("  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+        runs.finish(child)
+        outcome.stages.append(
+            StageOutcome(stage.name, child, result.checkpoint_dir, float(result.metrics.get("loss", float("nan"))), metrics)
+        )
+        previous = result.checkpoint_dir
+
+
+def evaluate_checkpoint(model_cfg, checkpoint_dir: Path, val_manifest: str, tokenizer, stage) -> dict[str, float]:
+    """Held-out loss and Phonebook accuracy of a stage's consolidated weights."""
+    torch.manual_seed(0)
+    model = build_model(model_cfg)
+    load_weights(model, checkpoint_dir)
+    metrics = validation_loss(model, val_manifest, stage.eval.val_batches)
+    for entries in stage.eval.phonebook_entries:
+        if stage.eval.phonebook_queries:
+            metrics.update(phonebook_accuracy(model, tokenizer, entries, stage.eval.phonebook_queries))
+    return metrics
+
+
+def print_summary(cfg: CampaignConfig, outcome: CampaignOutcome, runs: CampaignRuns | NullRuns) -> None:
+    banner(f"campaign {cfg.name!r} finished in {outcome.seconds:.0f} s")
+    for stage in outcome.stages:
+        evals = ", ".join(f"{k}={v:.3g}" for k, v in stage.eval_metrics.items() if not k.endswith("_tokens"))
+        print(f"- {stage.name}: final train loss {stage.final_loss:.4f}; {evals}")
+        print(f"  checkpoint: {stage.checkpoint_dir}")
+    if outcome.loss_plot:
+        print(f"loss plot: {outcome.loss_plot}")
+    if cfg.tracking.backend != "mlflow":
+        return
+    print(f"\nMLflow experiment {outcome.experiment!r}: parent run {cfg.name!r} {runs.ui_url(outcome.parent_run_id)}")
+    print("  child runs (one per stage): loss, lr, grad_norm, tokens_per_s per step; val_loss and phonebook accuracy;")
+    print("  artifacts: the tokenizer, the data manifests, loss_per_stage.png; tag forge.checkpoint = checkpoint folder")
+    if outcome.server is not None:
+        print(f"The job's own server has stopped. Browse the runs again with:\n  {outcome.server.ui_command}")
+        print("  then open http://127.0.0.1:5000")

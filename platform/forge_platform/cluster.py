@@ -1,0 +1,53 @@
+"""Connecting to Ray: the cluster a job was submitted to, or a local one started for it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ray
+
+
+def worker_env(workspace: str | Path) -> dict[str, str]:
+    """Environment for Ray workers: keep caches out of $HOME and DeepSpeed quiet on CPU."""
+    workspace = Path(workspace).resolve()
+    env = {
+        # DeepSpeed JIT-compiles C++ ops on first use: cache them in the workspace, once.
+        "TORCH_EXTENSIONS_DIR": str(workspace / ".cache" / "torch_extensions"),
+        "MPLCONFIGDIR": str(workspace / ".cache" / "matplotlib"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if not _has_cuda():
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def ensure_ray(num_cpus: int, workspace: str | Path = ".") -> None:
+    """Join the cluster in RAY_ADDRESS (set by `ray job submit`), or start a local Ray.
+
+    A local Ray gets more logical CPUs than there are training workers: with exactly as many,
+    the workers hold every CPU and Ray Data's tasks never schedule (a silent hang on 2 cores).
+    """
+    if ray.is_initialized():
+        return
+    env = worker_env(workspace)
+    os.environ.update({k: v for k, v in env.items() if k not in os.environ})
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address="auto", runtime_env={"env_vars": env})
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        runtime_env={"env_vars": env},
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level="WARNING",
+    )
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,1 @@
+"""The training engine: DeepSpeed configuration, optimizer, schedule and the per-worker loop."""

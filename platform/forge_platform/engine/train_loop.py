@@ -1,0 +1,172 @@
+"""The per-worker training loop that Ray Train runs on every rank.
+
+Ray Train has already made the process group (gloo on CPU, NCCL on GPU); DeepSpeed reuses it.
+Every rank builds the same model from the same seed, reads its data-parallel share of the packed
+shards, and at each checkpoint writes its own DeepSpeed shard before `ray.train.report` gathers
+the folder. Rank 0 alone logs to the tracking backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import ray.train
+import torch
+from forge_data import PackedShardLoader
+from forge_models import ModelConfig, build_model, language_model_loss
+from forge_models.flops import training_flops_per_token
+
+from forge_platform.config import config_hash
+from forge_platform.engine.checkpoint import (
+    DEEPSPEED_TAG,
+    CheckpointMeta,
+    check_resumable,
+    load_weights,
+    read_meta,
+    save_rank_zero_files,
+)
+from forge_platform.engine.deepspeed_config import build_deepspeed_config
+from forge_platform.engine.optimizer import build_optimizer, build_schedule
+from forge_platform.tracking.loggers import build_logger
+from forge_platform.training_config import ParallelConfig, StageConfig
+
+
+@dataclass
+class StageRun:
+    """Everything a worker needs to run one stage; pickled to every rank by Ray."""
+
+    stage: StageConfig
+    model: ModelConfig
+    parallel: ParallelConfig
+    train_manifest: str
+    """manifest.json of the packed training shards."""
+    tracking_backend: str = "console"
+    tracking_uri: str = ""
+    run_id: str = ""
+    init_weights: str = ""
+    """Consolidated weights (model.pt or its folder) to start from; empty for a fresh model."""
+    peak_flops: float = 0.0
+    """Peak FLOP/s of one device for MFU; 0 reports no MFU."""
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.stage)
+
+    @property
+    def model_hash(self) -> str:
+        return config_hash(self.model)
+
+
+def train_stage_worker(config: dict[str, Any]) -> None:
+    """Ray Train's `train_loop_per_worker`: `config["run"]` is a `StageRun`."""
+    run: StageRun = config["run"]
+    stage, train = run.stage, run.stage.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    tp = run.parallel.tensor_parallel
+    dp, dp_rank = world // tp, rank // tp  # tensor-parallel groups are consecutive ranks
+    device = torch.device("cuda", ctx.get_local_rank()) if run.parallel.use_gpu else torch.device("cpu")
+    torch.set_num_threads(max(1, int(run.parallel.cpus_per_worker)))
+
+    torch.manual_seed(train.seed)
+    model = build_model(run.model).to(device)
+    if run.init_weights:
+        load_weights(model, run.init_weights)
+    optimizer = build_optimizer(model, stage.optim)
+    tokens_per_step = train.micro_batch_size * train.grad_accum_steps * dp * stage.seq_len
+    schedule = build_schedule(optimizer, stage.optim, tokens_per_step, train.steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        config=build_deepspeed_config(train, stage.optim, dp),
+        dist_init_required=False,
+    )
+
+    start_step, samples_consumed = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            meta = read_meta(Path(folder))
+            check_resumable(meta, model_hash=run.model_hash, tensor_parallel=tp, data_parallel=dp)
+            engine.load_checkpoint(folder, tag=DEEPSPEED_TAG)
+            start_step, samples_consumed = meta.step, meta.samples_consumed
+
+    loader = PackedShardLoader(
+        run.train_manifest,
+        micro_batch_size=train.micro_batch_size,
+        dp_rank=dp_rank,
+        dp_size=dp,
+        start_sample=samples_consumed,
+        shuffle_seed=train.seed,
+    )
+    batches = iter(loader)
+    logger = build_logger(run.tracking_backend, rank, run.tracking_uri, run.run_id, prefix=f"[{stage.name}] ")
+    flops_per_step = training_flops_per_token(run.model, stage.seq_len) * tokens_per_step
+
+    for step in range(start_step, train.steps):
+        started = time.perf_counter()
+        loss_sum = 0.0
+        for _ in range(train.grad_accum_steps):
+            batch = {k: v.to(device) for k, v in next(batches).items()}
+            logits = engine(batch["input_ids"], seq_idx=batch["seq_idx"], position_ids=batch["position_ids"])
+            loss = language_model_loss(logits, batch["labels"])
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.item()
+        samples_consumed += train.micro_batch_size * train.grad_accum_steps
+        elapsed = time.perf_counter() - started
+        done = step + 1
+        if done % train.log_every == 0 or done == train.steps:
+            metrics = {
+                "loss": loss_sum / train.grad_accum_steps,
+                "lr": engine.get_lr()[0],
+                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "tokens_per_s": tokens_per_step / elapsed,
+                "memory_gib": _memory_gib(device),
+            }
+            if run.peak_flops:
+                metrics["mfu"] = flops_per_step / elapsed / (run.peak_flops * world)
+            logger.log(metrics, step=done)
+        if done % stage.checkpoint.every_steps == 0 or done == train.steps:
+            meta = CheckpointMeta(
+                step=done,
+                tokens_seen=done * tokens_per_step,
+                samples_consumed=samples_consumed,
+                stage=stage.name,
+                config_hash=run.config_hash,
+                model_hash=run.model_hash,
+                tensor_parallel=tp,
+                data_parallel=dp,
+                run_id=run.run_id,
+            )
+            _save_and_report(engine, model, run, meta, rank, {"loss": loss_sum / train.grad_accum_steps})
+    logger.close()
+
+
+def _save_and_report(engine: Any, model: torch.nn.Module, run: StageRun, meta: CheckpointMeta, rank: int,
+                     metrics: dict[str, float]) -> None:
+    """Every rank writes its DeepSpeed shard into one folder; Ray Train collects and registers it."""
+    with tempfile.TemporaryDirectory(prefix="forge-ckpt-") as folder:
+        engine.save_checkpoint(folder, tag=DEEPSPEED_TAG)
+        if rank == 0:
+            save_rank_zero_files(Path(folder), meta, run.model, model)
+        ray.train.report(
+            {**metrics, **dataclasses.asdict(meta)},
+            checkpoint=ray.train.Checkpoint.from_directory(folder),
+        )
+
+
+def _memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    # ru_maxrss is KiB on Linux: the worker process's peak resident memory.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+

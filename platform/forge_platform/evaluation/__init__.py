@@ -1,0 +1,1 @@
+"""Evaluation of trained stages: held-out loss and Phonebook lookup through real generation."""

@@ -1,0 +1,1 @@
+"""Experiment tracking: metric loggers, the local MLflow server, campaign runs and plots."""

@@ -1,0 +1,86 @@
+"""MLflow runs of a campaign: one parent run, one nested child run per stage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mlflow.entities import Param, RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+# MLflow's limit on a param value's length.
+_MAX_PARAM_CHARS = 6000
+
+
+class CampaignRuns:
+    """Creates and closes a campaign's runs through `MlflowClient` (no global MLflow state)."""
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+
+    def start(self, name: str, params: Mapping[str, Any], parent_run_id: str | None = None,
+              tags: Mapping[str, str] | None = None) -> str:
+        """Create a run (a child of `parent_run_id` if given), log its params, return its id."""
+        all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
+        if parent_run_id:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        run_id = run.info.run_id
+        items = [Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's log_batch limit on params
+            self.client.log_batch(run_id, params=items[i : i + 100])
+        return run_id
+
+    def finish(self, run_id: str, ok: bool = True) -> None:
+        status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
+        self.client.set_terminated(run_id, status=status)
+
+    def loss_history(self, run_id: str, key: str = "loss") -> list[tuple[int, float]]:
+        """(step, value) pairs of one metric, in step order."""
+        history = self.client.get_metric_history(run_id, key)
+        return sorted((m.step, m.value) for m in history)
+
+    def ui_url(self, run_id: str) -> str:
+        return f"{self.tracking_uri}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(run_id, key, float(value), step=step)
+
+    def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, path, artifact_path)
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
+
+
+class NullRuns:
+    """The same calls with nothing behind them, for `tracking.backend` console or null."""
+
+    tracking_uri = ""
+
+    def start(self, name: str, params: Mapping[str, Any], parent_run_id: str | None = None,
+              tags: Mapping[str, str] | None = None) -> str:
+        return ""
+
+    def finish(self, run_id: str, ok: bool = True) -> None:
+        pass
+
+    def loss_history(self, run_id: str, key: str = "loss") -> list[tuple[int, float]]:
+        return []
+
+    def ui_url(self, run_id: str) -> str:
+        return ""
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        pass
+
+    def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        pass
