@@ -15,36 +15,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from forge_data import load_tokenizer, run_pipeline, train_tokenizer
-from forge_models import build_model
 
 from forge_platform.cluster import ensure_ray
 from forge_platform.config import flatten
 from forge_platform.demo_corpus import prepare_demo_corpus
-from forge_platform.engine.checkpoint import load_weights
-from forge_platform.engine.stage_runner import run_stage
-from forge_platform.engine.train_loop import StageRun
-from forge_platform.evaluation.phonebook import phonebook_accuracy
-from forge_platform.evaluation.validation import validation_loss
 from forge_platform.job_config import CampaignConfig, TrackingConfig
+from forge_platform.stage import StageOutcome, banner, train_and_evaluate
 from forge_platform.tracking.mlflow_server import LocalMlflowServer, local_mlflow_server
 from forge_platform.tracking.plots import plot_loss_per_stage
 from forge_platform.tracking.runs import CampaignRuns, NullRuns
-
-CHECKPOINT_TAG = "forge.checkpoint"
-
-
-@dataclass
-class StageOutcome:
-    """What one stage left behind."""
-
-    name: str
-    run_id: str
-    checkpoint_dir: Path
-    final_loss: float
-    eval_metrics: dict[str, float]
-
 
 @dataclass
 class CampaignOutcome:
@@ -57,10 +37,6 @@ class CampaignOutcome:
     loss_plot: Path | None = None
     server: LocalMlflowServer | None = None
     seconds: float = 0.0
-
-
-def banner(text: str) -> None:
-    print(f"\n=== {text} ===", flush=True)
 
 
 @contextlib.contextmanager
@@ -106,12 +82,16 @@ def run_campaign(cfg: CampaignConfig) -> CampaignOutcome:
 
 def _run_stages(cfg: CampaignConfig, out: Path, runs: CampaignRuns | NullRuns, parent: str,
                 outcome: CampaignOutcome) -> None:
-    banner("preparing the corpus")
-    corpus = prepare_demo_corpus(cfg.corpus, out / "corpus")
-    print(f"{corpus.num_train_docs} training and {corpus.num_val_docs} held-out documents", flush=True)
+    if cfg.data.inputs:
+        inputs = {"train": list(cfg.data.inputs), "val": list(cfg.val_inputs)}
+    else:
+        banner("preparing the demo corpus")
+        corpus = prepare_demo_corpus(cfg.corpus, out / "corpus")
+        print(f"{corpus.num_train_docs} training and {corpus.num_val_docs} held-out documents", flush=True)
+        inputs = {"train": [str(corpus.train_dir)], "val": [str(corpus.val_dir)]}
 
     banner("training the SentencePiece tokenizer")
-    tokenizer_path = train_tokenizer(cfg.data.tokenizer, [str(corpus.train_dir)], out / "tokenizer")
+    tokenizer_path = train_tokenizer(cfg.data.tokenizer, inputs["train"], out / "tokenizer")
     tokenizer = load_tokenizer(tokenizer_path)
     runs.log_artifact(parent, str(tokenizer_path), "tokenizer")
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
@@ -121,58 +101,28 @@ def _run_stages(cfg: CampaignConfig, out: Path, runs: CampaignRuns | NullRuns, p
     for index, stage in enumerate(cfg.stages):
         banner(f"stage {index + 1}/{len(cfg.stages)} {stage.name!r}: packing data at {stage.seq_len} tokens")
         manifests = {}
-        for split, folder in (("train", corpus.train_dir), ("val", corpus.val_dir)):
+        for split, split_inputs in inputs.items():
+            if not split_inputs:
+                continue
             data_cfg = dataclasses.replace(
                 cfg.data,
-                inputs=[str(folder)],
+                inputs=split_inputs,
                 output_dir=str(out / "data" / stage.name / split),
                 tokenizer=dataclasses.replace(cfg.data.tokenizer, model_path=str(tokenizer_path)),
                 packing=dataclasses.replace(cfg.data.packing, seq_len=stage.seq_len),
             )
             manifests[split] = run_pipeline(data_cfg).path
-        child = runs.start(stage.name, flatten(stage), parent_run_id=parent, tags={"forge.kind": "stage"})
-        for split, manifest in manifests.items():
-            runs.log_artifact(child, str(manifest), f"data/{split}")
-
-        banner(f"stage {stage.name!r}: training {stage.train.steps} steps on {cfg.parallel.num_workers} workers")
-        run = StageRun(
-            stage=stage,
-            model=model_cfg,
-            parallel=cfg.parallel,
-            train_manifest=str(manifests["train"]),
-            tracking_backend=cfg.tracking.backend,
-            tracking_uri=runs.tracking_uri,
-            run_id=child,
-            init_weights=str(previous) if stage.init_from_previous and previous else "",
-        )
-        try:
-            result = run_stage(run, out / "checkpoints", f"{cfg.name}-{stage.name}")
-        except BaseException:
-            runs.finish(child, ok=False)
-            raise
-        runs.set_tag(child, CHECKPOINT_TAG, str(result.checkpoint_dir))
-
-        banner(f"stage {stage.name!r}: evaluating")
-        metrics = evaluate_checkpoint(model_cfg, result.checkpoint_dir, str(manifests["val"]), tokenizer, stage)
-        runs.log_metrics(child, metrics, step=stage.train.steps)
-        print("  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
-        runs.finish(child)
         outcome.stages.append(
-            StageOutcome(stage.name, child, result.checkpoint_dir, float(result.metrics.get("loss", float("nan"))), metrics)
+            train_and_evaluate(
+                stage, model_cfg, cfg.parallel, manifests, tokenizer, runs,
+                parent_run_id=parent,
+                checkpoint_root=out / "checkpoints",
+                init_weights=str(previous) if stage.init_from_previous and previous else "",
+                tracking_backend=cfg.tracking.backend,
+                ray_name=f"{cfg.name}-{stage.name}",
+            )
         )
-        previous = result.checkpoint_dir
-
-
-def evaluate_checkpoint(model_cfg, checkpoint_dir: Path, val_manifest: str, tokenizer, stage) -> dict[str, float]:
-    """Held-out loss and Phonebook accuracy of a stage's consolidated weights."""
-    torch.manual_seed(0)
-    model = build_model(model_cfg)
-    load_weights(model, checkpoint_dir)
-    metrics = validation_loss(model, val_manifest, stage.eval.val_batches)
-    for entries in stage.eval.phonebook_entries:
-        if stage.eval.phonebook_queries:
-            metrics.update(phonebook_accuracy(model, tokenizer, entries, stage.eval.phonebook_queries))
-    return metrics
+        previous = outcome.stages[-1].checkpoint_dir
 
 
 def print_summary(cfg: CampaignConfig, outcome: CampaignOutcome, runs: CampaignRuns | NullRuns) -> None:

@@ -19,6 +19,9 @@ def job_main(config_cls: type, run: Callable[[Any], Any], doc: str, argv: Sequen
         print("\n".join(describe(config_cls)))
         return 0
     path = None
+    for i, arg in enumerate(args):
+        if arg.startswith("--config="):
+            args[i : i + 1] = ["--config", arg.split("=", 1)[1]]
     if "--config" in args:
         at = args.index("--config")
         if at + 1 >= len(args):
@@ -28,8 +31,8 @@ def job_main(config_cls: type, run: Callable[[Any], Any], doc: str, argv: Sequen
         del args[at : at + 2]
     try:
         cfg = load_job_config(config_cls, path, args)
+        run(cfg)
     except ConfigError as err:
         print(f"error: invalid job spec: {err}", file=sys.stderr)
         return 2
-    run(cfg)
     return 0

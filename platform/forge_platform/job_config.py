@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from forge_data import DataPipelineConfig
+from forge_data.config import DataPipelineConfig
 from forge_models import ModelConfig, get_preset
 
-from forge_platform.config import load_config
+from forge_platform.config import ConfigError, load_config
 from forge_platform.training_config import EvalConfig, ParallelConfig, StageConfig
 
 # `[model] preset = "..."` starts the model section from a named preset.
@@ -64,10 +64,12 @@ class CampaignConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """Experiment tracking."""
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    """Raw text."""
+    """The bundled demo corpus, used when `data.inputs` is empty."""
     data: DataPipelineConfig = field(default_factory=DataPipelineConfig)
-    """Tokenizer training, tokenizing and packing; `inputs` and `output_dir` are the campaign's, and
-    each stage packs at its own seq_len."""
+    """Tokenizer training, tokenizing and packing of `data.inputs` (training text); each stage packs
+    at its own seq_len, under the campaign's output_dir."""
+    val_inputs: list[str] = field(default_factory=list)
+    """Held-out text for evaluation when `data.inputs` is given (the demo corpus brings its own)."""
     model: ModelConfig = field(default_factory=lambda: get_preset("hybrid-debug"))
     """The model (start from a preset with `preset = "..."`); vocab_size is taken from the tokenizer."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -88,6 +90,44 @@ class CampaignConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """One stage on already packed data: pretraining, or a context extension from given weights."""
+
+    name: str = "pretrain"
+    """Run name in MLflow and Ray Train."""
+    output_dir: str = "runs/pretrain"
+    """Where checkpoints (and a local MLflow server's files) go."""
+    ray_num_cpus: int = 4
+    """Logical CPUs of a local Ray (ignored on a cluster)."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking."""
+    model: ModelConfig = field(default_factory=lambda: get_preset("hybrid-debug"))
+    """The model; its vocab_size must cover the tokenizer's."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Workers and parallel layout."""
+    train_manifest: str = ""
+    """manifest.json of the packed training shards (`python -m jobs.tokenize` writes it)."""
+    val_manifest: str = ""
+    """manifest.json of held-out shards; empty skips evaluation."""
+    tokenizer: str = ""
+    """The tokenizer model the shards were made with; needed for Phonebook, else optional."""
+    init_weights: str = ""
+    """Consolidated weights (a checkpoint folder or model.pt) to start from; required to extend context."""
+    stage: StageConfig = field(default_factory=StageConfig)
+    """The stage: sequence length, steps, optimizer, checkpoints, evaluation."""
+
+
+@dataclass
+class TokenizeConfig:
+    """Raw text to packed shards: train (or load) the tokenizer, tokenize, pack, write, account."""
+
+    ray_num_cpus: int = 4
+    """Logical CPUs of a local Ray (ignored on a cluster)."""
+    data: DataPipelineConfig = field(default_factory=DataPipelineConfig)
+    """Inputs, tokenizer, packing, cleaning policies and output folder."""
+
+
+@dataclass
 class EvaluateConfig:
     """Evaluate a checkpoint: held-out loss and Phonebook accuracy."""
 
@@ -100,13 +140,23 @@ class EvaluateConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     """What to measure."""
 
-    def __post_init__(self) -> None:
-        for name in ("checkpoint", "val_manifest", "tokenizer"):
-            if not getattr(self, name):
-                raise ValueError(f"{name}: required (pass --{name} PATH)")
+
+# Every job's config class, by job module name (`python -m jobs.<name>`).
+JOB_CONFIGS: dict[str, type] = {
+    "campaign": CampaignConfig,
+    "pretrain": PretrainConfig,
+    "extend_context": PretrainConfig,
+    "tokenize": TokenizeConfig,
+    "evaluate": EvaluateConfig,
+}
 
 
-JOB_CONFIGS: dict[str, type] = {"campaign": CampaignConfig, "evaluate": EvaluateConfig}
+def require(cfg: Any, *names: str) -> None:
+    """Fields a job cannot run without (checked when it starts, so specs can leave them to the CLI)."""
+    missing = [name for name in names if not getattr(cfg, name)]
+    if missing:
+        flags = " ".join(f"--{name} PATH" for name in missing)
+        raise ConfigError(f"{type(cfg).__name__}: {', '.join(missing)} required (pass {flags})")
 
 
 def load_job_config(cls: type, path: str | Path | None, overrides: list[str]) -> Any:

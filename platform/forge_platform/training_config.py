@@ -92,6 +92,8 @@ class ParallelConfig:
     """Logical CPUs Ray reserves per worker (keep Ray's CPU count above workers x this: see docs)."""
     max_failures: int = 0
     """Worker-group restarts Ray allows; each resumes from the last checkpoint."""
+    peak_tflops: float = 0.0
+    """Peak TFLOP/s of one device for MFU; 0 measures a dense matmul on the device at start."""
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, f"parallel.num_workers = {self.num_workers}: must be >= 1")
@@ -102,6 +104,7 @@ class ParallelConfig:
         )
         _require(self.cpus_per_worker > 0, f"parallel.cpus_per_worker = {self.cpus_per_worker}: must be > 0")
         _require(self.max_failures >= 0, f"parallel.max_failures = {self.max_failures}: must be >= 0")
+        _require(self.peak_tflops >= 0, f"parallel.peak_tflops = {self.peak_tflops}: must be >= 0")
 
     @property
     def data_parallel(self) -> int:

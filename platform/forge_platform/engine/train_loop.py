@@ -34,6 +34,7 @@ from forge_platform.engine.checkpoint import (
 )
 from forge_platform.engine.deepspeed_config import build_deepspeed_config
 from forge_platform.engine.optimizer import build_optimizer, build_schedule
+from forge_platform.engine.throughput import measure_matmul_flops
 from forge_platform.tracking.loggers import build_logger
 from forge_platform.training_config import ParallelConfig, StageConfig
 
@@ -52,8 +53,6 @@ class StageRun:
     run_id: str = ""
     init_weights: str = ""
     """Consolidated weights (model.pt or its folder) to start from; empty for a fresh model."""
-    peak_flops: float = 0.0
-    """Peak FLOP/s of one device for MFU; 0 reports no MFU."""
 
     @property
     def config_hash(self) -> str:
@@ -76,7 +75,7 @@ def train_stage_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(run.parallel.cpus_per_worker)))
 
     torch.manual_seed(train.seed)
-    model = build_model(run.model).to(device)
+    model = build_model(run.model, device=device)
     if run.init_weights:
         load_weights(model, run.init_weights)
     optimizer = build_optimizer(model, stage.optim)
@@ -110,6 +109,7 @@ def train_stage_worker(config: dict[str, Any]) -> None:
     batches = iter(loader)
     logger = build_logger(run.tracking_backend, rank, run.tracking_uri, run.run_id, prefix=f"[{stage.name}] ")
     flops_per_step = training_flops_per_token(run.model, stage.seq_len) * tokens_per_step
+    peak_flops = run.parallel.peak_tflops * 1e12 or measure_matmul_flops(device)
 
     for step in range(start_step, train.steps):
         started = time.perf_counter()
@@ -132,8 +132,7 @@ def train_stage_worker(config: dict[str, Any]) -> None:
                 "tokens_per_s": tokens_per_step / elapsed,
                 "memory_gib": _memory_gib(device),
             }
-            if run.peak_flops:
-                metrics["mfu"] = flops_per_step / elapsed / (run.peak_flops * world)
+            metrics["mfu"] = flops_per_step / elapsed / (peak_flops * world)
             logger.log(metrics, step=done)
         if done % stage.checkpoint.every_steps == 0 or done == train.steps:
             meta = CheckpointMeta(

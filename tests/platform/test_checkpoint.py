@@ -1,0 +1,62 @@
+"""Checkpoint metadata and the refusals: another model, another parallel layout, missing files."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from forge_models import build_model, get_preset
+from forge_platform.config import config_hash
+from forge_platform.engine.checkpoint import (
+    CheckpointMeta,
+    IncompatibleCheckpointError,
+    check_resumable,
+    load_weights,
+    read_meta,
+    save_rank_zero_files,
+)
+
+
+def meta(**changes) -> CheckpointMeta:
+    base = CheckpointMeta(step=10, tokens_seen=2560, samples_consumed=20, stage="pretrain", config_hash="c",
+                          model_hash="m", tensor_parallel=1, data_parallel=2)
+    return dataclasses.replace(base, **changes)
+
+
+def test_rank_zero_files_round_trip(tmp_path: Path) -> None:
+    cfg = get_preset("hybrid-debug")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    save_rank_zero_files(tmp_path, meta(model_hash=config_hash(cfg)), cfg, model)
+    assert read_meta(tmp_path).model_hash == config_hash(cfg)
+    torch.manual_seed(1)
+    other = build_model(cfg)
+    load_weights(other, tmp_path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert not list(tmp_path.glob("*.tmp"))  # written through rename
+
+
+def test_weights_of_another_model_are_refused_with_names(tmp_path: Path) -> None:
+    cfg = get_preset("hybrid-debug")
+    save_rank_zero_files(tmp_path, meta(), cfg, build_model(cfg))
+    wider = build_model(dataclasses.replace(cfg, d_model=96))
+    with pytest.raises(IncompatibleCheckpointError, match=r"belong to another model: .*shape mismatch"):
+        load_weights(wider, tmp_path)
+    transformer = build_model(dataclasses.replace(get_preset("transformer-debug"), vocab_size=cfg.vocab_size))
+    with pytest.raises(IncompatibleCheckpointError, match=r"missing .*unexpected"):
+        load_weights(transformer, tmp_path)
+    with pytest.raises(IncompatibleCheckpointError, match="no model weights"):
+        load_weights(wider, tmp_path / "nowhere")
+
+
+def test_resume_refuses_other_model_and_layout(tmp_path: Path) -> None:
+    check_resumable(meta(), model_hash="m", tensor_parallel=1, data_parallel=2)
+    with pytest.raises(IncompatibleCheckpointError, match="written by another model"):
+        check_resumable(meta(), model_hash="other", tensor_parallel=1, data_parallel=2)
+    with pytest.raises(IncompatibleCheckpointError, match=r"tp 1 x dp 2 differs from this run's tp 2 x dp 1"):
+        check_resumable(meta(), model_hash="m", tensor_parallel=2, data_parallel=1)
+    with pytest.raises(IncompatibleCheckpointError, match="not a Hybrid Forge checkpoint"):
+        read_meta(tmp_path)

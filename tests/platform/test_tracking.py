@@ -1,0 +1,69 @@
+"""Tracking against a real local MLflow server: nested runs, step metrics, artifacts, buffering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from forge_platform.tracking.loggers import ConsoleLogger, MlflowLogger, NullLogger, build_logger
+from forge_platform.tracking.mlflow_server import free_port, local_mlflow_server
+from forge_platform.tracking.plots import plot_loss_per_stage
+from forge_platform.tracking.runs import CampaignRuns
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def test_nested_runs_metrics_and_artifacts_round_trip(tmp_path: Path) -> None:
+    with local_mlflow_server(tmp_path / "mlflow") as server:
+        runs = CampaignRuns(server.uri, "test-experiment")
+        parent = runs.start("campaign", {"model.d_model": 64})
+        child = runs.start("pretrain", {"train.steps": 3}, parent_run_id=parent)
+        logger = build_logger("mlflow", rank=0, tracking_uri=server.uri, run_id=child)
+        for step in range(1, 4):
+            logger.log({"loss": 5.0 - step, "lr": 1e-3}, step=step)
+        logger.close()
+        plot = plot_loss_per_stage({"pretrain": runs.loss_history(child)}, tmp_path / "loss.png")
+        runs.log_artifact(parent, str(plot))
+        runs.set_tag(child, "forge.checkpoint", "/ckpt/x")
+        runs.finish(child)
+        runs.finish(parent)
+
+        client = MlflowClient(server.uri)
+        found = client.search_runs([runs.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+        assert [r.info.run_id for r in found] == [child]
+        assert found[0].data.params["train.steps"] == "3"
+        assert found[0].data.tags["forge.checkpoint"] == "/ckpt/x"
+        assert found[0].info.status == "FINISHED"
+        assert [(m.step, m.value) for m in client.get_metric_history(child, "loss")] == [(1, 4.0), (2, 3.0), (3, 2.0)]
+        assert [a.path for a in client.list_artifacts(parent)] == ["loss.png"]
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_are_buffered_while_the_server_is_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    with local_mlflow_server(tmp_path / "first", port=port) as server:
+        run_id = CampaignRuns(server.uri, "e").start("r", {})
+    logger = MlflowLogger(uri, run_id)  # the server is gone now
+    with pytest.warns(UserWarning, match="MLflow unreachable"):
+        logger.log({"loss": 1.5}, step=1)
+    logger.log({"loss": 1.25}, step=2)
+    assert logger.pending == 2
+    with local_mlflow_server(tmp_path / "first", port=port):  # back, same store
+        assert logger.flush()
+        assert logger.pending == 0
+        history = MlflowClient(uri).get_metric_history(run_id, "loss")
+        assert [(m.step, m.value) for m in history] == [(1, 1.5), (2, 1.25)]
+
+
+def test_only_rank_zero_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert isinstance(build_logger("console", rank=1), NullLogger)
+    logger = build_logger("console", rank=0, prefix="[s] ")
+    assert isinstance(logger, ConsoleLogger)
+    logger.log({"loss": 2.0}, step=7)
+    assert capsys.readouterr().out == "[s] step 7: loss=2\n"
+    with pytest.raises(ValueError, match="must be one of"):
+        build_logger("wandb", rank=0)
