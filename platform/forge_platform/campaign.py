@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forge_data import load_tokenizer, run_pipeline, train_tokenizer
+from forge_data.manifest import MANIFEST_FILE
 
 from forge_platform.cluster import ensure_ray
 from forge_platform.config import flatten
@@ -91,7 +92,10 @@ def _run_stages(cfg: CampaignConfig, out: Path, runs: CampaignRuns | NullRuns, p
         inputs = {"train": [str(corpus.train_dir)], "val": [str(corpus.val_dir)]}
 
     banner("training the SentencePiece tokenizer")
-    tokenizer_path = train_tokenizer(cfg.data.tokenizer, inputs["train"], out / "tokenizer")
+    tokenizer_path = train_tokenizer(
+        cfg.data.tokenizer, inputs["train"], str(out / "tokenizer"), format=cfg.data.format,
+        text_field=cfg.data.text_field, include_suffixes=cfg.data.include_suffixes, cleaning=cfg.data.cleaning,
+    )
     tokenizer = load_tokenizer(tokenizer_path)
     runs.log_artifact(parent, str(tokenizer_path), "tokenizer")
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
@@ -111,7 +115,8 @@ def _run_stages(cfg: CampaignConfig, out: Path, runs: CampaignRuns | NullRuns, p
                 tokenizer=dataclasses.replace(cfg.data.tokenizer, model_path=str(tokenizer_path)),
                 packing=dataclasses.replace(cfg.data.packing, seq_len=stage.seq_len),
             )
-            manifests[split] = run_pipeline(data_cfg).path
+            run_pipeline(data_cfg)
+            manifests[split] = Path(data_cfg.output_dir) / MANIFEST_FILE
         outcome.stages.append(
             train_and_evaluate(
                 stage, model_cfg, cfg.parallel, manifests, tokenizer, runs,

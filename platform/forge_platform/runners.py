@@ -29,7 +29,7 @@ def run_tokenize(cfg: TokenizeConfig) -> Any:
         raise ValueError("data.inputs and data.output_dir are required (pass --data.inputs PATH --data.output_dir DIR)")
     ensure_ray(cfg.ray_num_cpus, workspace=Path.cwd())
     manifest = run_pipeline(cfg.data)
-    print(f"manifest: {manifest.path}")
+    print(f"manifest: {Path(cfg.data.output_dir) / 'manifest.json'}")
     return manifest
 
 

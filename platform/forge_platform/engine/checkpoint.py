@@ -40,7 +40,7 @@ class CheckpointMeta:
     tokens_seen: int
     """Tokens consumed by all data-parallel ranks together."""
     samples_consumed: int
-    """Packed sequences each data-parallel rank has read: the data loader resumes from here."""
+    """Packed sequences read by all data-parallel ranks together: the data loader resumes here."""
     stage: str
     """Name of the stage that wrote it."""
     config_hash: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from forge_platform.engine.train_loop import StageRun, train_stage_worker
@@ -17,6 +17,8 @@ class StageResult:
 
     checkpoint_dir: Path
     metrics: dict
+    raw: Result
+    """Ray Train's own result: every retained checkpoint with its reported metrics."""
 
 
 def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
@@ -43,4 +45,4 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
         raise RuntimeError(f"stage {run.stage.name!r} failed") from result.error
     if result.checkpoint is None:
         raise RuntimeError(f"stage {run.stage.name!r} finished without reporting a checkpoint")
-    return StageResult(checkpoint_dir=Path(result.checkpoint.path), metrics=dict(result.metrics or {}))
+    return StageResult(checkpoint_dir=Path(result.checkpoint.path), metrics=dict(result.metrics or {}), raw=result)

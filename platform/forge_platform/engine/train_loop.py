@@ -9,6 +9,7 @@ the folder. Rank 0 alone logs to the tracking backend.
 from __future__ import annotations
 
 import dataclasses
+import os
 import resource
 import tempfile
 import time
@@ -53,6 +54,11 @@ class StageRun:
     run_id: str = ""
     init_weights: str = ""
     """Consolidated weights (model.pt or its folder) to start from; empty for a fresh model."""
+    crash_after_step: int = 0
+    """Failure drill: the last rank exits abruptly once, after this step and before its checkpoint
+    (a marker file in `crash_marker_dir` records that it happened); 0 never crashes."""
+    crash_marker_dir: str = ""
+    """Where the failure drill leaves its marker; it must outlive the worker (shared storage)."""
 
     @property
     def config_hash(self) -> str:
@@ -121,7 +127,6 @@ def train_stage_worker(config: dict[str, Any]) -> None:
             engine.backward(loss)
             engine.step()
             loss_sum += loss.item()
-        samples_consumed += train.micro_batch_size * train.grad_accum_steps
         elapsed = time.perf_counter() - started
         done = step + 1
         if done % train.log_every == 0 or done == train.steps:
@@ -134,11 +139,13 @@ def train_stage_worker(config: dict[str, Any]) -> None:
             }
             metrics["mfu"] = flops_per_step / elapsed / (peak_flops * world)
             logger.log(metrics, step=done)
+        if done == run.crash_after_step and rank == world - 1:
+            _crash_once(Path(run.crash_marker_dir))
         if done % stage.checkpoint.every_steps == 0 or done == train.steps:
             meta = CheckpointMeta(
                 step=done,
                 tokens_seen=done * tokens_per_step,
-                samples_consumed=samples_consumed,
+                samples_consumed=loader.samples_consumed,
                 stage=stage.name,
                 config_hash=run.config_hash,
                 model_hash=run.model_hash,
@@ -161,6 +168,17 @@ def _save_and_report(engine: Any, model: torch.nn.Module, run: StageRun, meta: C
             {**metrics, **dataclasses.asdict(meta)},
             checkpoint=ray.train.Checkpoint.from_directory(folder),
         )
+
+
+def _crash_once(marker_dir: Path) -> None:
+    """Die like a preempted node would: no exception, no cleanup, no checkpoint."""
+    marker = marker_dir / "crashed"
+    if marker.exists():
+        return
+    marker_dir.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    print(f"failure drill: rank exits now (marker {marker})", flush=True)
+    os._exit(1)
 
 
 def _memory_gib(device: torch.device) -> float:

@@ -12,17 +12,18 @@ from torch import nn
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, manifest: str, num_batches: int, batch_size: int = 1) -> dict[str, float]:
-    """Mean next-token loss (nats per token) over the first `num_batches` held-out batches.
+    """Mean next-token loss (nats per token) over the first `num_batches` held-out batches (in order).
 
     The mean is weighted by the number of predicted tokens, so short final rows do not count
     more than full ones.
     """
     model.eval()
-    loader = PackedShardLoader(manifest, micro_batch_size=batch_size, dp_rank=0, dp_size=1, shuffle_seed=None)
+    loader = PackedShardLoader(manifest, micro_batch_size=batch_size, dp_rank=0, dp_size=1, shuffle=False)
+    # The loader wraps around epochs: never count a held-out row twice.
+    num_batches = min(num_batches, loader.num_rows // batch_size)
     total_loss, total_tokens = 0.0, 0
-    for i, batch in enumerate(loader):
-        if i >= num_batches:
-            break
+    for _ in range(num_batches):
+        batch = loader.next_batch()
         logits = model(batch["input_ids"], seq_idx=batch["seq_idx"], position_ids=batch["position_ids"])
         tokens = int((batch["labels"] != -100).sum())
         if tokens:

@@ -1,0 +1,86 @@
+"""The "model parallel unit" DeepSpeed expects from `deepspeed.initialize(mpu=...)`.
+
+DeepSpeed 0.19.8 reads the layout through duck-typed getters (deepspeed/utils/groups.py,
+utils/bwc.py, runtime/engine.py, runtime/zero/stage_1_and_2.py, stage3.py):
+
+- data parallel: ZeRO partitions and averages gradients over `get_data_parallel_group()`, and
+  broadcasts the initial weights inside it (so each TP slice is only broadcast among its peers).
+- model parallel: the gradient norm sums the squares of split parameters over
+  `get_model_parallel_group()` and counts replicated ones on model-parallel rank 0 only
+  (`deepspeed.runtime.utils.is_model_parallel_parameter` reads `p.tensor_model_parallel`);
+  checkpoints are named by `get_model_parallel_rank()`.
+- `bwc_tensor_model_parallel_*` prefer the `get_tensor_model_parallel_*` names when present.
+
+Deliberately absent: `initialize_sequence_parallel` (its mere presence makes DeepSpeed treat the
+mpu as an Ulysses sequence-parallel unit and ignore its data-parallel group) and the
+sequence-parallel getters (DeepSpeed falls back to the data-parallel group without them).
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+from torch.distributed import ProcessGroup
+
+from forge_platform.parallel.dims import ParallelGroups
+
+
+class ModelParallelUnit:
+    """Megatron-style getters over an explicit `ParallelGroups`; model parallel = tensor parallel."""
+
+    def __init__(self, groups: ParallelGroups) -> None:
+        self.groups = groups
+
+    # Tensor (= model) parallel: we have no pipeline stages, so both names mean the TP group.
+    def get_tensor_model_parallel_group(self) -> ProcessGroup:
+        """The TP group of this rank."""
+        return self.groups.tp_group
+
+    def get_tensor_model_parallel_rank(self) -> int:
+        """This rank's slice index."""
+        return self.groups.tp_rank
+
+    def get_tensor_model_parallel_world_size(self) -> int:
+        """TP degree."""
+        return self.groups.tp
+
+    def get_tensor_model_parallel_src_rank(self) -> int:
+        """Global rank of the TP group's first member."""
+        return self.groups.tp_src_rank
+
+    def get_model_parallel_group(self) -> ProcessGroup:
+        """Same as the TP group (no pipeline parallelism)."""
+        return self.groups.tp_group
+
+    def get_model_parallel_rank(self) -> int:
+        """Same as the TP rank."""
+        return self.groups.tp_rank
+
+    def get_model_parallel_world_size(self) -> int:
+        """Same as the TP degree."""
+        return self.groups.tp
+
+    # Data parallel.
+    def get_data_parallel_group(self) -> ProcessGroup:
+        """Ranks holding the same TP slice: ZeRO shards and reduces over these."""
+        return self.groups.dp_group
+
+    def get_data_parallel_rank(self) -> int:
+        """This rank's position in its data-parallel group."""
+        return dist.get_rank(self.groups.dp_group)
+
+    def get_data_parallel_world_size(self) -> int:
+        """DP degree."""
+        return self.groups.dp
+
+    def get_data_parallel_group_ranks(self) -> list[int]:
+        """Global ranks of this rank's data-parallel group."""
+        return list(self.groups.dp_ranks)
+
+    # Pipeline parallel: one stage.
+    def get_pipeline_model_parallel_world_size(self) -> int:
+        """Always 1: Hybrid Forge has no pipeline parallelism."""
+        return 1
+
+    def get_pipeline_model_parallel_rank(self) -> int:
+        """Always 0."""
+        return 0

@@ -1,0 +1,121 @@
+"""The tensor-parallel plan: which parameter is split along which dimension, and when TP is legal.
+
+Because forge_models keeps every projection separate and lays heads and groups out contiguously
+(z, x, dt by head; B, C by group; q by head, k and v by KV group), every split in this model
+is an even, contiguous slice of one parameter along one dimension. The whole plan is therefore
+a table `parameter name -> partition dim` (None = replicated), and the same table drives
+slicing a live model, slicing a full state_dict and merging shards back.
+
+Why each split is consistent (rank r of tp holds the r-th contiguous slice of everything):
+- Mamba-2: rank r gets heads [r*H/tp, (r+1)*H/tp) and groups [r*G/tp, (r+1)*G/tp). Head h
+  reads B/C group h // (H/G); the local ratio H/G is unchanged, so local head -> local group is
+  the same mapping. The gated norm's groups are contiguous channel blocks of d_inner, and
+  G/tp whole groups land on each rank: normalisation stays local (paper, Section 2.1).
+- Attention: heads and KV groups split the same way; GQA's head -> group map is preserved.
+- MLP: hidden units are independent; up/gate by rows, down by columns.
+- Embedding and LM head: the vocabulary rows, evenly.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from forge_models import ModelConfig, parse_pattern
+
+COLUMN, ROW = 0, 1  # partition dims: output rows of an in-projection, input columns of an out-projection
+
+# Per mixer kind: local parameter name -> partition dim. A mixer parameter missing here is an
+# error, not silently replicated: a new weight must be given a rule before TP can run.
+MIXER_SPLITS: dict[str, dict[str, int | None]] = {
+    "mamba2": {
+        "z_proj.weight": COLUMN, "x_proj.weight": COLUMN, "dt_proj.weight": COLUMN,  # by head
+        "B_proj.weight": COLUMN, "C_proj.weight": COLUMN,  # by group
+        "conv_x_weight": 0, "conv_x_bias": 0, "conv_B_weight": 0, "conv_B_bias": 0,
+        "conv_C_weight": 0, "conv_C_bias": 0,
+        "A_log": 0, "D": 0, "dt_bias": 0, "norm.weight": 0,
+        "out_proj.weight": ROW,
+    },
+    "attention": {"q_proj.weight": COLUMN, "k_proj.weight": COLUMN, "v_proj.weight": COLUMN, "o_proj.weight": ROW},
+    "mlp": {"up_proj.weight": COLUMN, "gate_proj.weight": COLUMN, "down_proj.weight": ROW},
+}
+# Outside the mixers: vocabulary-parallel embedding and head; the norms are replicated.
+MODEL_SPLITS: dict[str, int | None] = {"embedding.weight": 0, "lm_head.weight": 0, "final_norm.weight": None}
+BLOCK_REPLICATED = ("norm.weight",)  # each block's pre-norm
+
+# Paper, Section 2.1: GroupNorm matched LayerNorm "as long as the group size (the model hidden
+# dimension divided by the number of groups) is ... greater than 256". The norm it refers to
+# normalises Mamba-2's inner activations, so the group size is d_inner / ngroups.
+MIN_NORM_GROUP_SIZE = 256
+
+
+def partition_dims(cfg: ModelConfig, param_names: list[str]) -> dict[str, int | None]:
+    """Partition dim (or None) of every name in `param_names` (state_dict or parameter names)."""
+    kinds = {spec.index: spec.kind for spec in parse_pattern(cfg.pattern)}
+    table: dict[str, int | None] = {}
+    for name in param_names:
+        if name in MODEL_SPLITS:
+            table[name] = MODEL_SPLITS[name]
+            continue
+        parts = name.split(".", 2)  # layers.<i>.mixer.<local> or layers.<i>.norm.weight
+        if len(parts) < 3 or parts[0] != "layers" or not parts[1].isdigit():
+            raise ValueError(f"no tensor-parallel rule for parameter {name!r}")
+        if parts[2] in BLOCK_REPLICATED:
+            table[name] = None
+            continue
+        kind = kinds[int(parts[1])]
+        local = parts[2].removeprefix("mixer.")
+        splits = MIXER_SPLITS.get(kind, {})
+        if not parts[2].startswith("mixer.") or local not in splits:
+            raise ValueError(f"no tensor-parallel rule for {kind} parameter {name!r}; add it to MIXER_SPLITS")
+        table[name] = splits[local]
+    return table
+
+
+def check_tensor_parallel(cfg: ModelConfig, tp: int, strict: bool = False) -> None:
+    """Raise ValueError naming the field when `cfg` cannot be split tp ways.
+
+    The paper's Mamba-2 norm group-size rule (d_inner / ngroups > 256) is a model-quality rule,
+    not a correctness one: debug models break it on purpose. It is checked here because TP is
+    what forces ngroups up (ngroups % tp == 0), which shrinks the groups. strict=True makes it an
+    error (production presets), otherwise a warning.
+    """
+    if tp < 1:
+        raise ValueError(f"tensor-parallel degree tp = {tp}: must be >= 1")
+    if tp == 1:
+        return
+    problems = []
+    if cfg.vocab_size % tp:
+        problems.append(f"vocab_size={cfg.vocab_size} (pad the vocabulary to a multiple of {tp})")
+    kinds = {spec.kind for spec in parse_pattern(cfg.pattern)}
+    if "mamba" in kinds:
+        problems.append("pattern has Mamba-1 layers ('m'), which have no TP plan (they need two all-reduces)")
+    if "mamba2" in kinds:
+        heads, groups = cfg.mamba2_num_heads, cfg.mamba2.ngroups
+        if heads % tp:
+            problems.append(f"Mamba-2 heads = expand*d_model/head_dim = {heads}")
+        if groups % tp:
+            problems.append(f"mamba2.ngroups={groups}")
+    if "attention" in kinds:
+        if cfg.attention.num_heads % tp:
+            problems.append(f"attention.num_heads={cfg.attention.num_heads}")
+        if cfg.attention.num_kv_groups % tp:
+            problems.append(f"attention.num_kv_groups={cfg.attention.num_kv_groups}")
+    if "mlp" in kinds and cfg.mlp_hidden_size % tp:
+        problems.append(f"mlp hidden size = {cfg.mlp_hidden_size}")
+    if problems:
+        raise ValueError(f"cannot split the model tp={tp} ways; not divisible by {tp}: " + "; ".join(problems))
+    if "mamba2" in kinds:
+        _check_norm_group_size(cfg, strict)
+
+
+def _check_norm_group_size(cfg: ModelConfig, strict: bool) -> None:
+    group_size = cfg.mamba2_d_inner // cfg.mamba2.ngroups
+    if group_size > MIN_NORM_GROUP_SIZE:
+        return
+    message = (
+        f"Mamba-2 norm group size d_inner/ngroups = {cfg.mamba2_d_inner}/{cfg.mamba2.ngroups} = {group_size} "
+        f"is not > {MIN_NORM_GROUP_SIZE}; the paper (Section 2.1) saw GroupNorm match LayerNorm only above that"
+    )
+    if strict:
+        raise ValueError(message + "; lower mamba2.ngroups (keeping it divisible by tp) or pass strict=False")
+    warnings.warn(message, stacklevel=3)
