@@ -19,7 +19,7 @@ from forge_data import load_tokenizer, run_pipeline, train_tokenizer
 from forge_data.manifest import MANIFEST_FILE
 
 from forge_platform.cluster import ensure_ray
-from forge_platform.config import flatten
+from forge_platform.config import config_hash, flatten
 from forge_platform.demo_corpus import prepare_demo_corpus
 from forge_platform.job_config import CampaignConfig, TrackingConfig
 from forge_platform.stage import StageOutcome, banner, train_and_evaluate
@@ -62,7 +62,7 @@ def run_campaign(cfg: CampaignConfig) -> CampaignOutcome:
     with tracking_session(cfg.tracking, out / "mlflow") as (uri, server):
         runs = CampaignRuns(uri, cfg.tracking.experiment) if cfg.tracking.backend == "mlflow" else NullRuns()
         params = {k: v for k, v in flatten(cfg).items() if not k.startswith("stages")}
-        parent = runs.start(cfg.name, params, tags={"forge.kind": "campaign"})
+        parent = runs.start(cfg.name, params, tags={"forge.kind": "campaign"}, key=f"{cfg.name}/{config_hash(cfg)}")
         outcome = CampaignOutcome(uri, cfg.tracking.experiment, parent, server=server)
         try:
             _run_stages(cfg, out, runs, parent, outcome)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from forge_models import ModelConfig, build_model
 
-from forge_platform.config import flatten
+from forge_platform.config import config_hash, flatten
 from forge_platform.engine.checkpoint import load_weights
 from forge_platform.engine.stage_runner import run_stage
 from forge_platform.engine.train_loop import StageRun
@@ -55,7 +55,8 @@ def train_and_evaluate(
 ) -> StageOutcome:
     """Train `stage` from `manifests["train"]`, then evaluate on `manifests["val"]` if present."""
     tags = {"forge.kind": "stage", "forge.model": model_cfg.pattern}
-    run_id = runs.start(stage.name, flatten(stage), parent_run_id=parent_run_id, tags=tags)
+    key = f"{ray_name}/{config_hash(stage)}/{config_hash(model_cfg)}"
+    run_id = runs.start(stage.name, flatten(stage), parent_run_id=parent_run_id, tags=tags, key=key)
     try:
         for split, manifest in manifests.items():
             runs.log_artifact(run_id, str(manifest), f"data/{split}")

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import socket
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ def _entry(rank: int, fn: Callable[..., None], world_size: int, port: int, args:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)  # several processes share two cores
+    # Debug models break the paper's norm group-size rule on purpose (tested in the main process).
+    warnings.filterwarnings("ignore", message="Mamba-2 norm group size")
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)

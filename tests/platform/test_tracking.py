@@ -14,30 +14,35 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.slow
 
 
-def test_nested_runs_metrics_and_artifacts_round_trip(tmp_path: Path) -> None:
-    with local_mlflow_server(tmp_path / "mlflow") as server:
-        runs = CampaignRuns(server.uri, "test-experiment")
-        parent = runs.start("campaign", {"model.d_model": 64})
-        child = runs.start("pretrain", {"train.steps": 3}, parent_run_id=parent)
-        logger = build_logger("mlflow", rank=0, tracking_uri=server.uri, run_id=child)
-        for step in range(1, 4):
-            logger.log({"loss": 5.0 - step, "lr": 1e-3}, step=step)
-        logger.close()
-        plot = plot_loss_per_stage({"pretrain": runs.loss_history(child)}, tmp_path / "loss.png")
-        runs.log_artifact(parent, str(plot))
-        runs.set_tag(child, "forge.checkpoint", "/ckpt/x")
-        runs.finish(child)
-        runs.finish(parent)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    with local_mlflow_server(tmp_path_factory.mktemp("mlflow")) as running:
+        yield running
 
-        client = MlflowClient(server.uri)
-        found = client.search_runs([runs.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-        assert [r.info.run_id for r in found] == [child]
-        assert found[0].data.params["train.steps"] == "3"
-        assert found[0].data.tags["forge.checkpoint"] == "/ckpt/x"
-        assert found[0].info.status == "FINISHED"
-        assert [(m.step, m.value) for m in client.get_metric_history(child, "loss")] == [(1, 4.0), (2, 3.0), (3, 2.0)]
-        assert [a.path for a in client.list_artifacts(parent)] == ["loss.png"]
-        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+def test_nested_runs_metrics_and_artifacts_round_trip(server, tmp_path: Path) -> None:
+    runs = CampaignRuns(server.uri, "test-experiment")
+    parent = runs.start("campaign", {"model.d_model": 64})
+    child = runs.start("pretrain", {"train.steps": 3}, parent_run_id=parent)
+    logger = build_logger("mlflow", rank=0, tracking_uri=server.uri, run_id=child)
+    for step in range(1, 4):
+        logger.log({"loss": 5.0 - step, "lr": 1e-3}, step=step)
+    logger.close()
+    plot = plot_loss_per_stage({"pretrain": runs.loss_history(child)}, tmp_path / "loss.png")
+    runs.log_artifact(parent, str(plot))
+    runs.set_tag(child, "forge.checkpoint", "/ckpt/x")
+    runs.finish(child)
+    runs.finish(parent)
+
+    client = MlflowClient(server.uri)
+    found = client.search_runs([runs.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert [r.info.run_id for r in found] == [child]
+    assert found[0].data.params["train.steps"] == "3"
+    assert found[0].data.tags["forge.checkpoint"] == "/ckpt/x"
+    assert found[0].info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(child, "loss")] == [(1, 4.0), (2, 3.0), (3, 2.0)]
+    assert [a.path for a in client.list_artifacts(parent)] == ["loss.png"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_metrics_are_buffered_while_the_server_is_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,3 +72,11 @@ def test_only_rank_zero_logs(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == "[s] step 7: loss=2\n"
     with pytest.raises(ValueError, match="must be one of"):
         build_logger("wandb", rank=0)
+
+
+def test_a_restarted_job_continues_its_unfinished_run(server) -> None:
+    runs = CampaignRuns(server.uri, "restarts")
+    first = runs.start("pretrain", {"a": 1}, key="demo/pretrain/abc")
+    assert runs.start("pretrain", {"a": 1}, key="demo/pretrain/abc") == first  # died, restarted
+    runs.finish(first)
+    assert runs.start("pretrain", {"a": 1}, key="demo/pretrain/abc") != first  # a new run after a finished one

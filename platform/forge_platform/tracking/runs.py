@@ -9,6 +9,9 @@ from mlflow.entities import Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+# A run's identity across job restarts: derived from the job's name and config, never random.
+RUN_KEY_TAG = "forge.run_key"
+
 # MLflow's limit on a param value's length.
 _MAX_PARAM_CHARS = 6000
 
@@ -23,9 +26,23 @@ class CampaignRuns:
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
 
     def start(self, name: str, params: Mapping[str, Any], parent_run_id: str | None = None,
-              tags: Mapping[str, str] | None = None) -> str:
-        """Create a run (a child of `parent_run_id` if given), log its params, return its id."""
-        all_tags = {MLFLOW_RUN_NAME: name, **(tags or {})}
+              tags: Mapping[str, str] | None = None, key: str = "") -> str:
+        """Create a run (a child of `parent_run_id` if given), log its params, return its id.
+
+        A run with the same `key` that never finished (the job died, or was restarted) is
+        continued instead, so a restarted job does not leave a duplicate run behind.
+        """
+        if key:
+            unfinished = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}' and attributes.status != 'FINISHED'",
+                max_results=1,
+            )
+            if unfinished:
+                run_id = unfinished[0].info.run_id
+                self.client.update_run(run_id, status="RUNNING")
+                return run_id
+        all_tags = {MLFLOW_RUN_NAME: name, **(tags or {}), **({RUN_KEY_TAG: key} if key else {})}
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
@@ -64,7 +81,7 @@ class NullRuns:
     tracking_uri = ""
 
     def start(self, name: str, params: Mapping[str, Any], parent_run_id: str | None = None,
-              tags: Mapping[str, str] | None = None) -> str:
+              tags: Mapping[str, str] | None = None, key: str = "") -> str:
         return ""
 
     def finish(self, run_id: str, ok: bool = True) -> None:
