@@ -9,6 +9,7 @@ Legend: B batch, L length, V vocabulary.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -251,7 +252,7 @@ def deepspeed_config(zero_stage: int, micro_batch: int, dp: int, clip: float) ->
     return config
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunSpec:
     """One short training run; the same spec drives the DeepSpeed workers and the reference."""
 
@@ -313,6 +314,7 @@ def deepspeed_worker(rank: int, world_size: int, tp: int, zero_stages: list[int]
         (Path(out_dir) / "results.json").write_text(json.dumps(results))
 
 
+@functools.cache  # two tests compare against the same run: compute it once per session
 def reference_run(spec: RunSpec, dp: int) -> tuple[list[float], list[float], dict[str, torch.Tensor]]:
     """Single process, DP = 1, on the concatenated batch: plain AdamW with torch's norm clipping."""
     cfg = debug_config(spec.preset)

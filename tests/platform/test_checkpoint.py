@@ -29,7 +29,7 @@ def test_rank_zero_files_round_trip(tmp_path: Path) -> None:
     cfg = get_preset("hybrid-debug")
     torch.manual_seed(0)
     model = build_model(cfg)
-    save_rank_zero_files(tmp_path, meta(model_hash=config_hash(cfg)), cfg, model)
+    save_rank_zero_files(tmp_path, meta(model_hash=config_hash(cfg)), cfg, model.state_dict())
     assert read_meta(tmp_path).model_hash == config_hash(cfg)
     torch.manual_seed(1)
     other = build_model(cfg)
@@ -41,7 +41,7 @@ def test_rank_zero_files_round_trip(tmp_path: Path) -> None:
 
 def test_weights_of_another_model_are_refused_with_names(tmp_path: Path) -> None:
     cfg = get_preset("hybrid-debug")
-    save_rank_zero_files(tmp_path, meta(), cfg, build_model(cfg))
+    save_rank_zero_files(tmp_path, meta(), cfg, build_model(cfg).state_dict())
     wider = build_model(dataclasses.replace(cfg, d_model=96))
     with pytest.raises(IncompatibleCheckpointError, match=r"belong to another model: .*shape mismatch"):
         load_weights(wider, tmp_path)

@@ -5,7 +5,7 @@ What each distributed test proves (fp32, relative tolerance 1e-5):
   for the hybrid (Mamba-2 + attention + GELU MLP), the Transformer (RoPE + SwiGLU) and a tied-
   embedding hybrid; the vocab-parallel cross-entropy, the TP grad norm, weight gather/shard,
   cached decoding and the TP batch check agree too.
-- TP 2 x DP 2 under DeepSpeed ZeRO-1 and ZeRO-2 (4 processes, `mpu=ModelParallelUnit`) follows a
+- TP 2 x DP 2 under DeepSpeed ZeRO-1, 2 and 3 (4 processes, `mpu=ModelParallelUnit`) follows a
   single-process run on the concatenated batch step by step: loss, grad norm (with clipping
   engaged, so a wrong TP norm would change the updates) and final weights.
 - ZeRO-3 without TP (2 processes) does the same.
@@ -107,10 +107,10 @@ def _compare_with_reference(out_dir: Path, spec: RunSpec, dp: int, stages: list[
 
 
 @pytest.mark.slow
-def test_tp2_dp2_deepspeed_zero1_and_zero2_match_single_process(tmp_path: Path) -> None:
+def test_tp2_dp2_deepspeed_zero_1_2_3_match_single_process(tmp_path: Path) -> None:
     spec = RunSpec()
-    launch(deepspeed_worker, 4, 2, [1, 2], spec, str(tmp_path))
-    _compare_with_reference(tmp_path, spec, dp=2, stages=[1, 2])
+    launch(deepspeed_worker, 4, 2, [1, 2, 3], spec, str(tmp_path))
+    _compare_with_reference(tmp_path, spec, dp=2, stages=[1, 2, 3])
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,13 @@ def write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def save_rank_zero_files(folder: Path, meta: CheckpointMeta, model_config: Any, model: nn.Module) -> None:
-    """Rank 0's part of a checkpoint: metadata, model config and consolidated weights."""
+def save_rank_zero_files(folder: Path, meta: CheckpointMeta, model_config: Any,
+                         weights: Mapping[str, torch.Tensor]) -> None:
+    """Rank 0's part of a checkpoint: metadata, model config and the consolidated (single-device) weights."""
     write_json(folder / META_FILE, dataclasses.asdict(meta))
     write_json(folder / MODEL_CONFIG_FILE, dataclasses.asdict(model_config))
     tmp = folder / (WEIGHTS_FILE + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    torch.save({k: v.detach().cpu() for k, v in weights.items()}, tmp)
     os.replace(tmp, folder / WEIGHTS_FILE)
 
 

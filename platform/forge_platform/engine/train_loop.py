@@ -21,7 +21,7 @@ import deepspeed
 import ray.train
 import torch
 from forge_data import PackedShardLoader
-from forge_models import ModelConfig, build_model, language_model_loss
+from forge_models import ModelConfig, build_model
 from forge_models.flops import training_flops_per_token
 
 from forge_platform.config import config_hash
@@ -36,6 +36,16 @@ from forge_platform.engine.checkpoint import (
 from forge_platform.engine.deepspeed_config import build_deepspeed_config
 from forge_platform.engine.optimizer import build_optimizer, build_schedule
 from forge_platform.engine.throughput import measure_matmul_flops
+from forge_platform.parallel import (
+    ModelParallelUnit,
+    ParallelDims,
+    ParallelGroups,
+    build_loss_fn,
+    build_process_groups,
+    gather_state_dict,
+    parallelize_model,
+)
+from forge_platform.parallel.activation_checkpointing import apply_activation_checkpointing
 from forge_platform.tracking.loggers import build_logger
 from forge_platform.training_config import ParallelConfig, StageConfig
 
@@ -75,15 +85,22 @@ def train_stage_worker(config: dict[str, Any]) -> None:
     stage, train = run.stage, run.stage.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    tp = run.parallel.tensor_parallel
-    dp, dp_rank = world // tp, rank // tp  # tensor-parallel groups are consecutive ranks
     device = torch.device("cuda", ctx.get_local_rank()) if run.parallel.use_gpu else torch.device("cpu")
     torch.set_num_threads(max(1, int(run.parallel.cpus_per_worker)))
+    # Every rank makes every group, in the same order; tensor-parallel groups are consecutive ranks.
+    groups = build_process_groups(ParallelDims.from_world(world, run.parallel.tensor_parallel))
+    tp, dp = groups.tp, groups.dp
 
+    # The fixed order: build (same seed everywhere) -> full weights -> tensor parallelism ->
+    # activation checkpointing -> optimizer over the local slices -> the ZeRO engine.
     torch.manual_seed(train.seed)
     model = build_model(run.model, device=device)
     if run.init_weights:
         load_weights(model, run.init_weights)
+    if tp > 1:
+        parallelize_model(model, groups)
+    if train.activation_checkpointing:
+        apply_activation_checkpointing(model)
     optimizer = build_optimizer(model, stage.optim)
     tokens_per_step = train.micro_batch_size * train.grad_accum_steps * dp * stage.seq_len
     schedule = build_schedule(optimizer, stage.optim, tokens_per_step, train.steps)
@@ -92,8 +109,10 @@ def train_stage_worker(config: dict[str, Any]) -> None:
         optimizer=optimizer,
         lr_scheduler=schedule,
         config=build_deepspeed_config(train, stage.optim, dp),
+        mpu=ModelParallelUnit(groups),
         dist_init_required=False,
     )
+    loss_fn = build_loss_fn(groups)  # full cross-entropy at tp 1, vocab-parallel above
 
     start_step, samples_consumed = 0, 0
     checkpoint = ray.train.get_checkpoint()
@@ -107,7 +126,7 @@ def train_stage_worker(config: dict[str, Any]) -> None:
     loader = PackedShardLoader(
         run.train_manifest,
         micro_batch_size=train.micro_batch_size,
-        dp_rank=dp_rank,
+        dp_rank=groups.dp_rank,
         dp_size=dp,
         start_sample=samples_consumed,
         shuffle_seed=train.seed,
@@ -123,7 +142,7 @@ def train_stage_worker(config: dict[str, Any]) -> None:
         for _ in range(train.grad_accum_steps):
             batch = {k: v.to(device) for k, v in next(batches).items()}
             logits = engine(batch["input_ids"], seq_idx=batch["seq_idx"], position_ids=batch["position_ids"])
-            loss = language_model_loss(logits, batch["labels"])
+            loss = loss_fn(logits, batch["labels"])
             engine.backward(loss)
             engine.step()
             loss_sum += loss.item()
@@ -153,17 +172,27 @@ def train_stage_worker(config: dict[str, Any]) -> None:
                 data_parallel=dp,
                 run_id=run.run_id,
             )
-            _save_and_report(engine, model, run, meta, rank, {"loss": loss_sum / train.grad_accum_steps})
+            _save_and_report(engine, model, groups, run, meta, rank, {"loss": loss_sum / train.grad_accum_steps})
     logger.close()
 
 
-def _save_and_report(engine: Any, model: torch.nn.Module, run: StageRun, meta: CheckpointMeta, rank: int,
-                     metrics: dict[str, float]) -> None:
-    """Every rank writes its DeepSpeed shard into one folder; Ray Train collects and registers it."""
+def _save_and_report(engine: Any, model: torch.nn.Module, groups: ParallelGroups, run: StageRun,
+                     meta: CheckpointMeta, rank: int, metrics: dict[str, float]) -> None:
+    """Every rank writes its DeepSpeed shard into one folder; Ray Train collects and registers it.
+
+    Rank 0 also writes the consolidated single-device weights, gathered across tensor-parallel
+    ranks (a collective: every rank takes part), so evaluation and the next stage never depend on
+    this run's parallel layout.
+    """
+    if run.stage.train.zero_stage == 3:
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            full_weights = gather_state_dict(model, run.model, groups)
+    else:
+        full_weights = gather_state_dict(model, run.model, groups)
     with tempfile.TemporaryDirectory(prefix="forge-ckpt-") as folder:
         engine.save_checkpoint(folder, tag=DEEPSPEED_TAG)
         if rank == 0:
-            save_rank_zero_files(Path(folder), meta, run.model, model)
+            save_rank_zero_files(Path(folder), meta, run.model, full_weights)
         ray.train.report(
             {**metrics, **dataclasses.asdict(meta)},
             checkpoint=ray.train.Checkpoint.from_directory(folder),

@@ -53,7 +53,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_N: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         softmax, local_target, in_slice = ctx.saved_tensors
-        grad = softmax  # saved only for this backward: reuse its storage
+        # Reuse the saved softmax's storage (it is (N, Vl), as large as the logits). Like Megatron's,
+        # this backward may run once per forward: retain_graph double-backward is not supported.
+        grad = softmax
         rows = torch.arange(grad.shape[0], device=grad.device)
         grad[rows, local_target] -= in_slice.to(grad.dtype)
         grad.mul_(grad_N.unsqueeze(-1))
