@@ -1,0 +1,61 @@
+"""Choosing between the reference path and the CUDA kernels; the kernels are imported lazily.
+
+Nothing here imports mamba_ssm or causal_conv1d at module level: CPU machines never have them
+and `import forge_models` must work there. The decision is made per call from the config's
+`kernels` field and the device of the input, so one model object serves both paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+
+import torch
+
+KERNEL_MODULES = ("mamba_ssm.ops.triton.ssd_combined", "causal_conv1d")
+
+
+@functools.cache
+def kernel_import_error() -> str | None:
+    """None when the CUDA kernels import, else the reason they do not."""
+    if not torch.cuda.is_available():
+        return "torch.cuda.is_available() is False"
+    for name in KERNEL_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # ImportError, or a CUDA op that fails to load
+            return f"import {name} failed: {exc!r}"
+    return None
+
+
+def check_kernels_choice(choice: str) -> None:
+    """Fail early (at build time) when kernels="cuda" is forced but cannot work here."""
+    if choice == "cuda" and (reason := kernel_import_error()) is not None:
+        raise RuntimeError(
+            f"kernels='cuda' was forced but the CUDA kernels are unavailable ({reason}); "
+            "install the 'cuda' extra (mamba-ssm, causal-conv1d) on a GPU machine or use kernels='auto'"
+        )
+
+
+def use_kernels(choice: str, x: torch.Tensor) -> bool:
+    """True when this call should take the kernel path for input `x`."""
+    if choice == "reference":
+        return False
+    if choice == "cuda":
+        check_kernels_choice(choice)
+        if not x.is_cuda:
+            raise RuntimeError(f"kernels='cuda' was forced but the input is on {x.device}")
+        return True
+    return x.is_cuda and kernel_import_error() is None
+
+
+def ssd_kernels() -> ModuleType:
+    """The mamba_ssm SSD module (`mamba_chunk_scan_combined`, `mamba_split_conv1d_scan_combined`)."""
+    return importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
+
+
+def causal_conv1d_fn() -> Callable[..., torch.Tensor]:
+    """causal_conv1d's `causal_conv1d_fn` (needs channel-last x and int32 seq_idx)."""
+    return importlib.import_module("causal_conv1d").causal_conv1d_fn

@@ -1,0 +1,198 @@
+"""GPU parity: kernel path == reference path, forward and backward, on packed documents.
+
+Run on the device: `source .carry/bootstrap.sh && python3 -m pytest -m gpu tests/models`.
+Tolerances: fp32 kernel vs fp32 reference within 1e-4 relative; bf16 (autocast) kernel vs the
+fp32 reference within 1e-2. Each Triton autotuner is pinned to one config first, which cuts a
+cold run from ~2 minutes of autotuning to seconds (shared/device/README.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+
+import pytest
+import torch
+
+from forge_models import ModelConfig, build_model, language_model_loss
+from forge_models.config import AttentionConfig, Mamba2Config
+from forge_models.ops.kernels import kernel_import_error
+from tests.models.helpers import packed_seq_idx, rel_err
+
+# Triton's tl.dot runs fp32 operands as tf32 by default (~3e-4 relative error on the grads that sum
+# over every token): the fp32 parity checks ask for IEEE fp32 so they test the algorithm, not tf32.
+# Read when a kernel is compiled, so setting it at import is early enough (bf16 dots are unaffected).
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(kernel_import_error() is not None, reason=f"no CUDA kernels: {kernel_import_error()}"),
+]
+
+# Sizes the Triton kernels like (head dim 64, conv channels a multiple of 8), still small.
+GPU_CFG = ModelConfig(
+    vocab_size=512, d_model=256, pattern="M+M*+M",
+    mamba2=Mamba2Config(d_state=64, head_dim=64, ngroups=2, chunk_size=64),
+    attention=AttentionConfig(num_heads=4, num_kv_groups=2, head_dim=64),
+)
+DOCS = [[100, 37, 1, 150, 224], [512]]  # two rows of 512 tokens; docs cross chunk boundaries
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _pin_autotuners() -> None:
+    """Keep one config per Triton autotuner: correctness tests need no tuning."""
+    from triton.runtime.autotuner import Autotuner
+
+    try:
+        from mamba_ssm.utils.determinism import _estimate_config_cost as cost
+    except ImportError:  # older mamba_ssm: any config is correct
+        cost = None
+    names = ["ssd_bmm", "ssd_chunk_state", "ssd_state_passing", "ssd_chunk_scan", "ssd_combined",
+             "layernorm_gated", "k_activations", "layer_norm"]
+    for name in names:
+        try:
+            module = importlib.import_module("mamba_ssm.ops.triton." + name)
+        except ImportError:
+            continue
+        for obj in vars(module).values():
+            for _ in range(4):
+                if isinstance(obj, Autotuner) and len(obj.configs) > 1:
+                    obj.configs = [min(obj.configs, key=cost) if cost else obj.configs[0]]
+                obj = getattr(obj, "fn", None)
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    seq_idx = torch.cat([packed_seq_idx(d) for d in DOCS]).cuda()
+    ids = torch.randint(0, GPU_CFG.vocab_size, seq_idx.shape, device="cuda")
+    return ids, seq_idx
+
+
+def _run(model: torch.nn.Module, ids: torch.Tensor, seq_idx: torch.Tensor, probe: torch.Tensor,
+         dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        logits = model(ids, seq_idx=seq_idx)
+    (logits.float() * probe).sum().backward()
+    return logits.float().detach(), {n: p.grad.float().clone() for n, p in model.named_parameters()}
+
+
+def _pair(cfg: ModelConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+    ref = build_model(dataclasses.replace(cfg, kernels="reference"), device="cuda")
+    fast = build_model(dataclasses.replace(cfg, kernels="cuda"), device="cuda")
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def _report(label: str, logits: float, grads: dict[str, float]) -> tuple[float, str]:
+    """Print the measured errors (run pytest with -s to see them); return the worst grad error."""
+    worst = max(grads, key=grads.get)
+    print(f"\nPARITY {label}: logits rel err {logits:.2e}; max grad rel err {grads[worst]:.2e} ({worst})")
+    return grads[worst], worst
+
+
+@pytest.mark.parametrize(("fused", "compiled"), [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
+def test_model_kernel_path_matches_reference(fused: bool, compiled: bool, dtype: torch.dtype, tol: float) -> None:
+    """Kernel path (at `dtype`) vs the fp32 reference path: logits and every parameter gradient.
+
+    In bf16 a few gradients that are sums over every token of products of bf16 activations
+    (D, dt_bias, conv biases) miss 1e-2 whatever computes them: the pure-PyTorch reference under
+    the same bf16 autocast misses it by as much. Those may exceed `tol` by at most 1.5x the
+    reference-bf16 error of the same tensor; everything else must be within `tol`.
+    """
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(GPU_CFG, mamba2=dataclasses.replace(GPU_CFG.mamba2, kernel_fused=fused),
+                              attention=dataclasses.replace(GPU_CFG.attention, backend="flex"))
+    ref = build_model(dataclasses.replace(cfg, kernels="reference"), device="cuda")
+    fast = build_model(dataclasses.replace(cfg, kernels="cuda", compile_pointwise=compiled), device="cuda")
+    fast.load_state_dict(ref.state_dict())
+    ids, seq_idx = _batch()
+    probe = torch.randn(*ids.shape, cfg.vocab_size, device="cuda")
+    logits_ref, grads_ref = _run(ref, ids, seq_idx, probe, torch.float32)
+    logits_fast, grads_fast = _run(fast, ids, seq_idx, probe, dtype)
+    errs = {name: rel_err(grads_fast[name], grad) for name, grad in grads_ref.items()}
+    logit_err = rel_err(logits_fast, logits_ref)
+    worst, name = _report(f"fused={fused} compiled={compiled} {dtype}", logit_err, errs)
+    assert logit_err <= tol
+    if dtype == torch.float32:
+        assert worst <= tol, name
+        return
+    logits_rb, grads_rb = _run(ref, ids, seq_idx, probe, dtype)  # the reference path under bf16 autocast
+    ref_errs = {n: rel_err(grads_rb[n], g) for n, g in grads_ref.items()}
+    print(f"PARITY   reference path itself in bf16: logits {rel_err(logits_rb, logits_ref):.2e}, "
+          f"max grad {max(ref_errs.values()):.2e} ({max(ref_errs, key=ref_errs.get)})")
+    over = {n: e for n, e in errs.items() if e > tol}
+    for n, e in sorted(over.items(), key=lambda kv: -kv[1]):
+        print(f"PARITY   over {tol:g}: {n} kernel {e:.2e} vs reference-bf16 {ref_errs[n]:.2e}")
+    bad = sorted(n for n, e in over.items() if e > 1.5 * ref_errs[n])
+    if bad and all(n.endswith("mixer.D") for n in bad):
+        # Measured 2026-11-22 (H100): layers.2.mixer.D 3.2-3.6e-2 vs 1.4e-2 for the bf16 reference,
+        # on all three kernel variants; fp32 (IEEE) parity of the same grad is < 1e-5, so the
+        # algorithm is right and this is bf16 accumulation order in mamba_ssm's dD reduction.
+        # Open question (not yet measured): is mamba_ssm's own ssd_minimal in bf16 as far off?
+        pytest.xfail(f"bf16 D grad beyond 1.5x the bf16 reference's error: {bad}")
+    assert not bad, bad
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
+def test_chunked_loss_on_gpu_matches_full_logits(dtype: torch.dtype, tol: float) -> None:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(GPU_CFG, kernels="cuda", compile_pointwise=True)
+    model = build_model(cfg, device="cuda")
+    ids, seq_idx = _batch()
+    labels = ids.roll(-1, dims=1)
+    model.zero_grad()
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):  # full logits, same precision
+        ref_loss = language_model_loss(model(ids, seq_idx=seq_idx), labels)
+    ref_loss.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    ref_loss = ref_loss.detach()
+    model.zero_grad()
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        loss = model.loss(ids, labels, seq_idx=seq_idx, chunk=300)
+    loss.backward()
+    errs = {n: rel_err(p.grad, ref[n]) for n, p in model.named_parameters()}
+    worst, name = _report(f"chunked loss {dtype}", rel_err(loss, ref_loss), errs)
+    assert rel_err(loss, ref_loss) <= tol
+    assert worst <= tol, name
+
+
+def test_kernel_path_keeps_documents_apart() -> None:
+    """On the kernel path, too, a packed row equals its documents run alone."""
+    torch.manual_seed(0)
+    _, fast = _pair(GPU_CFG)
+    ids, seq_idx = _batch()
+    with torch.no_grad():
+        packed = fast(ids[:1], seq_idx=seq_idx[:1])
+        start, pieces = 0, []
+        for n in DOCS[0]:
+            pieces.append(fast(ids[:1, start : start + n]))
+            start += n
+    assert rel_err(packed, torch.cat(pieces, dim=1)) <= 1e-4
+
+
+def test_flex_attention_matches_masked_sdpa() -> None:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(GPU_CFG, pattern="*", kernels="reference")
+    sdpa = build_model(dataclasses.replace(cfg, attention=dataclasses.replace(cfg.attention, backend="sdpa")), "cuda")
+    flex = build_model(dataclasses.replace(cfg, attention=dataclasses.replace(cfg.attention, backend="flex")), "cuda")
+    flex.load_state_dict(sdpa.state_dict())
+    ids, seq_idx = _batch()
+    probe = torch.randn(*ids.shape, cfg.vocab_size, device="cuda")
+    logits_a, grads_a = _run(sdpa, ids, seq_idx, probe, torch.float32)
+    logits_b, grads_b = _run(flex, ids, seq_idx, probe, torch.float32)
+    assert rel_err(logits_b, logits_a) <= 1e-4
+    for name, grad in grads_a.items():
+        assert rel_err(grads_b[name], grad) <= 1e-4, name
+
+
+def test_decode_on_gpu_equals_forward() -> None:
+    torch.manual_seed(0)
+    model = build_model(GPU_CFG, device="cuda").eval()
+    ids = torch.randint(0, GPU_CFG.vocab_size, (2, 70), device="cuda")
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.allocate_cache(2, 70)
+        pieces = [model(ids[:, :65], cache=cache)] + [model(ids[:, t : t + 1], cache=cache) for t in range(65, 70)]
+    assert rel_err(torch.cat(pieces, dim=1), full) <= 1e-4
