@@ -30,7 +30,7 @@ class StageOutcome:
 
     name: str
     run_id: str
-    checkpoint_dir: Path
+    checkpoint_dir: Path | None
     final_loss: float
     eval_metrics: dict[str, float]
 
@@ -72,9 +72,10 @@ def train_and_evaluate(
             init_weights=init_weights,
         )
         result = run_stage(run, checkpoint_root, ray_name)
-        runs.set_tag(run_id, CHECKPOINT_TAG, str(result.checkpoint_dir))
         metrics: dict[str, float] = {}
-        if "val" in manifests:
+        if result.checkpoint_dir is not None:
+            runs.set_tag(run_id, CHECKPOINT_TAG, str(result.checkpoint_dir))
+        if "val" in manifests and result.checkpoint_dir is not None:
             banner(f"stage {stage.name!r}: evaluating")
             metrics = evaluate_checkpoint(model_cfg, result.checkpoint_dir, str(manifests["val"]), tokenizer, stage)
             runs.log_metrics(run_id, metrics, step=stage.train.steps)

@@ -62,7 +62,8 @@ class TrainConfig:
     grad_accum_steps: int = 1
     """Micro-batches accumulated into one optimizer step."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """Compute precision: bf16 on GPU, fp32 on CPU (DeepSpeed has no fp16 on CPU)."""
+    """Compute precision: "bf16" autocasts matmuls and kernels over fp32 master weights (GPU);
+    "fp32" everywhere (CPU)."""
     zero_stage: Literal[0, 1, 2, 3] = 2
     """DeepSpeed ZeRO stage over the data-parallel group (3 is not combined with tensor parallelism)."""
     activation_checkpointing: bool = False
@@ -116,9 +117,11 @@ class CheckpointConfig:
     """When checkpoints are taken and how many are kept."""
 
     every_steps: int = 50
-    """Save (every rank its DeepSpeed shard) and report to Ray Train every this many steps, and at the end."""
+    """Save (every rank its DeepSpeed shard) and report to Ray Train every this many steps."""
     keep_last: int = 2
     """Checkpoints Ray keeps; older ones are deleted."""
+    save_final: bool = True
+    """Also save at the stage's last step (the next stage starts from it); benchmarks turn it off."""
 
     def __post_init__(self) -> None:
         _require(self.every_steps >= 1, f"checkpoint.every_steps = {self.every_steps}: must be >= 1")

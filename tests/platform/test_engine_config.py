@@ -18,7 +18,8 @@ def test_deepspeed_config_is_derived_from_the_job() -> None:
     assert config["train_micro_batch_size_per_gpu"] == 3
     assert config["gradient_accumulation_steps"] == 4
     assert config["zero_optimization"]["stage"] == 1
-    assert config["bf16"] == {"enabled": True} and config["fp16"] == {"enabled": False}
+    # bf16 runs as autocast over fp32 weights: DeepSpeed must not cast A_log, D, dt_bias to bf16
+    assert config["bf16"] == {"enabled": False} and config["fp16"] == {"enabled": False}
     assert config["gradient_clipping"] == 0.5  # explicit: DeepSpeed 0.19.8 would default to 1.0
     off = build_deepspeed_config(TrainConfig(), OptimConfig(grad_clip=0.0), 1)
     assert off["gradient_clipping"] == 0.0 and off["bf16"]["enabled"] is False

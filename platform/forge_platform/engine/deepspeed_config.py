@@ -26,7 +26,9 @@ def build_deepspeed_config(train: TrainConfig, optim: OptimConfig, data_parallel
         "train_batch_size": train.micro_batch_size * train.grad_accum_steps * data_parallel_size,
         "gradient_clipping": optim.grad_clip,
         "zero_optimization": {"stage": train.zero_stage},
-        "bf16": {"enabled": train.precision == "bf16"},
+        # bf16 is autocast over fp32 weights (the train loop's), not DeepSpeed's bf16 mode: that
+        # mode casts every parameter to bf16, and Mamba's A_log, D and dt_bias must stay fp32.
+        "bf16": {"enabled": False},
         "fp16": {"enabled": False},
         "steps_per_print": 10**9,  # progress is ours to print, through the metric loggers
         "wall_clock_breakdown": False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from forge_platform.engine.train_loop import StageRun, train_stage_worker
 class StageResult:
     """Where a finished stage left its last checkpoint, and its final reported metrics."""
 
-    checkpoint_dir: Path
+    checkpoint_dir: Path | None
+    """The last checkpoint; None only when the stage was told not to save one."""
     metrics: dict
     raw: Result
     """Ray Train's own result: every retained checkpoint with its reported metrics."""
@@ -24,6 +26,8 @@ class StageResult:
 def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
     """Train one stage on `run.parallel.num_workers` Ray Train workers; resumes after worker failures."""
     parallel = run.parallel
+    storage = Path(storage_dir).resolve()
+    run = dataclasses.replace(run, checkpoint_root=str(storage / name))
     trainer = TorchTrainer(
         train_stage_worker,
         train_loop_config={"run": run},
@@ -35,7 +39,7 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(Path(storage_dir).resolve()),
+            storage_path=str(storage),
             checkpoint_config=CheckpointConfig(num_to_keep=run.stage.checkpoint.keep_last),
             failure_config=FailureConfig(max_failures=parallel.max_failures),
         ),
@@ -43,6 +47,7 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
     result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"stage {run.stage.name!r} failed") from result.error
-    if result.checkpoint is None:
+    if result.checkpoint is None and run.stage.checkpoint.save_final:
         raise RuntimeError(f"stage {run.stage.name!r} finished without reporting a checkpoint")
-    return StageResult(checkpoint_dir=Path(result.checkpoint.path), metrics=dict(result.metrics or {}), raw=result)
+    checkpoint_dir = Path(result.checkpoint.path) if result.checkpoint else None
+    return StageResult(checkpoint_dir=checkpoint_dir, metrics=dict(result.metrics or {}), raw=result)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import resource
-import tempfile
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,8 @@ from typing import Any
 import deepspeed
 import ray.train
 import torch
+import torch.distributed as dist
+from ray.train import CheckpointUploadMode
 from forge_data import PackedShardLoader
 from forge_models import ModelConfig, build_model
 from forge_models.flops import training_flops_per_token
@@ -64,6 +66,9 @@ class StageRun:
     run_id: str = ""
     init_weights: str = ""
     """Consolidated weights (model.pt or its folder) to start from; empty for a fresh model."""
+    checkpoint_root: str = ""
+    """Folder the checkpoints are written into (set by `run_stage`: the Ray run's storage folder,
+    which must be a filesystem every node shares)."""
     crash_after_step: int = 0
     """Failure drill: the last rank exits abruptly once, after this step and before its checkpoint
     (a marker file in `crash_marker_dir` records that it happened); 0 never crashes."""
@@ -104,15 +109,28 @@ def train_stage_worker(config: dict[str, Any]) -> None:
     optimizer = build_optimizer(model, stage.optim)
     tokens_per_step = train.micro_batch_size * train.grad_accum_steps * dp * stage.seq_len
     schedule = build_schedule(optimizer, stage.optim, tokens_per_step, train.steps)
+    zero_stage = train.zero_stage if dp > 1 else 0
+    if zero_stage != train.zero_stage and rank == 0:
+        # ZeRO shards over data-parallel ranks: with one there is nothing to shard, and its
+        # buffers cost 22% of step time and 11 GiB on one H100 (benchmarks/platform/RESULTS.md).
+        print(f"[{stage.name}] one data-parallel rank: ZeRO-{train.zero_stage} runs as stage 0", flush=True)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=schedule,
-        config=build_deepspeed_config(train, stage.optim, dp),
+        config=build_deepspeed_config(dataclasses.replace(train, zero_stage=zero_stage), stage.optim, dp),
         mpu=ModelParallelUnit(groups),
         dist_init_required=False,
     )
     loss_fn = build_loss_fn(groups)  # full cross-entropy at tp 1, vocab-parallel above
+
+    def compute_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, seq_idx, positions = batch["input_ids"], batch["seq_idx"], batch["position_ids"]
+        if tp == 1 and zero_stage < 3:
+            # Chunked LM head + cross-entropy: the (B, L, V) logits are never materialised. (Not
+            # under ZeRO-3, whose partitioned LM head is only gathered by a module call.)
+            return model.loss(ids, batch["labels"], seq_idx=seq_idx, position_ids=positions)
+        return loss_fn(engine(ids, seq_idx=seq_idx, position_ids=positions), batch["labels"])
 
     start_step, samples_consumed = 0, 0
     checkpoint = ray.train.get_checkpoint()
@@ -138,19 +156,20 @@ def train_stage_worker(config: dict[str, Any]) -> None:
 
     for step in range(start_step, train.steps):
         started = time.perf_counter()
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
         for _ in range(train.grad_accum_steps):
-            batch = {k: v.to(device) for k, v in next(batches).items()}
-            logits = engine(batch["input_ids"], seq_idx=batch["seq_idx"], position_ids=batch["position_ids"])
-            loss = loss_fn(logits, batch["labels"])
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16"):
+                loss = compute_loss(batch)
             engine.backward(loss)
             engine.step()
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
+        step_loss = loss_sum.item() / train.grad_accum_steps  # the one sync of the step
         elapsed = time.perf_counter() - started
         done = step + 1
         if done % train.log_every == 0 or done == train.steps:
             metrics = {
-                "loss": loss_sum / train.grad_accum_steps,
+                "loss": step_loss,
                 "lr": engine.get_lr()[0],
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                 "tokens_per_s": tokens_per_step / elapsed,
@@ -160,7 +179,7 @@ def train_stage_worker(config: dict[str, Any]) -> None:
             logger.log(metrics, step=done)
         if done == run.crash_after_step and rank == world - 1:
             _crash_once(Path(run.crash_marker_dir))
-        if done % stage.checkpoint.every_steps == 0 or done == train.steps:
+        if done % stage.checkpoint.every_steps == 0 or (done == train.steps and stage.checkpoint.save_final):
             meta = CheckpointMeta(
                 step=done,
                 tokens_seen=done * tokens_per_step,
@@ -172,7 +191,7 @@ def train_stage_worker(config: dict[str, Any]) -> None:
                 data_parallel=dp,
                 run_id=run.run_id,
             )
-            _save_and_report(engine, model, groups, run, meta, rank, {"loss": loss_sum / train.grad_accum_steps})
+            _save_and_report(engine, model, groups, run, meta, rank, {"loss": step_loss})
     logger.close()
 
 
@@ -184,19 +203,28 @@ def _save_and_report(engine: Any, model: torch.nn.Module, groups: ParallelGroups
     ranks (a collective: every rank takes part), so evaluation and the next stage never depend on
     this run's parallel layout.
     """
-    if run.stage.train.zero_stage == 3:
+    if engine.zero_optimization_stage() == 3:
         with deepspeed.zero.GatheredParameters(list(model.parameters())):
             full_weights = gather_state_dict(model, run.model, groups)
     else:
         full_weights = gather_state_dict(model, run.model, groups)
-    with tempfile.TemporaryDirectory(prefix="forge-ckpt-") as folder:
-        engine.save_checkpoint(folder, tag=DEEPSPEED_TAG)
-        if rank == 0:
-            save_rank_zero_files(Path(folder), meta, run.model, full_weights)
-        ray.train.report(
-            {**metrics, **dataclasses.asdict(meta)},
-            checkpoint=ray.train.Checkpoint.from_directory(folder),
-        )
+    # Written in place under the run's storage (a shared filesystem on a cluster) and registered
+    # without a copy: an 8B model's checkpoint is ~100 GB. Ray only knows a checkpoint once every
+    # rank has reported it, so a folder interrupted mid-write is never taken as the latest.
+    folder = Path(run.checkpoint_root) / f"step_{meta.step:08d}"
+    if rank == 0:
+        shutil.rmtree(folder, ignore_errors=True)  # a partial write from an attempt that died
+        folder.mkdir(parents=True)
+    dist.barrier()
+    engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG)
+    if rank == 0:
+        save_rank_zero_files(folder, meta, run.model, full_weights)
+    dist.barrier()
+    ray.train.report(
+        {**metrics, **dataclasses.asdict(meta)},
+        checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
+        checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+    )
 
 
 def _crash_once(marker_dir: Path) -> None:

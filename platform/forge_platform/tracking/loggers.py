@@ -10,10 +10,7 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping
-from typing import Protocol
-
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
+from typing import Any, Protocol
 
 
 class MetricLogger(Protocol):
@@ -56,14 +53,19 @@ class MlflowLogger:
     """
 
     def __init__(self, tracking_uri: str, run_id: str, flush_every: int = 1) -> None:
+        # Imported here: GPU images without MLflow still train with the console logger.
+        from mlflow.tracking import MlflowClient
+
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
         self.flush_every = flush_every
-        self._buffer: list[Metric] = []
+        self._buffer: list[Any] = []  # mlflow.entities.Metric
         self._calls = 0
         self._warned = False
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         self._buffer.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
         self._calls += 1

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mlflow.entities import Param, RunStatus
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+# MLflow's own tag names (mlflow.utils.mlflow_tags), spelled out so this module imports without
+# MLflow: GPU images that track to the console have none.
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+MLFLOW_RUN_NAME = "mlflow.runName"
 
 # A run's identity across job restarts: derived from the job's name and config, never random.
 RUN_KEY_TAG = "forge.run_key"
@@ -20,6 +21,8 @@ class CampaignRuns:
     """Creates and closes a campaign's runs through `MlflowClient` (no global MLflow state)."""
 
     def __init__(self, tracking_uri: str, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
@@ -47,14 +50,15 @@ class CampaignRuns:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         run_id = run.info.run_id
+        from mlflow.entities import Param
+
         items = [Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's log_batch limit on params
             self.client.log_batch(run_id, params=items[i : i + 100])
         return run_id
 
     def finish(self, run_id: str, ok: bool = True) -> None:
-        status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
-        self.client.set_terminated(run_id, status=status)
+        self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
 
     def loss_history(self, run_id: str, key: str = "loss") -> list[tuple[int, float]]:
         """(step, value) pairs of one metric, in step order."""

@@ -1,0 +1,197 @@
+"""Configuration of the data pipeline: nested dataclasses, one docstring per field.
+
+The platform's generic TOML loader builds these from plain dicts, so every field has a plain type
+(str / int / float / bool / list[str] / Optional / nested dataclass). Each class validates its
+values where they are born (`__post_init__`) and names the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+MAX_VOCAB_SIZE = 256_000
+TOKENIZER_MODEL_TYPES = ("unigram", "bpe", "char")
+INPUT_FORMATS = ("auto", "text", "jsonl", "parquet")
+PACKERS = ("greedy", "best_fit")
+LONG_DOC_POLICIES = ("split", "truncate")
+UTF8_POLICIES = ("reject", "repair")
+OVERSIZE_POLICIES = ("reject", "truncate")
+COMPRESSIONS = ("none", "zstd", "snappy", "gzip")
+
+
+def _check_choice(owner: str, name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{owner}.{name} = {value!r} is not one of {list(allowed)}")
+
+
+def _check_range(owner: str, name: str, value: float, lo: float, hi: Optional[float] = None) -> None:
+    if value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{owner}.{name} = {value!r} must be {bound}")
+
+
+@dataclass
+class TokenizerConfig:
+    """How to train (or where to load) the SentencePiece tokenizer."""
+
+    model_path: Optional[str] = None
+    """Existing tokenizer (a `.model` file or a directory holding `tokenizer.model`); None trains one."""
+    model_type: str = "unigram"
+    """SentencePiece algorithm: "unigram", "bpe" or "char" (one piece per character, tiny Shakespeare)."""
+    vocab_size: int = 32_000
+    """Number of pieces, 2..256000. For "char" it is a soft upper bound (all seen characters are kept)."""
+    byte_fallback: bool = True
+    """Encode unknown characters as UTF-8 byte pieces instead of <unk> (adds 256 pieces)."""
+    user_defined_symbols: list[str] = field(default_factory=list)
+    """Special tokens that are always one piece, also when they appear in the text (e.g. "<|im_start|>")."""
+    control_symbols: list[str] = field(default_factory=list)
+    """Special tokens that get an id but are never produced from text (e.g. "<mask>")."""
+    character_coverage: float = 0.9995
+    """Fraction of characters covered by pieces; the rest falls back to bytes. Must be in (0, 1]."""
+    identity_normalization: bool = True
+    """Keep text as is (no NFKC, keep repeated whitespace): needed for code and exact round trips."""
+    split_digits: bool = True
+    """Split numbers into single digits (helps arithmetic, keeps the vocabulary small)."""
+    add_bos: bool = False
+    """Prepend BOS to every document when tokenizing for packing."""
+    add_eos: bool = True
+    """Append EOS to every document when tokenizing for packing (marks document ends in the stream)."""
+    sample_bytes: int = 200_000_000
+    """Target size of the training sample drawn from the whole corpus (documents are sampled by hash)."""
+    sample_seed: int = 0
+    """Seed of the deterministic document sample: same corpus + seed = same sample = same tokenizer."""
+    max_sentence_bytes: int = 8192
+    """SentencePiece trains on "sentences": documents are cut at line ends into pieces up to this size."""
+    num_threads: int = 2
+    """Threads SentencePiece uses for training."""
+    show_progress: bool = True
+    """Show SentencePiece's training log and a progress bar while collecting the sample."""
+
+    def __post_init__(self) -> None:
+        o = "tokenizer"
+        _check_choice(o, "model_type", self.model_type, TOKENIZER_MODEL_TYPES)
+        _check_range(o, "vocab_size", self.vocab_size, 2, MAX_VOCAB_SIZE)
+        if not 0.0 < self.character_coverage <= 1.0:
+            raise ValueError(f"{o}.character_coverage = {self.character_coverage!r} must be in (0, 1]")
+        _check_range(o, "sample_bytes", self.sample_bytes, 1)
+        _check_range(o, "max_sentence_bytes", self.max_sentence_bytes, 16)
+        _check_range(o, "num_threads", self.num_threads, 1)
+        for name in ("user_defined_symbols", "control_symbols"):
+            symbols = getattr(self, name)
+            if len(set(symbols)) != len(symbols) or any(not s for s in symbols):
+                raise ValueError(f"{o}.{name} = {symbols!r} must hold distinct non-empty strings")
+
+
+@dataclass
+class PackingConfig:
+    """How tokenized documents become rows of exactly `seq_len` tokens."""
+
+    seq_len: int = 2048
+    """Tokens per packed row (L)."""
+    packer: str = "greedy"
+    """"greedy": concatenate and cut every L tokens (Megatron style, least padding);
+    "best_fit": best-fit-decreasing bins, keeps more documents whole at the cost of some padding."""
+    mask_cross_document_labels: bool = True
+    """Set the label to -100 where the next token belongs to another document (no cross-doc loss)."""
+    long_doc_policy: str = "split"
+    """Documents longer than L: "split" into chunks (recorded) or "truncate" to L (dropped tokens counted)."""
+    pad_id: Optional[int] = None
+    """Token id used for padding; None uses the tokenizer's pad id, or EOS when it has none."""
+
+    def __post_init__(self) -> None:
+        _check_range("packing", "seq_len", self.seq_len, 2)
+        _check_choice("packing", "packer", self.packer, PACKERS)
+        _check_choice("packing", "long_doc_policy", self.long_doc_policy, LONG_DOC_POLICIES)
+        if self.pad_id is not None:
+            _check_range("packing", "pad_id", self.pad_id, 0)
+
+
+@dataclass
+class CleaningConfig:
+    """What to do with bad documents. Every decision is counted in the rejection report."""
+
+    invalid_utf8: str = "repair"
+    """"reject" the document, or "repair" it (invalid bytes become U+FFFD)."""
+    max_doc_bytes: int = 16 * 1024 * 1024
+    """Documents larger than this (bytes, after decompression) are handled by `oversize`."""
+    oversize: str = "reject"
+    """"reject" oversize documents or "truncate" them to `max_doc_bytes` (at a character boundary)."""
+    min_doc_bytes: int = 1
+    """Documents with fewer bytes once surrounding whitespace is stripped are rejected as "empty"."""
+    binary_sniff_bytes: int = 8192
+    """A NUL byte within this many leading bytes marks a document as binary (rejected)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("cleaning", "invalid_utf8", self.invalid_utf8, UTF8_POLICIES)
+        _check_choice("cleaning", "oversize", self.oversize, OVERSIZE_POLICIES)
+        _check_range("cleaning", "max_doc_bytes", self.max_doc_bytes, 1)
+        _check_range("cleaning", "min_doc_bytes", self.min_doc_bytes, 0)
+        _check_range("cleaning", "binary_sniff_bytes", self.binary_sniff_bytes, 1)
+
+
+@dataclass
+class LongContextConfig:
+    """Selection and up-weighting of long documents for context-extension stages."""
+
+    min_doc_tokens: int = 0
+    """Keep only documents with at least this many tokens (0 keeps all); others are reported as filtered."""
+    upweight_min_tokens: int = 0
+    """Documents with at least this many tokens are repeated `upweight_factor` times (0 disables)."""
+    upweight_factor: int = 1
+    """How many copies of each long document are packed (1 = no up-weighting)."""
+
+    def __post_init__(self) -> None:
+        _check_range("long_context", "min_doc_tokens", self.min_doc_tokens, 0)
+        _check_range("long_context", "upweight_min_tokens", self.upweight_min_tokens, 0)
+        _check_range("long_context", "upweight_factor", self.upweight_factor, 1, 1000)
+
+
+@dataclass
+class DataPipelineConfig:
+    """Raw text in, packed Parquet shards + manifest.json + rejections.parquet out."""
+
+    inputs: list[str] = field(default_factory=list)
+    """Files or folders, local paths or URIs pyarrow understands (s3://, gs://, file://)."""
+    output_dir: str = ""
+    """Where shards, manifest.json, rejections.parquet and a trained tokenizer are written."""
+    format: str = "auto"
+    """"text" (one file = one document), "jsonl", "parquet", or "auto" (by file suffix)."""
+    text_field: str = "text"
+    """Field (JSONL) or column (Parquet) holding the document text."""
+    include_suffixes: list[str] = field(default_factory=list)
+    """Only read files whose name ends with one of these (e.g. ".py", ".jsonl.gz"); empty reads all."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """Tokenizer to train or load."""
+    packing: PackingConfig = field(default_factory=PackingConfig)
+    """Packing into rows of `seq_len`."""
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+    """Rejection and repair policies."""
+    long_context: LongContextConfig = field(default_factory=LongContextConfig)
+    """Long-document selection for context-extension stages."""
+    shard_tokens: int = 1 << 24
+    """Tokens (rows x seq_len) per Parquet shard; the loader holds one shard in memory per rank."""
+    shard_compression: str = "none"
+    """Parquet compression of shards: "none" (fastest to write and read), "zstd", "snappy" or "gzip"."""
+    work_unit_bytes: int = 8 * 1024 * 1024
+    """Input bytes per Ray Data block (one read task, one tokenize call, one packing flush)."""
+    num_tokenize_actors: int = 2
+    """Size of the actor pool holding SentencePiece processors."""
+    tokenize_actor_cpus: float = 0.5
+    """Logical CPUs per tokenize actor; fractional so actors never starve Ray Data's own tasks."""
+    read_task_cpus: float = 0.25
+    """Logical CPUs per read+clean task."""
+    shuffle_seed: int = 0
+    """Seed of the deterministic shuffle of work units (mixes sources before packing)."""
+
+    def __post_init__(self) -> None:
+        o = "data"
+        _check_choice(o, "format", self.format, INPUT_FORMATS)
+        _check_choice(o, "shard_compression", self.shard_compression, COMPRESSIONS)
+        _check_range(o, "shard_tokens", self.shard_tokens, self.packing.seq_len)
+        _check_range(o, "work_unit_bytes", self.work_unit_bytes, 1)
+        _check_range(o, "num_tokenize_actors", self.num_tokenize_actors, 1)
+        _check_range(o, "tokenize_actor_cpus", self.tokenize_actor_cpus, 0.01)
+        _check_range(o, "read_task_cpus", self.read_task_cpus, 0.01)
+        if not self.text_field:
+            raise ValueError(f"{o}.text_field = {self.text_field!r} must be a non-empty field name")

@@ -1,0 +1,131 @@
+"""Stage 6, the record: what went in, which tokenizer, where every token went (manifest.json).
+
+Each block (work unit) returns a small report; `build_manifest` folds them in unit order, so the
+manifest is deterministic too (no timestamps, sorted keys). The accounting invariants it checks:
+
+    docs_in   == docs_packed + docs_rejected          (long-context filtering counts as rejected)
+    tokens_tokenized - tokens_filtered + tokens_repeated == tokens_written + tokens_truncated
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MANIFEST_FILE = "manifest.json"
+REJECTIONS_FILE = "rejections.parquet"
+COUNT_KEYS = (
+    "docs_in", "docs_packed", "docs_rejected", "docs_repaired", "docs_split", "docs_truncated",
+    "docs_repeated", "tokens_tokenized", "tokens_filtered", "tokens_repeated", "tokens_written",
+    "tokens_truncated", "tokens_padding", "rows",
+)
+
+
+@dataclass
+class ShardInfo:
+    """One shard file, relative to the manifest's directory."""
+
+    path: str
+    num_rows: int
+    num_tokens_written: int
+    """Non-padding tokens in the shard."""
+
+
+@dataclass
+class Manifest:
+    """Everything needed to trust, reproduce and read a packed dataset."""
+
+    seq_len: int
+    shards: list[ShardInfo]
+    counts: dict[str, int]
+    rejected_by_reason: dict[str, int]
+    repaired_by_reason: dict[str, int]
+    inputs: list[dict[str, Any]]
+    tokenizer: dict[str, Any]
+    config: dict[str, Any]
+    padding_ratio: float = 0.0
+    truncation_ratio: float = 0.0
+    version: int = 1
+    root: str = field(default="", compare=False)
+    """Directory the manifest was loaded from (not saved)."""
+
+    @property
+    def num_rows(self) -> int:
+        """Packed sequences in the whole dataset."""
+        return sum(s.num_rows for s in self.shards)
+
+    def to_json(self) -> str:
+        """Deterministic JSON text (sorted keys, no timestamps)."""
+        data = asdict(self)
+        data.pop("root")
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, root: str = "") -> "Manifest":
+        """Inverse of `to_json`."""
+        data = json.loads(text)
+        data["shards"] = [ShardInfo(**s) for s in data["shards"]]
+        return cls(**data, root=root)
+
+    @classmethod
+    def load(cls, path: str) -> "Manifest":
+        """Read `manifest.json` (or the directory holding it) from a local path."""
+        import os
+
+        if os.path.isdir(path):
+            path = os.path.join(path, MANIFEST_FILE)
+        with open(path) as f:
+            return cls.from_json(f.read(), root=os.path.dirname(os.path.abspath(path)))
+
+    def sha256(self) -> str:
+        """Hash of the manifest text: identifies the dataset in a checkpoint's loader state."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+def check_accounting(counts: dict[str, int]) -> None:
+    """Raise AssertionError if documents or tokens went missing (a bug, never bad data)."""
+    docs = counts["docs_packed"] + counts["docs_rejected"]
+    assert counts["docs_in"] == docs, f"docs_in {counts['docs_in']} != packed + rejected {docs}"
+    lhs = counts["tokens_tokenized"] - counts["tokens_filtered"] + counts["tokens_repeated"]
+    rhs = counts["tokens_written"] + counts["tokens_truncated"]
+    assert lhs == rhs, f"tokens in {lhs} != tokens written + truncated {rhs}"
+
+
+def build_manifest(reports: list[dict[str, Any]], seq_len: int, inputs: list[dict[str, Any]],
+                   tokenizer: dict[str, Any], config: dict[str, Any]) -> tuple[Manifest, list[dict[str, Any]]]:
+    """Fold block reports (any order) into a manifest and the ordered list of rejection records."""
+    reports = sorted(reports, key=lambda r: (r["unit_index"], r["first_doc_ordinal"]))
+    counts: Counter[str] = Counter({k: 0 for k in COUNT_KEYS})
+    rejected: Counter[str] = Counter()
+    repaired: Counter[str] = Counter()
+    shards: list[ShardInfo] = []
+    records: list[dict[str, Any]] = []
+    part_hashes: dict[str, list[tuple[int, str]]] = {}
+    for report in reports:
+        counts.update(report["counts"])
+        shards.extend(ShardInfo(**s) for s in report["shards"])
+        for rec in report["records"]:
+            records.append(rec)
+            (rejected if rec["action"] == "rejected" else repaired)[rec["reason"]] += 1
+        for part in report["parts"]:
+            part_hashes.setdefault(part["uri"], []).append((part["start"], part["sha256"]))
+    for item in inputs:
+        hashes = [h for _, h in sorted(part_hashes.get(item["uri"], []))]
+        # Whole files: the file's sha256. Files read in byte ranges: sha256 of the ranges' digests.
+        item["sha256"] = hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
+        item["num_parts"] = len(hashes)
+    counts_dict = dict(counts)
+    check_accounting(counts_dict)
+    total = counts_dict["rows"] * seq_len
+    to_pack = counts_dict["tokens_written"] + counts_dict["tokens_truncated"]
+    manifest = Manifest(
+        seq_len=seq_len, shards=shards, counts=counts_dict,
+        rejected_by_reason=dict(sorted(rejected.items())), repaired_by_reason=dict(sorted(repaired.items())),
+        inputs=inputs, tokenizer=tokenizer, config=config,
+        padding_ratio=counts_dict["tokens_padding"] / total if total else 0.0,
+        truncation_ratio=counts_dict["tokens_truncated"] / to_pack if to_pack else 0.0,
+    )
+    return manifest, records

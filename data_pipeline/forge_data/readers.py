@@ -1,0 +1,146 @@
+"""Stage 1, read: one file part -> documents with stable ids, raw bytes and read errors.
+
+Readers never raise on bad data: a corrupt gzip, a broken JSON line or a missing text field
+becomes a document with `read_error` set, so the cleaning stage counts it in the rejection
+report. Every document id is `<uri>#<offset>` (byte offset of the line for JSONL, row index for
+Parquet, 0 for a text file), stable across runs and machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from forge_data.sources import FilePart, resolve_filesystem
+
+_LINE_PROBE_BYTES = 1 << 16
+
+
+@dataclass
+class ReadResult:
+    """Documents of one file part plus the hash of the exact bytes the part covers."""
+
+    doc_ids: list[str] = field(default_factory=list)
+    raws: list[bytes] = field(default_factory=list)
+    read_errors: list[str | None] = field(default_factory=list)
+    part_sha256: str = ""
+
+    def add(self, doc_id: str, raw: bytes, error: str | None = None) -> None:
+        """Append one document (or one failed read)."""
+        self.doc_ids.append(doc_id)
+        self.raws.append(raw)
+        self.read_errors.append(error)
+
+
+def _read_range_aligned(part: FilePart) -> tuple[bytes, bytes, int]:
+    """Read [start, end) of an uncompressed file, extended to whole lines.
+
+    A line belongs to the range holding its first byte, so neighbouring ranges neither drop nor
+    duplicate a line. Returns (lines, exact range bytes for hashing, file offset of `lines`).
+    """
+    fs, path = resolve_filesystem(part.uri)
+    with fs.open_input_file(path) as f:
+        exact = f.read_at(part.end - part.start, part.start) if part.end > part.start else b""
+        tail = b""
+        pos = part.end
+        # Extend past `end` until the line that started inside the range is complete.
+        while pos < part.file_size and (not (exact + tail).endswith(b"\n")):
+            chunk = f.read_at(min(_LINE_PROBE_BYTES, part.file_size - pos), pos)
+            cut = chunk.find(b"\n")
+            if cut >= 0:
+                tail += chunk[: cut + 1]
+                break
+            tail += chunk
+            pos += len(chunk)
+        skip = 0
+        if part.start > 0 and f.read_at(1, part.start - 1) != b"\n":
+            # The first partial line belongs to the previous range.
+            cut = exact.find(b"\n")
+            skip = len(exact) if cut < 0 else cut + 1
+            if cut < 0:
+                tail = b""
+    return (exact + tail)[skip:], exact, part.start + skip
+
+
+def _read_whole(part: FilePart) -> tuple[bytes, bytes]:
+    """Read a whole file; returns (raw bytes as stored, decompressed bytes). May raise on corrupt data."""
+    fs, path = resolve_filesystem(part.uri)
+    with fs.open_input_file(path) as f:
+        raw = f.read()
+    if part.compression == "none":
+        return raw, raw
+    # In memory on purpose: the hash must cover the stored bytes, and pyarrow's streams decompress
+    # gzip and zstd without needing the `zstandard` package.
+    stream = pa.CompressedInputStream(pa.BufferReader(raw), part.compression)
+    return raw, stream.read()
+
+
+def _add_jsonl_docs(out: ReadResult, uri: str, data: bytes, base_offset: int, text_field: str) -> None:
+    """One document per non-blank line; blank lines are separators, not documents."""
+    offset = base_offset
+    for line in data.split(b"\n"):
+        line_offset, offset = offset, offset + len(line) + 1
+        if not line.strip():
+            continue
+        doc_id = f"{uri}#{line_offset}"
+        try:
+            record = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            out.add(doc_id, b"", "invalid_json")
+            continue
+        text = record.get(text_field) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            out.add(doc_id, b"", "missing_text_field")
+            continue
+        # surrogatepass keeps lone surrogates ("\ud800") as invalid UTF-8 for the cleaner to judge.
+        out.add(doc_id, text.encode("utf-8", "surrogatepass"))
+
+
+def _add_parquet_docs(out: ReadResult, uri: str, raw: bytes, text_field: str) -> None:
+    """One document per row of `text_field` (string or binary column); nulls are reported."""
+    table = pq.ParquetFile(pa.BufferReader(raw))
+    if text_field not in table.schema_arrow.names:
+        out.add(f"{uri}#0", b"", "missing_text_field")
+        return
+    column = table.read(columns=[text_field]).column(0)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+            or pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        out.add(f"{uri}#0", b"", "missing_text_field")
+        return
+    # Binary view of strings is zero-copy; to_pylist then yields bytes without a decode/encode trip.
+    values = column.cast(pa.large_binary()).to_pylist()
+    for row, value in enumerate(values):
+        if value is None:
+            out.add(f"{uri}#{row}", b"", "missing_text_field")
+        else:
+            out.add(f"{uri}#{row}", value)
+
+
+def read_file_part(part: FilePart, text_field: str) -> ReadResult:
+    """Read one part into documents. Errors become `read_error` documents, never exceptions."""
+    out = ReadResult()
+    try:
+        if part.format == "jsonl" and part.compression == "none" and (part.start > 0 or part.end < part.file_size):
+            data, exact, base = _read_range_aligned(part)
+            out.part_sha256 = hashlib.sha256(exact).hexdigest()
+            _add_jsonl_docs(out, part.uri, data, base, text_field)
+            return out
+        raw, data = _read_whole(part)
+    except (OSError, pa.ArrowException) as exc:
+        out.add(f"{part.uri}#0", b"", f"read_error:{type(exc).__name__}")
+        return out
+    out.part_sha256 = hashlib.sha256(raw).hexdigest()
+    if part.format == "text":
+        out.add(f"{part.uri}#0", data)
+    elif part.format == "jsonl":
+        _add_jsonl_docs(out, part.uri, data, 0, text_field)
+    else:
+        try:
+            _add_parquet_docs(out, part.uri, data, text_field)
+        except (OSError, pa.ArrowException) as exc:
+            out.add(f"{part.uri}#0", b"", f"read_error:{type(exc).__name__}")
+    return out

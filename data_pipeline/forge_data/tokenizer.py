@@ -1,0 +1,168 @@
+"""Stage 3, the tokenizer: a thin wrapper around SentencePiece plus training from an in-memory sample.
+
+A trained tokenizer is a directory with `tokenizer.model` (the SentencePiece proto) and
+`tokenizer.json` (its training config, the sha256 of the training sample and of the model), so a
+shard's manifest can name exactly which tokenizer produced it. Special ids are fixed:
+unk 0, bos 1, eos 2, pad 3, then user-defined and control symbols.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import asdict
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from forge_data.config import TokenizerConfig
+
+MODEL_FILE = "tokenizer.model"
+METADATA_FILE = "tokenizer.json"
+
+
+class Tokenizer:
+    """SentencePiece processor with the ids and batch encoders the pipeline and trainers need."""
+
+    def __init__(self, model_proto: bytes, metadata: dict | None = None) -> None:
+        self.model_proto = model_proto
+        self.metadata = metadata or {}
+        self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.sha256 = hashlib.sha256(model_proto).hexdigest()
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of pieces (embedding rows the model needs)."""
+        return self.processor.get_piece_size()
+
+    @property
+    def bos_id(self) -> int:
+        """Beginning-of-document id (-1 if the model has none)."""
+        return self.processor.bos_id()
+
+    @property
+    def eos_id(self) -> int:
+        """End-of-document id (-1 if the model has none)."""
+        return self.processor.eos_id()
+
+    @property
+    def pad_id(self) -> int:
+        """Padding id (-1 if the model has none)."""
+        return self.processor.pad_id()
+
+    def encode(self, text: str | list[str], add_bos: bool = False, add_eos: bool = False) -> list[int] | list[list[int]]:
+        """Ids of one text, or of each text in a list (one C++ call for the whole list)."""
+        return self.processor.encode(text, add_bos=add_bos, add_eos=add_eos, num_threads=1)
+
+    def encode_numpy(self, texts: list[str], add_bos: bool = False, add_eos: bool = False,
+                     num_threads: int = 1) -> list[np.ndarray]:
+        """int32 arrays straight from C++ buffers: no Python int per token (the hot path).
+
+        `num_threads=1` by default because the pipeline gets its parallelism from Ray actors; more
+        threads per actor would oversubscribe the cores Ray has already handed out.
+        """
+        return self.processor.encode(texts, out_type="numpy", add_bos=add_bos, add_eos=add_eos, num_threads=num_threads)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text of a sequence of ids (special ids decode to nothing)."""
+        return self.processor.decode([int(i) for i in ids])
+
+    def save(self, out_dir: str) -> str:
+        """Write `tokenizer.model` and `tokenizer.json` into `out_dir`; returns the model path."""
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, MODEL_FILE)
+        with open(path, "wb") as f:
+            f.write(self.model_proto)
+        meta = dict(self.metadata, model_sha256=self.sha256, vocab_size=self.vocab_size)
+        with open(os.path.join(out_dir, METADATA_FILE), "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+        return path
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """Load a tokenizer from its directory or its `.model` file (metadata is optional)."""
+    model_path = os.path.join(path, MODEL_FILE) if os.path.isdir(path) else path
+    if not os.path.isfile(model_path):
+        raise FileNotFoundError(f"no SentencePiece model at {model_path!r}")
+    with open(model_path, "rb") as f:
+        proto = f.read()
+    meta_path = os.path.join(os.path.dirname(model_path), METADATA_FILE)
+    metadata = None
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            metadata = json.load(f)
+    return Tokenizer(proto, metadata)
+
+
+def split_sentences(text: str, max_chars: int) -> Iterator[str]:
+    """Cut a document at line ends into training "sentences" of at most `max_chars` characters.
+
+    Newlines stay inside the pieces, so the tokenizer learns them (code and verse need them).
+    """
+    buf: list[str] = []
+    size = 0
+    for line in text.splitlines(keepends=True):
+        while len(line) > max_chars:  # one very long line: hard cuts
+            if buf:
+                yield "".join(buf)
+                buf, size = [], 0
+            yield line[:max_chars]
+            line = line[max_chars:]
+        if size + len(line) > max_chars and buf:
+            yield "".join(buf)
+            buf, size = [], 0
+        buf.append(line)
+        size += len(line)
+    if buf:
+        yield "".join(buf)
+
+
+def sentencepiece_trainer_args(cfg: TokenizerConfig) -> dict[str, object]:
+    """The SentencePieceTrainer arguments for a config (one place, tested)."""
+    identity = cfg.identity_normalization
+    return dict(
+        model_type=cfg.model_type,
+        vocab_size=cfg.vocab_size,
+        byte_fallback=cfg.byte_fallback,
+        character_coverage=cfg.character_coverage,
+        user_defined_symbols=list(cfg.user_defined_symbols),
+        control_symbols=list(cfg.control_symbols),
+        normalization_rule_name="identity" if identity else "nmt_nfkc",
+        remove_extra_whitespaces=not identity,
+        # No invented leading space: decode(encode(doc)) == doc, and "char" stays one id per character.
+        add_dummy_prefix=not identity,
+        allow_whitespace_only_pieces=True,
+        split_digits=cfg.split_digits,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+        # UTF-8 needs up to 4 bytes per character; our sentences are cut by characters.
+        max_sentence_length=4 * cfg.max_sentence_bytes,
+        # Use the whole (already sampled) input in order: SentencePiece's own sampling is random.
+        input_sentence_size=0,
+        shuffle_input_sentence=False,
+        # For "char" the vocabulary is whatever characters exist; vocab_size is an upper bound.
+        hard_vocab_limit=cfg.model_type != "char",
+        num_threads=cfg.num_threads,
+        minloglevel=0 if cfg.show_progress else 2,
+    )
+
+
+def train_from_texts(cfg: TokenizerConfig, texts: Iterable[str], metadata: dict | None = None) -> Tokenizer:
+    """Train on documents already in memory (the sample); returns the tokenizer, not yet saved."""
+    hasher = hashlib.sha256()
+    num_sentences = 0
+
+    def sentences() -> Iterator[str]:
+        nonlocal num_sentences
+        for text in texts:
+            for sentence in split_sentences(text, cfg.max_sentence_bytes):
+                hasher.update(sentence.encode("utf-8", "surrogatepass"))
+                num_sentences += 1
+                yield sentence
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=sentences(), model_writer=model, **sentencepiece_trainer_args(cfg))
+    meta = dict(metadata or {}, config=asdict(cfg), sample_sha256=hasher.hexdigest(), num_sample_sentences=num_sentences)
+    return Tokenizer(model.getvalue(), meta)

@@ -1,0 +1,25 @@
+"""Design guards: forge_data stays a leaf, and importing it starts nothing heavy."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "data_pipeline" / "forge_data"
+
+
+def test_forge_data_never_imports_platform_or_models():
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(("forge_platform", "forge_models")), f"{path.name} imports {name}"
+
+
+def test_import_has_no_ray_or_torch_side_effects():
+    code = ("import sys; import forge_data; "
+            "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(PACKAGE.parent)})
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,67 @@
+"""The tokenizer wrapper and training without Ray (the Ray-drawn sample is tested in test_pipeline)."""
+
+import numpy as np
+import pytest
+
+from conftest import make_text, stdlib_texts
+from forge_data.config import TokenizerConfig
+from forge_data.tokenizer import load_tokenizer, sentencepiece_trainer_args, split_sentences, train_from_texts
+from pathlib import Path
+import random
+
+BUNDLED_SHAKESPEARE = Path(__file__).resolve().parents[2] / "datasets" / "tinyshakespeare" / "input.txt"
+
+
+def test_round_trip_and_special_ids(small_tokenizer):
+    text = stdlib_texts("json")[0]
+    ids = small_tokenizer.encode(text)
+    assert small_tokenizer.decode(ids) == text  # identity normalization: exact round trip
+    assert (small_tokenizer.bos_id, small_tokenizer.eos_id, small_tokenizer.pad_id) == (1, 2, 3)
+    arrays = small_tokenizer.encode_numpy([text, "x"], add_eos=True)
+    assert arrays[0].dtype == np.int32 and list(arrays[0][:-1]) == ids and arrays[0][-1] == 2
+
+
+def test_training_is_deterministic_and_saved_with_its_config(tmp_path, small_tokenizer):
+    cfg = TokenizerConfig(model_type="bpe", vocab_size=400, show_progress=False, sample_bytes=1 << 20)
+    again = train_from_texts(cfg, stdlib_texts("json") + stdlib_texts("email"))
+    assert again.sha256 == small_tokenizer.sha256
+    path = again.save(str(tmp_path / "tok"))
+    loaded = load_tokenizer(str(tmp_path / "tok"))
+    assert loaded.sha256 == again.sha256 and load_tokenizer(path).vocab_size == 400
+    assert loaded.metadata["config"]["vocab_size"] == 400 and len(loaded.metadata["sample_sha256"]) == 64
+
+
+def test_char_model_one_id_per_character():
+    text = make_text(random.Random(0), 400) + "ABC, xyz!\n"
+    cfg = TokenizerConfig(model_type="char", vocab_size=1000, byte_fallback=False, character_coverage=1.0,
+                          show_progress=False)
+    tok = train_from_texts(cfg, [text])
+    assert tok.vocab_size == len(set(text)) + 4  # characters + unk, bos, eos, pad
+    assert len(tok.encode(text)) == len(text) and tok.decode(tok.encode(text)) == text
+
+
+@pytest.mark.skipif(not BUNDLED_SHAKESPEARE.exists(), reason="bundled tiny Shakespeare not committed yet")
+def test_char_model_on_tiny_shakespeare_has_65_characters():
+    cfg = TokenizerConfig(model_type="char", vocab_size=1000, byte_fallback=False, character_coverage=1.0,
+                          show_progress=False)
+    tok = train_from_texts(cfg, [BUNDLED_SHAKESPEARE.read_text()])
+    assert tok.vocab_size == 65 + 4
+
+
+def test_user_defined_symbols_are_single_pieces():
+    cfg = TokenizerConfig(vocab_size=320, model_type="bpe", user_defined_symbols=["<|im_start|>"], show_progress=False)
+    tok = train_from_texts(cfg, [make_text(random.Random(1), 2000)])
+    ids = tok.encode("<|im_start|>the king")
+    assert tok.processor.id_to_piece(ids[0]) == "<|im_start|>"
+
+
+def test_sentences_keep_newlines_and_respect_the_limit():
+    text = "a" * 25 + "\nshort\n" + "b\n" * 10
+    pieces = list(split_sentences(text, 10))
+    assert "".join(pieces) == text and max(map(len, pieces)) <= 10
+
+
+def test_trainer_args_follow_config():
+    args = sentencepiece_trainer_args(TokenizerConfig(model_type="char", identity_normalization=True))
+    assert args["hard_vocab_limit"] is False and args["normalization_rule_name"] == "identity"
+    assert args["input_sentence_size"] == 0  # no random subsampling inside SentencePiece
