@@ -22,6 +22,8 @@ if [ ! -f "$work/data/manifest.json" ]; then
       --data.tokenizer.sample_bytes 8000000 --data.shard_tokens 16777216 2>&1 | tail -n 2
 fi
 
+# --ray_num_cpus 12: the local Ray gets 4 logical CPUs by default, too few for 2 workers x 4 CPUs
+# (the 2-GPU layouts then wait forever for their worker group; Ray Train retries that without limit).
 # name  workers  tp  micro-batch  accumulation   (every layout reads 4 sequences per optimizer step)
 layouts="tp1 1 1 2 2
 tp2 2 2 2 2
@@ -29,7 +31,7 @@ dp2 2 1 2 1"
 while read -r name workers tp mb acc; do
   echo "== $name: $workers GPU(s), tensor_parallel=$tp, micro-batch $mb x accumulation $acc"
   python3 -m jobs.pretrain --config jobs/specs/pretrain.toml --name "scaling-$name" --output_dir "$work/$name" \
-      --train_manifest "$work/data/manifest.json" --tracking.backend console \
+      --train_manifest "$work/data/manifest.json" --tracking.backend console --ray_num_cpus 12 \
       --model.preset "$preset" --model.vocab_size 32000 --model.compile_pointwise true \
       --parallel.num_workers "$workers" --parallel.tensor_parallel "$tp" --parallel.use_gpu true \
       --parallel.cpus_per_worker 4 --parallel.max_failures 0 --parallel.peak_tflops 0 \

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-LAYER_SYMBOLS = {"M": "mamba2", "m": "mamba", "*": "attention", "+": "mlp"}
+from forge_models.patterns import parse_pattern
+
 KERNEL_CHOICES = ("auto", "reference", "cuda")
 ACTIVATIONS = ("gelu", "swiglu")
 ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
@@ -186,7 +187,6 @@ class ModelConfig:
         _check_positive("init_std", self.init_std)
         if self.kernels not in KERNEL_CHOICES:
             _fail("kernels", self.kernels, str(KERNEL_CHOICES))
-        from forge_models.patterns import parse_pattern  # local: patterns imports this module
 
         kinds = {spec.kind for spec in parse_pattern(self.pattern)}
         if "mamba2" in kinds:

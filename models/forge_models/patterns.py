@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from forge_models.config import LAYER_SYMBOLS
+# One symbol per layer kind, as in the paper's Table 11 (plus `m` for Mamba-1).
+LAYER_SYMBOLS = {"M": "mamba2", "m": "mamba", "*": "attention", "+": "mlp"}
 
 MAMBA2, MAMBA, ATTENTION, MLP = "M", "m", "*", "+"
 

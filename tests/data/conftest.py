@@ -19,7 +19,7 @@ import pytest
 from forge_data.config import TokenizerConfig
 from forge_data.tokenizer import Tokenizer, train_from_texts
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
+from tests.data.corpora import make_text, stdlib_texts, write_bad_corpus  # noqa: F401  (fixtures use them)
 
 
 @pytest.fixture(scope="session")
@@ -34,58 +34,11 @@ def ray_session():
     ray.shutdown()
 
 
-def stdlib_texts(subdir: str = "json") -> list[str]:
-    """Real documents: the stdlib sources of one package, one file = one document."""
-    return [p.read_text("utf-8") for p in sorted((STDLIB / subdir).rglob("*.py"))]
-
-
 @pytest.fixture(scope="session")
 def small_tokenizer() -> Tokenizer:
     """A 400-piece BPE tokenizer trained (without Ray) on two stdlib packages (BPE trains in a second)."""
     cfg = TokenizerConfig(model_type="bpe", vocab_size=400, show_progress=False, sample_bytes=1 << 20)
     return train_from_texts(cfg, stdlib_texts("json") + stdlib_texts("email"))
-
-
-def make_text(rng: random.Random, num_words: int) -> str:
-    """Pseudo-English with newlines, deterministic for a seeded rng."""
-    words = ["the", "king", "queen", "castle", "river", "of", "and", "night", "sword", "crown", "x" * 7]
-    lines = []
-    for _ in range(max(1, num_words // 8)):
-        lines.append(" ".join(rng.choice(words) for _ in range(8)))
-    return "\n".join(lines) + "\n"
-
-
-def write_bad_corpus(root: Path, seed: int = 0) -> dict[str, int]:
-    """A corpus with every kind of bad input; returns the expected rejection counts by reason.
-
-    Text files (good, invalid UTF-8, empty, whitespace-only, binary, oversize, gzip, zstd,
-    corrupt gzip), a JSONL file (good lines, a broken line, a missing field, a lone surrogate) and
-    a Parquet file (good rows and a null).
-    """
-    rng = random.Random(seed)
-    (root / "text").mkdir(parents=True)
-    for i in range(12):
-        (root / "text" / f"good_{i:02d}.txt").write_text(make_text(rng, 40 + 60 * i))
-    (root / "text" / "bad_utf8.txt").write_bytes(b"caf\xe9 au lait\n" + make_text(rng, 30).encode())
-    (root / "text" / "empty.txt").write_bytes(b"")
-    (root / "text" / "blank.txt").write_bytes(b"  \n\t\n")
-    (root / "text" / "binary.bin").write_bytes(b"\x7fELF\x00\x01\x02" + bytes(range(256)))
-    (root / "text" / "huge.txt").write_text(make_text(rng, 20_000))  # > max_doc_bytes in the tests
-    (root / "text" / "zipped.txt.gz").write_bytes(gzip.compress(make_text(rng, 200).encode()))
-    zst = pa.BufferOutputStream()
-    with pa.CompressedOutputStream(zst, "zstd") as out:
-        out.write(make_text(rng, 200).encode())
-    (root / "text" / "zipped.txt.zst").write_bytes(zst.getvalue().to_pybytes())
-    (root / "text" / "corrupt.txt.gz").write_bytes(gzip.compress(b"hello world\n" * 50)[:-30] + b"garbage!")
-    lines = [json.dumps({"text": make_text(rng, 50), "id": i}) for i in range(20)]
-    lines.insert(3, '{"text": "unterminated')
-    lines.insert(7, json.dumps({"body": "no text field"}))
-    lines.insert(9, '{"text": "lone \\ud800 surrogate"}')
-    (root / "docs.jsonl").write_text("\n".join(lines) + "\n\n")
-    table = pa.table({"text": [make_text(rng, 80) for _ in range(9)] + [None]})
-    pq.write_table(table, root / "docs.parquet")
-    return {"invalid_utf8": 2, "empty": 2, "binary": 1, "oversize": 1, "read_error:OSError": 1,
-            "invalid_json": 1, "missing_text_field": 2}
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ The dataset is built with `run_pipeline(use_ray=False)`: the same stages, no Ray
 import pytest
 import torch
 
-from conftest import write_bad_corpus
+from tests.data.corpora import write_bad_corpus
 from forge_data import DataPipelineConfig, PackedShardLoader, PackingConfig, TokenizerConfig, run_pipeline
 
 

@@ -22,7 +22,7 @@ CLEANING = CleaningConfig(max_doc_bytes=50_000)
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from conftest import write_bad_corpus
+    from tests.data.corpora import write_bad_corpus
 
     root = tmp_path_factory.mktemp("pipeline") / "corpus"
     return root, write_bad_corpus(root)

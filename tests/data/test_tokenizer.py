@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import make_text, stdlib_texts
+from tests.data.corpora import make_text, stdlib_texts
 from forge_data.config import TokenizerConfig
 from forge_data.tokenizer import load_tokenizer, sentencepiece_trainer_args, split_sentences, train_from_texts
 from pathlib import Path

@@ -23,6 +23,8 @@ def test_deepspeed_config_is_derived_from_the_job() -> None:
     assert config["gradient_clipping"] == 0.5  # explicit: DeepSpeed 0.19.8 would default to 1.0
     off = build_deepspeed_config(TrainConfig(), OptimConfig(grad_clip=0.0), 1)
     assert off["gradient_clipping"] == 0.0 and off["bf16"]["enabled"] is False
+    # stage 0: the train loop clips (and reports the norm) itself
+    assert build_deepspeed_config(TrainConfig(zero_stage=0), optim, 1)["gradient_clipping"] == 0.0
     with pytest.raises(ValueError, match="data_parallel_size"):
         build_deepspeed_config(train, optim, 0)
 

@@ -84,3 +84,11 @@ def test_tensor_parallel_stage_matches_one_worker(packed_data, tmp_path: Path) -
     for name, tensor in full_one.items():
         assert full_two[name].shape == tensor.shape
         torch.testing.assert_close(full_two[name], tensor, rtol=1e-4, atol=1e-5)  # Adam amplifies 1e-7 grad noise
+
+
+def test_a_worker_group_ray_cannot_place_is_refused_at_once(packed_data, tmp_path: Path) -> None:
+    """Ray would retry a group it can never place forever; the platform names the shortfall instead."""
+    ensure_ray(4, workspace=tmp_path)
+    too_big = stage_run(packed_data, parallel=ParallelConfig(num_workers=2, cpus_per_worker=4.0))
+    with pytest.raises(ValueError, match=r"2 workers x 4 CPU cannot be placed \(CPU: 8 needed, 4 in this Ray\)"):
+        run_stage(too_big, tmp_path / "storage", "too-big")

@@ -24,7 +24,8 @@ def build_deepspeed_config(train: TrainConfig, optim: OptimConfig, data_parallel
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": train.grad_accum_steps,
         "train_batch_size": train.micro_batch_size * train.grad_accum_steps * data_parallel_size,
-        "gradient_clipping": optim.grad_clip,
+        # At stage 0 DeepSpeed clips but never reports the norm: the train loop clips there itself.
+        "gradient_clipping": optim.grad_clip if train.zero_stage > 0 else 0.0,
         "zero_optimization": {"stage": train.zero_stage},
         # bf16 is autocast over fp32 weights (the train loop's), not DeepSpeed's bf16 mode: that
         # mode casts every parameter to bf16, and Mamba's A_log, D and dt_bias must stay fp32.

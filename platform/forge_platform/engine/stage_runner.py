@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from forge_platform.engine.train_loop import StageRun, train_stage_worker
+from forge_platform.training_config import ParallelConfig
 
 
 @dataclass(frozen=True)
@@ -23,9 +26,29 @@ class StageResult:
     """Ray Train's own result: every retained checkpoint with its reported metrics."""
 
 
+def check_resources(parallel: ParallelConfig) -> None:
+    """Refuse a worker group that this Ray can never place (it would retry forever).
+
+    Skipped on a cluster (RAY_ADDRESS set), where an autoscaler may add the nodes.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    have = ray.cluster_resources()
+    need = {"CPU": parallel.num_workers * parallel.cpus_per_worker, "GPU": parallel.num_workers * parallel.use_gpu}
+    short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0)}
+    if short:
+        detail = ", ".join(f"{k}: {v:g} needed, {h:g} in this Ray" for k, (v, h) in short.items())
+        raise ValueError(
+            f"parallel: {parallel.num_workers} workers x {parallel.cpus_per_worker:g} CPU"
+            f"{' + 1 GPU' if parallel.use_gpu else ''} cannot be placed ({detail}); "
+            "raise ray_num_cpus or lower parallel.cpus_per_worker / num_workers"
+        )
+
+
 def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
     """Train one stage on `run.parallel.num_workers` Ray Train workers; resumes after worker failures."""
     parallel = run.parallel
+    check_resources(parallel)
     storage = Path(storage_dir).resolve()
     run = dataclasses.replace(run, checkpoint_root=str(storage / name))
     trainer = TorchTrainer(

@@ -45,6 +45,7 @@ from forge_platform.parallel import (
     build_loss_fn,
     build_process_groups,
     gather_state_dict,
+    global_grad_norm,
     parallelize_model,
 )
 from forge_platform.parallel.activation_checkpointing import apply_activation_checkpointing
@@ -157,11 +158,14 @@ def train_stage_worker(config: dict[str, Any]) -> None:
     for step in range(start_step, train.steps):
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
+        grad_norm = None
         for _ in range(train.grad_accum_steps):
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16"):
                 loss = compute_loss(batch)
             engine.backward(loss)
+            if zero_stage == 0 and engine.is_gradient_accumulation_boundary():
+                grad_norm = clip_gradients(model, groups, stage.optim.grad_clip)
             engine.step()
             loss_sum += loss.detach()
         step_loss = loss_sum.item() / train.grad_accum_steps  # the one sync of the step
@@ -171,7 +175,7 @@ def train_stage_worker(config: dict[str, Any]) -> None:
             metrics = {
                 "loss": step_loss,
                 "lr": engine.get_lr()[0],
-                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "grad_norm": float(grad_norm if grad_norm is not None else engine.get_global_grad_norm()),
                 "tokens_per_s": tokens_per_step / elapsed,
                 "memory_gib": _memory_gib(device),
             }
@@ -225,6 +229,17 @@ def _save_and_report(engine: Any, model: torch.nn.Module, groups: ParallelGroups
         checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
     )
+
+
+def clip_gradients(model: torch.nn.Module, groups: ParallelGroups, max_norm: float) -> torch.Tensor:
+    """Scale gradients so their global norm (tensor-parallel aware) is at most `max_norm`; return the norm."""
+    norm = global_grad_norm(model, groups)
+    if max_norm > 0:
+        scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        for param in model.parameters():
+            if param.grad is not None:
+                param.grad.mul_(scale)
+    return norm
 
 
 def _crash_once(marker_dir: Path) -> None:
