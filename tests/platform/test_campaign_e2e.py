@@ -24,6 +24,8 @@ REDUCED = [
     "--stages.0.train.steps", "6",
     "--stages.0.train.micro_batch_size", "2",
     "--stages.0.train.log_every", "1",
+    "--stages.0.optim.lr", "1e-2",
+    "--stages.0.optim.warmup_tokens", "0",
     "--stages.0.checkpoint.every_steps", "3",
     "--stages.0.eval.val_batches", "2",
     "--stages.0.eval.phonebook_entries", "[2]",
@@ -78,5 +80,5 @@ def test_campaign_runs_are_in_mlflow(campaign: tuple[Path, subprocess.CompletedP
     # the extension started from the pretraining weights: its first loss is far below a fresh model's
     first_ext = client.get_metric_history(children[1].info.run_id, "loss")[0].value
     first_pre = client.get_metric_history(children[0].info.run_id, "loss")[0].value
-    assert first_ext < first_pre - 0.3
+    assert first_ext < first_pre - 0.2
     assert "mlflow ui --backend-store-uri" in proc.stdout
