@@ -37,9 +37,12 @@ def ensure_ray(num_cpus: int, workspace: str | Path = ".") -> None:
         ray.init(address="auto", runtime_env={"env_vars": env})
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # The dashboard serves Ray's State API, which Ray Train's controller polls: without it the
+    # driver's log fills with "Failed to query Ray Train Controller actor state".
     ray.init(
         num_cpus=num_cpus,
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
         runtime_env={"env_vars": env},
         log_to_driver=True,
         configure_logging=True,

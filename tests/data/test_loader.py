@@ -4,6 +4,7 @@ The dataset is built with `run_pipeline(use_ray=False)`: the same stages, no Ray
 """
 
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,3 +95,15 @@ def test_bad_arguments_are_refused(dataset):
         PackedShardLoader(path, 2, dp_rank=2, dp_size=2)
     with pytest.raises(ValueError, match="start_sample"):
         PackedShardLoader(path, 2, dp_rank=0, dp_size=2, start_sample=3)
+
+
+def test_shuffle_mixes_rows_across_shards(dataset):
+    """Consecutive batches draw from several shards at once, not one shard after another."""
+    manifest = dataset[0]
+    loader = PackedShardLoader(manifest, micro_batch_size=4, shuffle_seed=0, return_row_index=True)
+    shard_of_row = np.searchsorted(loader._shard_starts, loader.next_batch()["row_index"].numpy(), side="right") - 1
+    assert len(set(shard_of_row.tolist())) > 1
+    narrow = PackedShardLoader(manifest, micro_batch_size=4, shuffle_seed=0, return_row_index=True,
+                               shuffle_window=1)
+    first = np.searchsorted(narrow._shard_starts, narrow.next_batch()["row_index"].numpy(), side="right") - 1
+    assert len(set(first.tolist())) == 1  # the old behaviour: one shard at a time (shards hold 8 rows)
