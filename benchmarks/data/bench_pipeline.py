@@ -99,7 +99,7 @@ def run_ray(cfg: DataPipelineConfig, cores: int) -> dict[str, float]:
     """run_pipeline in a fresh process pinned to `cores` cores (Ray inherits the affinity)."""
     code = (
         "import json,sys,time,os; sys.path.insert(0, %r); os.environ.setdefault('RAY_AUTH_MODE','disabled');"
-        "import ray; ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False);"
+        "import ray; ray.init(address='local', num_cpus=4, include_dashboard=False, log_to_driver=False);"
         "ray.data.DataContext.get_current().enable_progress_bars=False;"
         "from forge_data import run_pipeline; from forge_data.config import *; import pickle;"
         "cfg=pickle.loads(bytes.fromhex(%r)); arrivals=[];"

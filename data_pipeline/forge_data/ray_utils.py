@@ -17,5 +17,6 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
+    # address="local": a Ray of our own, never one left running on this machine.
+    ray.init(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
              ignore_reinit_error=True, log_to_driver=True)

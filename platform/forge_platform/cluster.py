@@ -39,7 +39,10 @@ def ensure_ray(num_cpus: int, workspace: str | Path = ".") -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # The dashboard serves Ray's State API, which Ray Train's controller polls: without it the
     # driver's log fills with "Failed to query Ray Train Controller actor state".
+    # address="local": always a new Ray of our own; a bare ray.init() would join any cluster left
+    # on this machine (a `ray start` head, another job's), with other resources than asked for.
     ray.init(
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=True,
         dashboard_host="127.0.0.1",

@@ -14,7 +14,7 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
 
 RAY_PROBE = r"""
 import json, os, sys, ray
-ray.init(num_cpus=1, include_dashboard=False, runtime_env={"working_dir": sys.argv[1]})
+ray.init(address="local", num_cpus=1, include_dashboard=False, runtime_env={"working_dir": sys.argv[1]})
 
 @ray.remote
 def probe():
