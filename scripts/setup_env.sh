@@ -22,7 +22,7 @@ echo "[setup] installing torch (CPU) ..."
 # (This machine's pip configuration names local indexes that may be absent: their warnings are noise.)
 quiet() { grep -v "^WARNING: Location .* is ignored" || true; }
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | quiet
-echo "[setup] installing hybrid-forge and its pinned dependencies (about a minute) ..."
+echo "[setup] installing hybrid-forge and its pinned dependencies (two to three minutes on a fresh machine) ..."
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints-cpu.txt -e ".[test]" 2>&1 | quiet
 echo "$want" > "$stamp"
 echo "[setup] done in $(( $(date +%s) - start )) s"
