@@ -67,7 +67,12 @@ def test_pretrain_job_runs_through_ray_job_submit(ray_head, packed_data, tmp_pat
         "--stage.seq_len", "64", "--stage.train.steps", "2", "--stage.train.micro_batch_size", "2",
         "--stage.train.log_every", "1",
     ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    # The head answers before its node's job agent has registered: Ray says so, and to try again.
+    for _ in range(12):
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in proc.stderr + proc.stdout:
+            break
+        time.sleep(5)
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     assert "succeeded" in proc.stdout
     assert "[pretrain] step 2: loss=" in proc.stdout  # rank 0's console logger, streamed back
