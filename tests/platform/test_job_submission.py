@@ -34,6 +34,10 @@ def ray_head(tmp_path: Path):
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--num-cpus", "4", "--port", str(free_port()),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--include-dashboard", "true",
+         # Free ports for the node's agent too: another Ray on this machine (the test session's own)
+         # holds the default ones, and then no agent can take the job.
+         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+         "--runtime-env-agent-port", str(free_port()),
          "--disable-usage-stats"],
         env=env, stdout=open(tmp_path / "head.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
