@@ -31,7 +31,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tokenizer_dir(ray_session, corpus, tmp_path_factory):
     """Trained through Ray Data's deterministic sample of the whole corpus."""
-    cfg = TokenizerConfig(vocab_size=50, byte_fallback=False, show_progress=False, sample_bytes=60_000)
+    cfg = TokenizerConfig(vocab_size=40, byte_fallback=False, show_progress=False, sample_bytes=60_000)
     out = tmp_path_factory.mktemp("tok")
     path = train_tokenizer(cfg, [str(corpus[0])], str(out / "a"), cleaning=CLEANING, work_unit_bytes=20_000)
     again = train_tokenizer(cfg, [str(corpus[0])], str(out / "b"), cleaning=CLEANING, work_unit_bytes=50_000)
