@@ -28,7 +28,9 @@ fi
 layouts="tp1 1 1 2 2
 tp2 2 2 2 2
 dp2 2 1 2 1"
+only=${LAYOUTS:-tp1 tp2 dp2}  # a subset, e.g. LAYOUTS=dp2, when one device call cannot hold all three
 while read -r name workers tp mb acc; do
+  [[ " $only " == *" $name "* ]] || continue
   echo "== $name: $workers GPU(s), tensor_parallel=$tp, micro-batch $mb x accumulation $acc"
   python3 -m jobs.pretrain --config jobs/specs/pretrain.toml --name "scaling-$name" --output_dir "$work/$name" \
       --train_manifest "$work/data/manifest.json" --tracking.backend console --ray_num_cpus 12 \
@@ -41,4 +43,5 @@ while read -r name workers tp mb acc; do
       --stage.optim.warmup_tokens 0 > "$out/$name.log" 2>&1 || { tail -n 40 "$out/$name.log"; exit 1; }
   grep -E "step [0-9]+:" "$out/$name.log" | sort -u | tail -n 3
 done <<< "$layouts"
-python3 benchmarks/platform/summarize_scaling.py "$out"/tp1.log "$out"/tp2.log "$out"/dp2.log | tee "$out/scaling.txt"
+logs=(); for name in tp1 tp2 dp2; do [ -f "$out/$name.log" ] && logs+=("$out/$name.log"); done
+python3 benchmarks/platform/summarize_scaling.py "${logs[@]}" | tee "$out/scaling.txt"

@@ -41,16 +41,30 @@ def ensure_ray(num_cpus: int, workspace: str | Path = ".") -> None:
     # driver's log fills with "Failed to query Ray Train Controller actor state".
     # address="local": always a new Ray of our own; a bare ray.init() would join any cluster left
     # on this machine (a `ray start` head, another job's), with other resources than asked for.
+    dashboard_missing = _dashboard_dependency_error()
+    if dashboard_missing:
+        print(f"Ray's dashboard cannot start ({dashboard_missing}; `pip install 'ray[default]'` brings it): "
+              "running without it, so Ray Train's state queries will log warnings", flush=True)
     ray.init(
         address="local",
         num_cpus=num_cpus,
-        include_dashboard=True,
+        include_dashboard=not dashboard_missing,
         dashboard_host="127.0.0.1",
         runtime_env={"env_vars": env},
         log_to_driver=True,
         configure_logging=True,
         logging_level="WARNING",
     )
+
+
+def _dashboard_dependency_error() -> str:
+    """Why Ray's dashboard cannot start here ('' if it can): minimal Ray installs lack its packages."""
+    try:
+        from ray._private.utils import get_dashboard_dependency_error
+    except ImportError:  # a Ray without the check: let ray.init decide
+        return ""
+    error = get_dashboard_dependency_error()
+    return str(error) if error else ""
 
 
 def _has_cuda() -> bool:

@@ -91,6 +91,38 @@ def _report(label: str, logits: float, grads: dict[str, float]) -> tuple[float, 
     return grads[worst], worst
 
 
+def _d_term_magnitudes(model: torch.nn.Module, ids: torch.Tensor, seq_idx: torch.Tensor,
+                       probe: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per Mamba-2 layer, sum over tokens and channels of |dy * x| for each head (fp32 reference run).
+
+    D's gradient is the sum over every token of dy * x (y = scan(x) + D x). With random weights the
+    terms nearly cancel, so the plain relative error of the sum divides a rounding error that
+    scales with sum |dy * x| by a much smaller |sum dy * x|. This is the scale to judge it by.
+    """
+    import forge_models.mamba2 as mamba2_module
+
+    captured: dict[str, torch.Tensor] = {}
+    current = {"name": ""}
+    original = mamba2_module.ssd_scan_ref
+
+    def spy(x, *args, **kwargs):
+        y, state = original(x, *args, **kwargs)
+        name = current["name"]
+        y.register_hook(lambda g: captured.__setitem__(name, (g.float() * x.detach().float()).abs().sum((0, 1, 3))))
+        return y, state
+
+    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: current.__setitem__("name", name))
+               for name, m in model.named_modules() if isinstance(m, mamba2_module.Mamba2Mixer)]
+    mamba2_module.ssd_scan_ref = spy
+    try:
+        _run(model, ids, seq_idx, probe, torch.float32)
+    finally:
+        mamba2_module.ssd_scan_ref = original
+        for h in handles:
+            h.remove()
+    return {f"{name}.D": magnitude for name, magnitude in captured.items()}
+
+
 @pytest.mark.parametrize(("fused", "compiled"), [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
 def test_model_kernel_path_matches_reference(fused: bool, compiled: bool, dtype: torch.dtype, tol: float) -> None:
@@ -99,7 +131,10 @@ def test_model_kernel_path_matches_reference(fused: bool, compiled: bool, dtype:
     In bf16 a few gradients that are sums over every token of products of bf16 activations
     (D, dt_bias, conv biases) miss 1e-2 whatever computes them: the pure-PyTorch reference under
     the same bf16 autocast misses it by as much. Those may exceed `tol` by at most 1.5x the
-    reference-bf16 error of the same tensor; everything else must be within `tol`.
+    reference-bf16 error of the same tensor. D's gradient is judged against the size of its terms
+    (`_d_term_magnitudes`): |error| <= 1e-3 * sum |dy * x| per head, a quarter of one bf16 rounding
+    per term; dropping an eighth of the tokens (a missed chunk) would move it by about 4e-3 here.
+    Everything else within `tol`.
     """
     torch.manual_seed(0)
     cfg = dataclasses.replace(GPU_CFG, mamba2=dataclasses.replace(GPU_CFG.mamba2, kernel_fused=fused),
@@ -122,16 +157,18 @@ def test_model_kernel_path_matches_reference(fused: bool, compiled: bool, dtype:
     ref_errs = {n: rel_err(grads_rb[n], g) for n, g in grads_ref.items()}
     print(f"PARITY   reference path itself in bf16: logits {rel_err(logits_rb, logits_ref):.2e}, "
           f"max grad {max(ref_errs.values()):.2e} ({max(ref_errs, key=ref_errs.get)})")
-    over = {n: e for n, e in errs.items() if e > tol}
+    magnitudes = _d_term_magnitudes(ref, ids, seq_idx, probe)
+    assert set(magnitudes) == {n for n in grads_ref if n.endswith("mixer.D")}, sorted(magnitudes)
+    for n, magnitude in magnitudes.items():
+        scaled = float(((grads_fast[n] - grads_ref[n]).abs() / magnitude).max())
+        cancellation = float((magnitude / grads_ref[n].abs().clamp_min(1e-30)).median())
+        print(f"PARITY   {n}: rel err {errs[n]:.2e}, |error| / sum|dy x| max {scaled:.2e} "
+              f"(terms cancel {cancellation:.0f}x, median head)")
+        assert scaled <= 1e-3, (n, scaled)
+    over = {n: e for n, e in errs.items() if e > tol and n not in magnitudes}
     for n, e in sorted(over.items(), key=lambda kv: -kv[1]):
         print(f"PARITY   over {tol:g}: {n} kernel {e:.2e} vs reference-bf16 {ref_errs[n]:.2e}")
     bad = sorted(n for n, e in over.items() if e > 1.5 * ref_errs[n])
-    if bad and all(n.endswith("mixer.D") for n in bad):
-        # Measured 2026-11-22 (H100): layers.2.mixer.D 3.2-3.6e-2 vs 1.4e-2 for the bf16 reference,
-        # on all three kernel variants; fp32 (IEEE) parity of the same grad is < 1e-5, so the
-        # algorithm is right and this is bf16 accumulation order in mamba_ssm's dD reduction.
-        # Open question (not yet measured): is mamba_ssm's own ssd_minimal in bf16 as far off?
-        pytest.xfail(f"bf16 D grad beyond 1.5x the bf16 reference's error: {bad}")
     assert not bad, bad
 
 

@@ -29,6 +29,15 @@ def test_deepspeed_config_is_derived_from_the_job() -> None:
         build_deepspeed_config(train, optim, 0)
 
 
+def test_deepspeed_reads_its_throughput_timer_as_off() -> None:
+    """DeepSpeed's own parser, not our dict: its default timer syncs the device every micro-batch."""
+    from deepspeed.utils.config import get_timers_config
+
+    timers = get_timers_config(build_deepspeed_config(TrainConfig(), OptimConfig(), 1))
+    assert timers.enabled is False and timers.synchronized is False
+    assert get_timers_config({}).synchronized is True  # what we would get by leaving it out
+
+
 def test_optimizer_groups_follow_the_model_tags() -> None:
     model = build_model(get_preset("hybrid-debug"))
     optimizer = build_optimizer(model, OptimConfig(weight_decay=0.1))

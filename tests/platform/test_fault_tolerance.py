@@ -92,3 +92,16 @@ def test_a_worker_group_ray_cannot_place_is_refused_at_once(packed_data, tmp_pat
     too_big = stage_run(packed_data, parallel=ParallelConfig(num_workers=2, cpus_per_worker=4.0))
     with pytest.raises(ValueError, match=r"2 workers x 4 CPU cannot be placed \(CPU: 8 needed, 4 in this Ray\)"):
         run_stage(too_big, tmp_path / "storage", "too-big")
+
+
+def test_a_stage_without_a_final_checkpoint_still_reports_its_final_loss(packed_data, tmp_path: Path) -> None:
+    """Ray Train's result holds only checkpointed metrics; benchmark runs save none and need their loss."""
+    import math
+
+    ensure_ray(4, workspace=tmp_path)
+    stage = dataclasses.replace(stage_run(packed_data).stage, train=TrainConfig(steps=2, micro_batch_size=2, seed=3),
+                                checkpoint=CheckpointConfig(every_steps=1000, save_final=False))
+    result = run_stage(stage_run(packed_data, stage=stage, parallel=ParallelConfig(num_workers=1, peak_tflops=1.0)),
+                       tmp_path / "storage", "no-final-checkpoint")
+    assert result.checkpoint_dir is None
+    assert result.metrics["step"] == 2 and math.isfinite(result.metrics["loss"]) and result.metrics["loss"] > 0

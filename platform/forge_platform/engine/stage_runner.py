@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from forge_platform.engine.train_loop import StageRun, train_stage_worker
+from forge_platform.engine.train_loop import FINAL_METRICS_FILE, StageRun, train_stage_worker
 from forge_platform.training_config import ParallelConfig
 
 
@@ -51,6 +52,8 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
     check_resources(parallel)
     storage = Path(storage_dir).resolve()
     run = dataclasses.replace(run, checkpoint_root=str(storage / name))
+    final_metrics = Path(run.checkpoint_root) / FINAL_METRICS_FILE
+    final_metrics.unlink(missing_ok=True)  # an earlier run's ending is not this one's
     trainer = TorchTrainer(
         train_stage_worker,
         train_loop_config={"run": run},
@@ -73,4 +76,7 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
     if result.checkpoint is None and run.stage.checkpoint.save_final:
         raise RuntimeError(f"stage {run.stage.name!r} finished without reporting a checkpoint")
     checkpoint_dir = Path(result.checkpoint.path) if result.checkpoint else None
-    return StageResult(checkpoint_dir=checkpoint_dir, metrics=dict(result.metrics or {}), raw=result)
+    metrics = dict(result.metrics or {})
+    if final_metrics.exists():  # the last step's, also when no final checkpoint was saved
+        metrics.update(json.loads(final_metrics.read_text()))
+    return StageResult(checkpoint_dir=checkpoint_dir, metrics=metrics, raw=result)

@@ -28,14 +28,15 @@ def global_grad_norm(model: nn.Module, groups: ParallelGroups) -> torch.Tensor:
     DDP's all-reduce; ZeRO-2/3's partitioned gradients are DeepSpeed's to norm
     (`engine.get_global_grad_norm()`).
     """
-    squares = []
+    split, replicated = [], []
     for param in model.parameters():
-        if param.grad is None:
-            continue
-        if is_tensor_parallel_param(param) or groups.tp_rank == 0:
-            squares.append(param.grad.detach().float().pow(2).sum())
+        if param.grad is not None:
+            (split if is_tensor_parallel_param(param) else replicated).append(param.grad.detach())
+    counted = split + (replicated if groups.tp_rank == 0 else [])
     device = next(model.parameters()).device
-    total = torch.stack(squares).sum() if squares else torch.zeros((), device=device)
+    # One multi-tensor kernel per dtype and device (get_total_norm's foreach path) instead of a
+    # pow/sum pair per tensor: on a 2.2B model that was 2 x 8.9 GB of extra traffic per step.
+    total = torch.nn.utils.get_total_norm(counted).float().pow(2) if counted else torch.zeros((), device=device)
     if groups.tp > 1:
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=groups.tp_group)
     return total.sqrt()
