@@ -13,6 +13,8 @@ work=/tmp/forge-gpu
 mkdir -p "$out" "$work"
 preset=${PRESET:-hybrid-2b-anchor}
 steps=${STEPS:-8}
+# EXTRA_ARGS: more job overrides, e.g. a small learning rate for a loss-agreement run:
+#   PRESET=hybrid-130m EXTRA_ARGS="--stage.optim.lr 1e-5 --stage.optim.min_lr 1e-5" bash benchmarks/platform/gpu_scaling.sh
 
 if [ ! -f "$work/data/manifest.json" ]; then
   echo "== packing stdlib sources into 4096-token rows"
@@ -40,7 +42,7 @@ while read -r name workers tp mb acc; do
       --stage.seq_len 4096 --stage.train.steps "$steps" --stage.train.micro_batch_size "$mb" \
       --stage.train.grad_accum_steps "$acc" --stage.train.precision bf16 --stage.train.zero_stage 2 \
       --stage.train.log_every 1 --stage.checkpoint.every_steps 100000 --stage.checkpoint.save_final false \
-      --stage.optim.warmup_tokens 0 > "$out/$name.log" 2>&1 || { tail -n 40 "$out/$name.log"; exit 1; }
+      --stage.optim.warmup_tokens 0 ${EXTRA_ARGS:-} > "$out/$name.log" 2>&1 || { tail -n 40 "$out/$name.log"; exit 1; }
   grep -E "step [0-9]+:" "$out/$name.log" | sort -u | tail -n 3
 done <<< "$layouts"
 logs=(); for name in tp1 tp2 dp2; do [ -f "$out/$name.log" ] && logs+=("$out/$name.log"); done

@@ -49,21 +49,25 @@ class Block(nn.Module):
         super().__init__()
         self.spec = spec
         self.compile_pointwise = cfg.compile_pointwise
-        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, compiled=cfg.compile_pointwise)
         self.mixer = MIXERS[spec.kind](cfg)
 
     def forward(self, x_BLD: torch.Tensor, seq_idx_BL: torch.Tensor | None,
                 position_ids_BL: torch.Tensor | None, state: object | None = None) -> torch.Tensor:
         """Pre-norm residual layer."""
-        if self.compile_pointwise and state is None and x_BLD.is_cuda:
-            if isinstance(self.mixer, MLP):
-                m = self.mixer
-                return fused.compiled_mlp_block(
-                    x_BLD, self.norm.weight, self.norm.eps, m.up_proj.weight,
-                    None if m.gate_proj is None else m.gate_proj.weight, m.down_proj.weight)
-            h = fused.compiled_rms_norm(x_BLD, self.norm.weight, self.norm.eps)
-            return x_BLD + self.mixer(h, seq_idx_BL, position_ids_BL, state)
+        if (self.compile_pointwise and state is None and x_BLD.is_cuda and isinstance(self.mixer, MLP)
+                and not self.is_hooked()):
+            m = self.mixer
+            return fused.compiled_mlp_block(
+                x_BLD, self.norm.weight, self.norm.eps, m.up_proj.weight,
+                None if m.gate_proj is None else m.gate_proj.weight, m.down_proj.weight)
         return x_BLD + self.mixer(self.norm(x_BLD), seq_idx_BL, position_ids_BL, state)
+
+    def is_hooked(self) -> bool:
+        """Whether something hooks the norm's or the mixer's call (tensor parallelism's
+        communication, a probe). The fused MLP layer reads their weights without calling them,
+        so it would skip those hooks: a hooked layer calls its modules (the norm still compiled)."""
+        return any(module._forward_pre_hooks or module._forward_hooks for module in (self.norm, self.mixer))
 
 
 class LanguageModel(nn.Module):
@@ -75,7 +79,7 @@ class LanguageModel(nn.Module):
         self.specs = parse_pattern(cfg.pattern)
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg, spec) for spec in self.specs)
-        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, compiled=cfg.compile_pointwise)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
     def reset_parameters(self) -> None:
@@ -166,8 +170,6 @@ class LanguageModel(nn.Module):
             x = block(x, seq_idx, position_ids, None if cache is None else cache.layers[i])
         if cache is not None:
             cache.offset += input_ids.shape[1]
-        if self.config.compile_pointwise and cache is None and x.is_cuda:
-            return fused.compiled_rms_norm(x, self.final_norm.weight, self.final_norm.eps)
         return self.final_norm(x)
 
 

@@ -14,13 +14,21 @@ from torch import nn
 class RMSNorm(nn.Module):
     """y = x / rms(x) * weight over the last dimension (no bias)."""
 
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, compiled: bool = False) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.compiled = compiled
+        """On CUDA, run the torch.compile'd kernel (ops/fused.py), whose output is already in the
+        compute dtype. Chosen here, inside the module, so callers always call the module and
+        whatever hooks it (tensor parallelism's communication) runs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize the last dimension."""
+        if self.compiled and x.is_cuda:
+            from forge_models.ops import fused  # lazy: only the CUDA path compiles
+
+            return fused.compiled_rms_norm(x, self.weight, self.eps)
         x32 = x.float()
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * self.weight.float()).to(x.dtype)

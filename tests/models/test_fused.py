@@ -53,3 +53,32 @@ def test_fused_functions_match_modules(activation: str) -> None:
                           torch.float32)
     assert rel_err(out, ref) < 1e-6
     assert rel_err(fused.rms_norm(x, block.norm.weight, block.norm.eps, torch.float32), block.norm(x)) < 1e-6
+
+
+def test_a_hooked_mlp_is_not_fused_past() -> None:
+    """The fused MLP layer reads the MLP's weights without calling it; once something hooks the
+    MLP (tensor parallelism does), the layer must go through the call."""
+    model = build_model(get_preset("hybrid-debug"))
+    mlp_layers = [layer for layer in model.layers if type(layer.mixer).__name__ == "MLP"]
+    assert mlp_layers and not any(layer.is_hooked() for layer in mlp_layers)
+    handle = mlp_layers[0].mixer.register_forward_pre_hook(lambda module, args: None)
+    assert mlp_layers[0].is_hooked() and not mlp_layers[1].is_hooked()
+    handle.remove()
+    assert not mlp_layers[0].is_hooked()
+    handle = mlp_layers[1].norm.register_forward_hook(lambda module, args, out: out)
+    assert mlp_layers[1].is_hooked()
+    handle.remove()
+
+
+def test_norms_choose_their_compiled_kernel_inside_the_module() -> None:
+    """compile_pointwise reaches every RMSNorm as a flag, so callers always call the module
+    (on CPU the flag changes nothing: the compiled kernels are CUDA-only)."""
+    import dataclasses
+
+    from forge_models.norms import RMSNorm
+
+    model = build_model(dataclasses.replace(get_preset("hybrid-debug"), compile_pointwise=True))
+    norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
+    assert len(norms) == len(model.layers) + 1 and all(n.compiled for n in norms)
+    x = torch.randn(2, 5, model.config.d_model)
+    torch.testing.assert_close(model.final_norm(x), RMSNorm(model.config.d_model, compiled=False)(x))

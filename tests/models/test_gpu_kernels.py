@@ -233,3 +233,20 @@ def test_decode_on_gpu_equals_forward() -> None:
         cache = model.allocate_cache(2, 70)
         pieces = [model(ids[:, :65], cache=cache)] + [model(ids[:, t : t + 1], cache=cache) for t in range(65, 70)]
     assert rel_err(torch.cat(pieces, dim=1), full) <= 1e-4
+
+
+def test_compiled_layers_honour_hooks_on_their_mixers() -> None:
+    """Compiled layers must not skip hooks on their modules: tensor parallelism's communication is
+    hooked on every mixer and on the final norm (a TP=2 run on two H200s trained wrongly before)."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(GPU_CFG, pattern="M+*+", kernels="cuda")
+    plain = build_model(cfg, device="cuda")
+    compiled = build_model(dataclasses.replace(cfg, compile_pointwise=True), device="cuda")
+    compiled.load_state_dict(plain.state_dict())
+    ids, seq_idx = _batch()
+    for model in (plain, compiled):
+        for layer in model.layers:
+            layer.mixer.register_forward_hook(lambda module, args, out: 2.0 * out)
+        model.final_norm.register_forward_hook(lambda module, args, out: out + 1.0)  # TP hooks it too
+    with torch.no_grad():
+        assert rel_err(compiled(ids, seq_idx=seq_idx), plain(ids, seq_idx=seq_idx)) <= 1e-4

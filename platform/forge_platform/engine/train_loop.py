@@ -139,7 +139,9 @@ def train_stage_worker(config: dict[str, Any]) -> None:
             # Chunked LM head + cross-entropy: the (B, L, V) logits are never materialised. (Not
             # under ZeRO-3, whose partitioned LM head is only gathered by a module call.)
             return model.loss(ids, batch["labels"], seq_idx=seq_idx, position_ids=positions)
-        return loss_fn(engine(ids, seq_idx=seq_idx, position_ids=positions), batch["labels"])
+        # The module itself, not `engine(...)`: DeepSpeed's forward turns our bf16 autocast off
+        # (its own mixed precision is off, see deepspeed_config.py), which ran TP=2 in fp32.
+        return loss_fn(model(ids, seq_idx=seq_idx, position_ids=positions), batch["labels"])
 
     start_step, samples_consumed = 0, 0
     checkpoint = ray.train.get_checkpoint()
@@ -176,7 +178,9 @@ def train_stage_worker(config: dict[str, Any]) -> None:
                 grad_norm = clip_gradients(model, groups, stage.optim.grad_clip)
             engine.step()
             loss_sum += loss.detach()
-        step_loss = loss_sum.item() / train.grad_accum_steps  # the one sync of the step
+        if dp > 1:  # each data-parallel rank saw its own rows: the step's loss is their mean
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM, group=groups.dp_group)
+        step_loss = loss_sum.item() / (train.grad_accum_steps * dp)  # the one sync of the step
         elapsed = time.perf_counter() - started
         done = step + 1
         if done % train.log_every == 0 or done == train.steps:
