@@ -124,6 +124,7 @@ def _run_stages(cfg: CampaignConfig, out: Path, runs: CampaignRuns | NullRuns, p
                 checkpoint_root=out / "checkpoints",
                 init_weights=str(previous) if stage.init_from_previous and previous else "",
                 tracking_backend=cfg.tracking.backend,
+                system_metrics_interval_s=cfg.tracking.system_metrics_interval_s,
                 ray_name=f"{cfg.name}-{stage.name}",
             )
         )

@@ -31,6 +31,14 @@ class TrackingConfig:
     """MLflow tracking URI; empty starts a local server (SQLite, 127.0.0.1) for the job's duration."""
     experiment: str = "hybrid-forge"
     """MLflow experiment that holds the runs."""
+    system_metrics_interval_s: float = 10.0
+    """Seconds between samples of CPU, memory, disk, network and GPU use (GPU needs nvidia-ml-py,
+    in the `cuda` extra) that rank 0 logs as MLflow `system/*` metrics during training; 0 turns
+    them off."""
+
+    def __post_init__(self) -> None:
+        if self.system_metrics_interval_s < 0:
+            raise ValueError(f"tracking.system_metrics_interval_s = {self.system_metrics_interval_s}: must be >= 0")
 
 
 @dataclass

@@ -54,6 +54,7 @@ def run_pretrain(cfg: PretrainConfig) -> StageOutcome:
             checkpoint_root=out / "checkpoints",
             init_weights=cfg.init_weights,
             tracking_backend=cfg.tracking.backend,
+            system_metrics_interval_s=cfg.tracking.system_metrics_interval_s,
             ray_name=cfg.name,
         )
     banner(f"{cfg.name}: final loss {outcome.final_loss:.4f}; checkpoint {outcome.checkpoint_dir}")

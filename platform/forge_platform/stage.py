@@ -52,6 +52,7 @@ def train_and_evaluate(
     init_weights: str,
     tracking_backend: str,
     ray_name: str,
+    system_metrics_interval_s: float = 0.0,
 ) -> StageOutcome:
     """Train `stage` from `manifests["train"]`, then evaluate on `manifests["val"]` if present."""
     tags = {"forge.kind": "stage", "forge.model": model_cfg.pattern}
@@ -69,6 +70,7 @@ def train_and_evaluate(
             tracking_backend=tracking_backend,
             tracking_uri=runs.tracking_uri,
             run_id=run_id,
+            system_metrics_interval_s=system_metrics_interval_s if tracking_backend == "mlflow" else 0.0,
             init_weights=init_weights,
         )
         result = run_stage(run, checkpoint_root, ray_name)

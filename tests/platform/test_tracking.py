@@ -80,3 +80,23 @@ def test_a_restarted_job_continues_its_unfinished_run(server) -> None:
     assert runs.start("pretrain", {"a": 1}, key="demo/pretrain/abc") == first  # died, restarted
     runs.finish(first)
     assert runs.start("pretrain", {"a": 1}, key="demo/pretrain/abc") != first  # a new run after a finished one
+
+
+def test_rank_zero_samples_system_metrics_into_its_run(server) -> None:
+    """MLflow's system-metrics sampler runs beside the step metrics and stops with the logger."""
+    import time
+
+    runs = CampaignRuns(server.uri, "test-system-metrics")
+    run_id = runs.start("pretrain", {})
+    logger = build_logger("mlflow", rank=0, tracking_uri=server.uri, run_id=run_id, system_metrics_interval_s=0.5)
+    logger.log({"loss": 1.0}, step=1)
+    time.sleep(2.0)
+    logger.close()
+    runs.finish(run_id)
+    metrics = MlflowClient(server.uri).get_run(run_id).data.metrics
+    assert metrics["loss"] == 1.0
+    system = {k for k in metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, sorted(metrics)
+    # no sampler on other ranks, and none when switched off
+    assert isinstance(build_logger("mlflow", rank=1, tracking_uri=server.uri, run_id=run_id,
+                                   system_metrics_interval_s=0.5), NullLogger)

@@ -66,6 +66,8 @@ class StageRun:
     tracking_backend: str = "console"
     tracking_uri: str = ""
     run_id: str = ""
+    system_metrics_interval_s: float = 0.0
+    """Rank 0 samples system metrics into the MLflow run this often (0: never)."""
     init_weights: str = ""
     """Consolidated weights (model.pt or its folder) to start from; empty for a fresh model."""
     checkpoint_root: str = ""
@@ -161,7 +163,8 @@ def train_stage_worker(config: dict[str, Any]) -> None:
         shuffle_seed=train.seed,
     )
     batches = iter(loader)
-    logger = build_logger(run.tracking_backend, rank, run.tracking_uri, run.run_id, prefix=f"[{stage.name}] ")
+    logger = build_logger(run.tracking_backend, rank, run.tracking_uri, run.run_id, prefix=f"[{stage.name}] ",
+                          system_metrics_interval_s=run.system_metrics_interval_s)
     flops_per_step = training_flops_per_token(run.model, stage.seq_len) * tokens_per_step
     peak_flops = run.parallel.peak_tflops * 1e12 or measure_matmul_flops(device)
 

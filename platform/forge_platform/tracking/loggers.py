@@ -52,7 +52,8 @@ class MlflowLogger:
     buffer, warns once, and is retried at the next call and at `close()`.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, flush_every: int = 1) -> None:
+    def __init__(self, tracking_uri: str, run_id: str, flush_every: int = 1,
+                 system_metrics_interval_s: float = 0.0) -> None:
         # Imported here: GPU images without MLflow still train with the console logger.
         from mlflow.tracking import MlflowClient
 
@@ -62,6 +63,16 @@ class MlflowLogger:
         self._buffer: list[Any] = []  # mlflow.entities.Metric
         self._calls = 0
         self._warned = False
+        self._system_monitor = None
+        if system_metrics_interval_s > 0:
+            # MLflow's own sampler (a thread in this process: CPU, memory, disk, network, and GPUs
+            # through nvidia-ml-py), logging `system/*` metrics into the same run. It stops by
+            # itself, with a warning, if the server goes away; training does not notice.
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._system_monitor = SystemMetricsMonitor(run_id, sampling_interval=system_metrics_interval_s,
+                                                        tracking_uri=tracking_uri)
+            self._system_monitor.start()
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -92,6 +103,9 @@ class MlflowLogger:
         return len(self._buffer)
 
     def close(self) -> None:
+        if self._system_monitor is not None:
+            self._system_monitor.finish()
+            self._system_monitor = None
         for _ in range(3):
             if self.flush():
                 return
@@ -99,7 +113,8 @@ class MlflowLogger:
         print(f"warning: {self.pending} metrics could not be sent to MLflow", file=sys.stderr)
 
 
-def build_logger(backend: str, rank: int, tracking_uri: str = "", run_id: str = "", prefix: str = "") -> MetricLogger:
+def build_logger(backend: str, rank: int, tracking_uri: str = "", run_id: str = "", prefix: str = "",
+                 system_metrics_interval_s: float = 0.0) -> MetricLogger:
     """The one place that decides who logs: rank 0 gets `backend`, every other rank nothing."""
     if rank != 0 or backend == "null":
         return NullLogger()
@@ -108,7 +123,8 @@ def build_logger(backend: str, rank: int, tracking_uri: str = "", run_id: str = 
     if backend == "mlflow":
         if not (tracking_uri and run_id):
             raise ValueError("the mlflow logger needs a tracking URI and a run id")
-        return _Tee(MlflowLogger(tracking_uri, run_id), ConsoleLogger(prefix))
+        return _Tee(MlflowLogger(tracking_uri, run_id, system_metrics_interval_s=system_metrics_interval_s),
+                     ConsoleLogger(prefix))
     raise ValueError(f"tracking.backend = {backend!r}: must be one of 'mlflow', 'console', 'null'")
 
 
