@@ -86,8 +86,9 @@ def clean_document(raw: bytes, read_error: str | None, cfg: CleaningConfig) -> t
 def clean_documents(raws: Sequence[bytes], read_errors: Sequence[str | None], cfg: CleaningConfig) -> CleanResult:
     """Clean a batch; same result as `clean_document` per document, faster.
 
-    UTF-8 is validated for the whole batch in one Arrow cast (~10 GB/s, versus ~1 GB/s for
-    bytes.decode); only a batch that fails is re-checked document by document.
+    Pure-ASCII documents (most code, much prose) are valid UTF-8: `bytes.isascii` checks that at
+    memory speed without building a str. The rest are validated together in one Arrow cast
+    (~10 GB/s, versus ~1 GB/s for bytes.decode); only if that fails is each re-checked alone.
     """
     out = CleanResult(num_bytes=[len(r) for r in raws])
     for raw, error in zip(raws, read_errors):
@@ -95,13 +96,14 @@ def clean_documents(raws: Sequence[bytes], read_errors: Sequence[str | None], cf
         out.texts.append(text)
         out.reasons.append(reason)
         out.actions.append(action)
-    candidates = [t for t in out.texts if t is not None]
+    non_ascii = [i for i, t in enumerate(out.texts) if t is not None and not t.isascii()]
+    if not non_ascii:
+        return out
     try:
-        pa.array(candidates, type=pa.large_binary()).cast(pa.large_string())
+        pa.array([out.texts[i] for i in non_ascii], type=pa.large_binary()).cast(pa.large_string())
         return out
     except pa.ArrowInvalid:
         pass
-    for i, text in enumerate(out.texts):
-        if text is not None:
-            out.texts[i], out.reasons[i], out.actions[i] = _fix_utf8(text, out.reasons[i], out.actions[i], cfg)
+    for i in non_ascii:
+        out.texts[i], out.reasons[i], out.actions[i] = _fix_utf8(out.texts[i], out.reasons[i], out.actions[i], cfg)
     return out

@@ -172,15 +172,14 @@ class DataPipelineConfig:
     shard_tokens: int = 1 << 24
     """Tokens (rows x seq_len) per Parquet shard; the loader holds one shard in memory per rank."""
     shard_compression: str = "none"
-    """Parquet compression of shards: "none" (fastest to write and read), "zstd", "snappy" or "gzip"."""
+    """Parquet compression of the token columns (input_ids, labels): "none" (fastest to write and read),
+    "zstd", "snappy" or "gzip". position_ids and seq_idx are always LZ4 (see forge_data.shards)."""
     work_unit_bytes: int = 8 * 1024 * 1024
-    """Input bytes per Ray Data block (one read task, one tokenize call, one packing flush)."""
+    """Input bytes per Ray Data block (one actor call: read, clean, tokenize, one packing flush, write)."""
     num_tokenize_actors: int = 2
-    """Size of the actor pool holding SentencePiece processors."""
+    """Size of the actor pool doing all the work (each holds a SentencePiece processor): one per core."""
     tokenize_actor_cpus: float = 0.5
-    """Logical CPUs per tokenize actor; fractional so actors never starve Ray Data's own tasks."""
-    read_task_cpus: float = 0.25
-    """Logical CPUs per read+clean task."""
+    """Logical CPUs per actor; fractional so actors never starve Ray Data's own tasks."""
     shuffle_seed: int = 0
     """Seed of the deterministic shuffle of work units (mixes sources before packing)."""
 
@@ -192,6 +191,5 @@ class DataPipelineConfig:
         _check_range(o, "work_unit_bytes", self.work_unit_bytes, 1)
         _check_range(o, "num_tokenize_actors", self.num_tokenize_actors, 1)
         _check_range(o, "tokenize_actor_cpus", self.tokenize_actor_cpus, 0.01)
-        _check_range(o, "read_task_cpus", self.read_task_cpus, 0.01)
         if not self.text_field:
             raise ValueError(f"{o}.text_field = {self.text_field!r} must be a non-empty field name")

@@ -97,7 +97,7 @@ def check_accounting(counts: dict[str, int]) -> None:
 def build_manifest(reports: list[dict[str, Any]], seq_len: int, inputs: list[dict[str, Any]],
                    tokenizer: dict[str, Any], config: dict[str, Any]) -> tuple[Manifest, list[dict[str, Any]]]:
     """Fold block reports (any order) into a manifest and the ordered list of rejection records."""
-    reports = sorted(reports, key=lambda r: (r["unit_index"], r["first_doc_ordinal"]))
+    reports = sorted(reports, key=lambda r: r["unit_index"])
     counts: Counter[str] = Counter({k: 0 for k in COUNT_KEYS})
     rejected: Counter[str] = Counter()
     repaired: Counter[str] = Counter()

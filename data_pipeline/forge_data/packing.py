@@ -137,23 +137,23 @@ def _assemble(flat: np.ndarray, offsets: np.ndarray, pieces: tuple[np.ndarray, .
               mask_cross_document_labels: bool, pad_id: int) -> PackedRows:
     """Build the four (R, L) columns from a piece table sorted by (row, column).
 
-    Token data moves as slice copies of runs of pieces that are contiguous both in `flat` and in
-    the grid (greedy packing is one run); positions and seq_idx come from per-row scans over
-    sparse markers. Every per-token pass is a int32 numpy kernel; Python loops only over runs.
+    Pieces fill each row from column 0; the rest of a row is its padding segment. Pieces and
+    padding segments together tile the grid, so positions and seq_idx are one `np.repeat` of a
+    per-segment value each (position = grid index - segment start). Token data moves as slice
+    copies of runs of pieces contiguous both in `flat` and in the grid (greedy packing is one
+    run). Every per-token pass is an int32 numpy kernel; Python loops only over runs.
     """
     piece_doc, piece_off, piece_len, piece_row, piece_col = pieces
     num_rows = int(piece_row[-1]) + 1 if len(piece_row) else 0
     size = num_rows * seq_len
+    if size >= 2**31:  # int32 grid indices below; a work unit is megabytes, not gigatokens
+        raise ValueError(f"{size} tokens in one packing call; make work units smaller")
     piece_src = offsets[piece_doc] + piece_off
     grid_start = piece_row * seq_len + piece_col
     num_written = int(piece_len.sum())
 
     input_ids = np.full(size, pad_id, dtype=np.int32)
     labels = np.full(size, IGNORE_INDEX, dtype=np.int32)
-    # Labels are the next token of the stream; document ends are fixed up below.
-    flat_next = np.empty(len(flat), dtype=np.int32)
-    flat_next[:-1] = flat[1:]
-    flat_next[-1:] = IGNORE_INDEX
     if len(piece_len):
         breaks = np.r_[True, (piece_src[1:] != piece_src[:-1] + piece_len[:-1])
                        | (grid_start[1:] != grid_start[:-1] + piece_len[:-1])]
@@ -161,7 +161,10 @@ def _assemble(flat: np.ndarray, offsets: np.ndarray, pieces: tuple[np.ndarray, .
         run_len = np.add.reduceat(piece_len, first)
         for src, dst, n in zip(piece_src[first].tolist(), grid_start[first].tolist(), run_len.tolist()):
             input_ids[dst:dst + n] = flat[src:src + n]
-            labels[dst:dst + n] = flat_next[src:src + n]
+            # Labels are the next token of the stream; document ends are fixed up below.
+            labels[dst:dst + n - 1] = flat[src + 1:src + n]
+            if src + n < len(flat):
+                labels[dst + n - 1] = flat[src + n]
 
     row_counts = np.bincount(piece_row, minlength=num_rows)
     row_piece_offsets = np.zeros(num_rows + 1, dtype=np.int64)
@@ -177,18 +180,17 @@ def _assemble(flat: np.ndarray, offsets: np.ndarray, pieces: tuple[np.ndarray, .
     row_fill = np.zeros(num_rows, dtype=np.int64)
     np.add.at(row_fill, piece_row, piece_len)
     padded = np.flatnonzero(row_fill < seq_len)
-    pad_start = padded * seq_len + row_fill[padded]
-    # Segment starts (pieces and the padding tail) as sparse markers, then one scan per row.
-    start_col = np.zeros(size, dtype=np.int32)
-    start_col[grid_start] = piece_col
-    start_col[pad_start] = row_fill[padded]
-    seg_start = np.maximum.accumulate(start_col.reshape(num_rows, seq_len), axis=1)
-    position_ids = np.arange(seq_len, dtype=np.int32)[None, :] - seg_start
-    bump = np.zeros(size, dtype=np.int32)
-    bump[grid_start[piece_col > 0]] = 1
-    bump[pad_start] = 1
-    seq_idx = np.cumsum(bump.reshape(num_rows, seq_len), axis=1, dtype=np.int32)
+    # Segments in grid order: a row's pieces, then its padding (seq_idx = number of pieces).
+    seg_start = np.concatenate([grid_start, padded * seq_len + row_fill[padded]])
+    seg_len = np.concatenate([piece_len, seq_len - row_fill[padded]])
+    seg_rank = np.concatenate([np.arange(len(piece_row)) - row_piece_offsets[piece_row], row_counts[padded]])
+    order = np.argsort(seg_start, kind="stable")
+    seg_start, seg_len, seg_rank = seg_start[order], seg_len[order], seg_rank[order]
+    position_ids = np.arange(size, dtype=np.int32)
+    position_ids -= np.repeat(seg_start.astype(np.int32), seg_len)
+    seq_idx = np.repeat(seg_rank.astype(np.int32), seg_len)
     input_ids, labels = input_ids.reshape(num_rows, seq_len), labels.reshape(num_rows, seq_len)
+    position_ids, seq_idx = position_ids.reshape(num_rows, seq_len), seq_idx.reshape(num_rows, seq_len)
 
     lengths = np.diff(offsets)
     pieces_per_doc = np.bincount(piece_doc, minlength=len(lengths))

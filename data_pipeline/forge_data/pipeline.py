@@ -1,11 +1,10 @@
 """`run_pipeline`: raw text in, packed shards + manifest.json + rejections.parquet out.
 
-Wiring only; each stage is a pure function (see stages.py). The plan of work units is made on
-the driver from file listings, each unit is one Ray Data block end to end, and shards are named
-by unit, so output bytes depend only on the inputs and the config:
+Wiring only; the work is in stages.py. The plan of work units is made on the driver from file
+listings, each unit is one Ray Data block handled by one actor call end to end, and shards are
+named by unit, so output bytes depend only on the inputs and the config:
 
-    from_items(units) -> map_batches(read_clean_batch)          tasks, fractional CPUs
-                      -> map_batches(TokenizePackWorker)        actor pool, writes shards
+    from_items(units) -> map_batches(ShardBuilder)   actor pool: read, clean, tokenize, pack, write
                       -> driver: reports -> manifest.json, rejections.parquet
 """
 
@@ -23,15 +22,11 @@ import pyarrow.parquet as pq
 from forge_data.config import DataPipelineConfig
 from forge_data.manifest import MANIFEST_FILE, REJECTIONS_FILE, Manifest, build_manifest
 from forge_data.ray_utils import ensure_ray
-from forge_data.sources import encode_unit, list_input_files, plan_work_units, resolve_filesystem
-from forge_data.stages import SHARD_DIR, TokenizePackWorker, read_clean_batch
+from forge_data.sources import decode_unit, encode_unit, list_input_files, plan_work_units, resolve_filesystem
+from forge_data.stages import SHARD_DIR, ShardBuilder
 from forge_data.tokenizer import Tokenizer, load_tokenizer
 from forge_data.tokenizer_training import train_tokenizer
 
-# glibc hands every large numpy buffer back to the kernel (munmap) and page-faults it in again for
-# the next block; measured on the 2-core VM that tripled the cost of packing. Keeping freed memory
-# in the heap makes the actor reuse it. Only the tokenize actors get this (they hold ~3 blocks).
-ACTOR_ENV = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=17179869184"}
 REJECTIONS_SCHEMA = pa.schema([("doc_id", pa.string()), ("reason", pa.string()), ("action", pa.string()),
                                ("num_bytes", pa.int64())])
 
@@ -59,12 +54,10 @@ def _reports_with_ray(cfg: DataPipelineConfig, unit_rows: list[dict], tokenizer:
     import ray
 
     ds = ray.data.from_items(unit_rows, override_num_blocks=len(unit_rows))
-    ds = ds.map_batches(read_clean_batch, fn_kwargs={"text_field": cfg.text_field, "cleaning": cfg.cleaning},
-                        batch_format="pyarrow", num_cpus=cfg.read_task_cpus)
-    ds = ds.map_batches(TokenizePackWorker, fn_constructor_kwargs={"model_proto": tokenizer.model_proto, "cfg": cfg,
-                                                                   "pad_id": pad_id},
+    ds = ds.map_batches(ShardBuilder, fn_constructor_kwargs={"model_proto": tokenizer.model_proto, "cfg": cfg,
+                                                             "pad_id": pad_id, "owns_process": True},
                         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.num_tokenize_actors),
-                        num_cpus=cfg.tokenize_actor_cpus, runtime_env={"env_vars": ACTOR_ENV})
+                        num_cpus=cfg.tokenize_actor_cpus)
     reports = []
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for text in batch.column("report").to_pylist():
@@ -76,11 +69,11 @@ def _reports_with_ray(cfg: DataPipelineConfig, unit_rows: list[dict], tokenizer:
 
 def _reports_in_process(cfg: DataPipelineConfig, unit_rows: list[dict], tokenizer: Tokenizer, pad_id: int,
                         on_report: Optional[Callable[[dict], None]]) -> list[dict]:
-    """The same stages, one unit after another in this process (debugging, tests without Ray)."""
-    worker = TokenizePackWorker(tokenizer.model_proto, cfg, pad_id)
+    """The same stage, one unit after another in this process (debugging, tests without Ray)."""
+    builder = ShardBuilder(tokenizer.model_proto, cfg, pad_id)
     reports = []
     for row in unit_rows:
-        reports.append(worker.process(read_clean_batch(pa.Table.from_pylist([row]), cfg.text_field, cfg.cleaning)))
+        reports.append(builder.build(row["unit_index"], decode_unit(row["parts"])))
         if on_report is not None:
             on_report(reports[-1])
     return reports

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -66,11 +67,28 @@ def _read_range_aligned(part: FilePart) -> tuple[bytes, bytes, int]:
     return (exact + tail)[skip:], exact, part.start + skip
 
 
+def _read_local_file(path: str, size_hint: int) -> bytes:
+    """A whole local file with plain syscalls: for a corpus of small files (source code), opening
+    a pyarrow stream per file cost ~50% more than the read itself."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        # size_hint + 1, so a file that has not changed since listing is read (and EOF seen) in two calls.
+        while chunk := os.read(fd, max(size_hint + 1, 1 << 16)):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def _read_whole(part: FilePart) -> tuple[bytes, bytes]:
     """Read a whole file; returns (raw bytes as stored, decompressed bytes). May raise on corrupt data."""
-    fs, path = resolve_filesystem(part.uri)
-    with fs.open_input_file(path) as f:
-        raw = f.read()
+    if "://" in part.uri:
+        fs, path = resolve_filesystem(part.uri)
+        with fs.open_input_file(path) as f:
+            raw = f.read()
+    else:
+        raw = _read_local_file(part.uri, part.file_size)
     if part.compression == "none":
         return raw, raw
     # In memory on purpose: the hash must cover the stored bytes, and pyarrow's streams decompress

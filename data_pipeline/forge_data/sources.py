@@ -51,6 +51,15 @@ def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(uri)
 
 
+def location_prefix(uri: str) -> str:
+    """The start of the URIs of files found under input `uri` that names where the corpus lives:
+    the folder itself for a folder, the parent folder for a file. A copy elsewhere differs only there."""
+    fs, path = resolve_filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        return uri.rstrip("/") + "/"
+    return uri[: uri.rfind("/") + 1]
+
+
 def compression_of(name: str) -> str:
     """Compression codec implied by the file name's last suffix."""
     for suffix, codec in COMPRESSION_SUFFIXES.items():

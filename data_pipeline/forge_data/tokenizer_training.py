@@ -1,9 +1,11 @@
 """Training a tokenizer on a deterministic sample of the whole corpus, drawn with Ray Data.
 
-Every document gets a key = hash(seed, doc_id) in [0, 1). Ray Data keeps documents whose key is
-below a rate (so roughly `sample_bytes` survive), the driver sorts them by key and keeps a prefix of
-`sample_bytes`. The sample is therefore a uniform draw that depends only on the corpus and the
-seed — not on block layout, scheduling or the number of CPUs — and so is the trained model.
+Every document gets a key = hash(seed, document id without the corpus' location) in [0, 1). Ray
+Data keeps documents whose key is below a rate (so roughly `sample_bytes` survive), the driver
+sorts them by key and keeps a prefix of `sample_bytes`. The sample is therefore a uniform draw
+that depends only on the corpus and the seed — not on where the corpus lives, block layout,
+scheduling or the number of CPUs — and so is the trained model. (Keys of full ids, absolute paths
+included, once gave every CI checkout its own sample and vocabulary.)
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ from typing import Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm import tqdm
 
 from forge_data.config import CleaningConfig, TokenizerConfig
 from forge_data.ray_utils import ensure_ray
-from forge_data.sources import encode_unit, list_input_files, plan_work_units
-from forge_data.stages import read_clean_batch
+from forge_data.sources import decode_unit, encode_unit, list_input_files, location_prefix, plan_work_units
+from forge_data.stages import read_clean_unit
 from forge_data.tokenizer import MODEL_FILE, load_tokenizer, train_from_texts
 
 _OVERSAMPLE = 1.25  # file sizes are compressed sizes: draw a bit more, then cut exactly on the driver
@@ -36,13 +37,30 @@ def sample_keys(doc_ids: list[str], seed: int) -> np.ndarray:
     return keys
 
 
-def sample_batch(batch: pa.Table, rate: float, seed: int) -> pa.Table:
-    """Keep kept (not rejected) documents whose key is below `rate`; adds the key column."""
-    docs = batch.filter(pc.is_valid(batch.column("text")))
-    keys = sample_keys(docs.column("doc_id").to_pylist(), seed)
-    picked = docs.select(["doc_id", "text"]).append_column("key", pa.array(keys)).filter(pa.array(keys < rate))
+def location_free_id(doc_id: str, prefixes: list[str]) -> str:
+    """`doc_id` without the first of `prefixes` (the inputs' folders, longest first) it starts with."""
+    for prefix in prefixes:
+        if doc_id.startswith(prefix):
+            return doc_id[len(prefix):]
+    return doc_id
+
+
+def sample_units(batch: pa.Table, text_field: str, cleaning: CleaningConfig, rate: float, seed: int,
+                 prefixes: list[str]) -> pa.Table:
+    """Read and clean the work units in `batch`; keep the clean documents whose key is below `rate`.
+
+    Returns (key, id, text) rows, `id` without the corpus' location (the driver's tie-break).
+    """
+    keys, ids, texts = [], [], []
+    for parts in batch.column("parts").to_pylist():
+        docs = read_clean_unit(decode_unit(parts), text_field, cleaning)
+        kept = [(location_free_id(d, prefixes), t) for d, t in zip(docs.doc_ids, docs.texts) if t is not None]
+        for key, (doc_id, text) in zip(sample_keys([d for d, _ in kept], seed).tolist(), kept):
+            if key < rate:
+                keys.append(key), ids.append(doc_id), texts.append(text)
     # Texts are validated UTF-8 bytes; SentencePiece's trainer wants str.
-    return picked.set_column(1, "text", picked.column("text").cast(pa.large_string()))
+    return pa.table({"key": pa.array(keys, pa.float64()), "id": pa.array(ids, pa.string()),
+                     "text": pa.array(texts, pa.large_binary()).cast(pa.large_string())})
 
 
 def train_tokenizer(cfg: TokenizerConfig, inputs: list[str], out_dir: str, *, format: str = "auto",
@@ -67,14 +85,15 @@ def train_tokenizer(cfg: TokenizerConfig, inputs: list[str], out_dir: str, *, fo
     units = plan_work_units(files, work_unit_bytes, shuffle_seed=0)
     total_bytes = sum(f.size for f in files)
     rate = min(1.0, _OVERSAMPLE * cfg.sample_bytes / max(1, total_bytes))
+    # Longest first: an input folder inside another input folder takes its own, longer prefix.
+    prefixes = sorted({location_prefix(uri) for uri in inputs}, key=len, reverse=True)
     ds = ray.data.from_items([encode_unit(i, u) for i, u in enumerate(units)], override_num_blocks=len(units))
-    ds = ds.map_batches(read_clean_batch, fn_kwargs={"text_field": text_field, "cleaning": cleaning},
-                        batch_format="pyarrow", num_cpus=0.25)
-    ds = ds.map_batches(sample_batch, fn_kwargs={"rate": rate, "seed": cfg.sample_seed},
+    ds = ds.map_batches(sample_units, fn_kwargs={"text_field": text_field, "cleaning": cleaning, "rate": rate,
+                                                 "seed": cfg.sample_seed, "prefixes": prefixes},
                         batch_format="pyarrow", num_cpus=0.25)
     picked: list[tuple[float, str, str]] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        picked.extend(zip(batch.column("key").to_pylist(), batch.column("doc_id").to_pylist(),
+        picked.extend(zip(batch.column("key").to_pylist(), batch.column("id").to_pylist(),
                           batch.column("text").to_pylist()))
     picked.sort()
     texts, size = [], 0

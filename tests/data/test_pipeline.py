@@ -28,16 +28,34 @@ def corpus(tmp_path_factory):
     return root, write_bad_corpus(root)
 
 
+TOKENIZER = TokenizerConfig(vocab_size=40, byte_fallback=False, show_progress=False, sample_bytes=60_000)
+
+
 @pytest.fixture(scope="module")
 def tokenizer_dir(ray_session, corpus, tmp_path_factory):
     """Trained through Ray Data's deterministic sample of the whole corpus."""
-    cfg = TokenizerConfig(vocab_size=40, byte_fallback=False, show_progress=False, sample_bytes=60_000)
     out = tmp_path_factory.mktemp("tok")
-    path = train_tokenizer(cfg, [str(corpus[0])], str(out / "a"), cleaning=CLEANING, work_unit_bytes=20_000)
-    again = train_tokenizer(cfg, [str(corpus[0])], str(out / "b"), cleaning=CLEANING, work_unit_bytes=50_000)
+    path = train_tokenizer(TOKENIZER, [str(corpus[0])], str(out / "a"), cleaning=CLEANING, work_unit_bytes=20_000)
+    again = train_tokenizer(TOKENIZER, [str(corpus[0])], str(out / "b"), cleaning=CLEANING, work_unit_bytes=50_000)
     assert load_tokenizer(path).sha256 == load_tokenizer(again).sha256  # independent of block layout
     assert load_tokenizer(path).metadata["sample_bytes"] <= 60_000 + 50_000
     return str(Path(path).parent)
+
+
+def test_tokenizer_sample_does_not_depend_on_where_the_corpus_lives(ray_session, corpus, tokenizer_dir, tmp_path):
+    """Another run on the same corpus in another folder (another CI checkout) draws the same sample.
+
+    Keys of absolute document ids once gave every run its own sample, and a vocabulary size that
+    one sample could fill and the next could not.
+    """
+    moved = tmp_path / "elsewhere" / "corpus"
+    shutil.copytree(corpus[0], moved)
+    path = train_tokenizer(TOKENIZER, [str(moved) + "/"], str(tmp_path / "tok"), cleaning=CLEANING,
+                           work_unit_bytes=30_000)
+    first, again = load_tokenizer(tokenizer_dir), load_tokenizer(path)
+    assert again.metadata["sample_sha256"] == first.metadata["sample_sha256"]
+    assert again.metadata["sample_docs"] == first.metadata["sample_docs"] > 3
+    assert again.sha256 == first.sha256
 
 
 def config(corpus, tokenizer_dir, out, **kw):

@@ -1,4 +1,4 @@
-"""The tokenizer wrapper and training without Ray (the Ray-drawn sample is tested in test_pipeline)."""
+"""The tokenizer wrapper, training and the sample's keys without Ray (the Ray-drawn sample end to end: test_pipeline)."""
 
 import numpy as np
 import pytest
@@ -65,3 +65,27 @@ def test_trainer_args_follow_config():
     args = sentencepiece_trainer_args(TokenizerConfig(model_type="char", identity_normalization=True))
     assert args["hard_vocab_limit"] is False and args["normalization_rule_name"] == "identity"
     assert args["input_sentence_size"] == 0  # no random subsampling inside SentencePiece
+
+
+def test_sample_rows_do_not_depend_on_where_the_corpus_lives(tmp_path):
+    """The Ray Data sampling function, called directly: same keys, ids and texts in two folders."""
+    import shutil
+
+    import pyarrow as pa
+
+    from forge_data.config import CleaningConfig
+    from forge_data.sources import encode_unit, list_input_files, location_prefix, plan_work_units
+    from forge_data.tokenizer_training import sample_units
+    from tests.data.corpora import write_bad_corpus
+
+    write_bad_corpus(tmp_path / "a" / "corpus")
+    shutil.copytree(tmp_path / "a", tmp_path / "b" / "deeper")
+    rows = []
+    for root in (str(tmp_path / "a" / "corpus"), str(tmp_path / "b" / "deeper" / "corpus") + "/"):
+        units = plan_work_units(list_input_files([root], "auto", []), 20_000, 0)
+        batch = pa.Table.from_pylist([encode_unit(i, u) for i, u in enumerate(units)])
+        rows.append(sample_units(batch, "text", CleaningConfig(max_doc_bytes=50_000), 0.5, 0,
+                                 [location_prefix(root)]).to_pylist())
+    assert rows[0] == rows[1] and 3 < len(rows[0])
+    assert not any(str(tmp_path) in r["id"] for r in rows[0])
+
