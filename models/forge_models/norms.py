@@ -18,10 +18,10 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        # On CUDA, the torch.compile'd kernel (ops/fused.py; its output is already in the compute
+        # dtype). Chosen here, inside the module, so callers always call the module and whatever
+        # hooks it (tensor parallelism's communication) runs.
         self.compiled = compiled
-        """On CUDA, run the torch.compile'd kernel (ops/fused.py), whose output is already in the
-        compute dtype. Chosen here, inside the module, so callers always call the module and
-        whatever hooks it (tensor parallelism's communication) runs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize the last dimension."""
