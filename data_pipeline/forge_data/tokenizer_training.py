@@ -57,7 +57,9 @@ def sample_units(batch: pa.Table, text_field: str, cleaning: CleaningConfig, rat
         kept = [(location_free_id(d, prefixes), t) for d, t in zip(docs.doc_ids, docs.texts) if t is not None]
         for key, (doc_id, text) in zip(sample_keys([d for d, _ in kept], seed).tolist(), kept):
             if key < rate:
-                keys.append(key), ids.append(doc_id), texts.append(text)
+                keys.append(key)
+                ids.append(doc_id)
+                texts.append(text)
     # Texts are validated UTF-8 bytes; SentencePiece's trainer wants str.
     return pa.table({"key": pa.array(keys, pa.float64()), "id": pa.array(ids, pa.string()),
                      "text": pa.array(texts, pa.large_binary()).cast(pa.large_string())})

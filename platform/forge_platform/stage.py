@@ -70,7 +70,7 @@ def train_and_evaluate(
             tracking_backend=tracking_backend,
             tracking_uri=runs.tracking_uri,
             run_id=run_id,
-            system_metrics_interval_s=system_metrics_interval_s if tracking_backend == "mlflow" else 0.0,
+            system_metrics_interval_s=system_metrics_interval_s,
             init_weights=init_weights,
         )
         result = run_stage(run, checkpoint_root, ray_name)

@@ -196,6 +196,10 @@ def train_stage_worker(config: dict[str, Any]) -> None:
             }
             metrics["mfu"] = flops_per_step / elapsed / (peak_flops * world)
             logger.log(metrics, step=done)
+        if done == train.steps and rank == 0:
+            # Ray Train's result only carries metrics reported with a checkpoint; a stage run
+            # without a final checkpoint (benchmarks, smoke runs) still tells the driver how it ended.
+            write_final_metrics(Path(run.checkpoint_root), {"loss": step_loss, "step": done})
         if done == run.crash_after_step and rank == world - 1:
             _crash_once(Path(run.crash_marker_dir))
         if done % stage.checkpoint.every_steps == 0 or (done == train.steps and stage.checkpoint.save_final):
@@ -211,10 +215,6 @@ def train_stage_worker(config: dict[str, Any]) -> None:
                 run_id=run.run_id,
             )
             _save_and_report(engine, model, groups, run, meta, rank, {"loss": step_loss})
-    if rank == 0:
-        # Ray Train's result only carries metrics reported with a checkpoint; a stage run without
-        # a final checkpoint (benchmarks, smoke runs) still tells the driver how it ended.
-        write_final_metrics(Path(run.checkpoint_root), {"loss": step_loss, "step": train.steps})
     logger.close()
 
 
