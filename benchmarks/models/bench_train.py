@@ -11,8 +11,9 @@ A run is `NAME:MBxACC[:OPTS]`: NAME a preset or `anchor` (mamba_ssm's MambaLMHea
 like the anchor P28-fused: 24 Mamba2 + 4 MHA at [3,10,17,24], GatedMLP 8192, fused add+norm,
 residual fp32, tied; GPU only), MB the micro-batch, ACC the gradient-accumulation steps per
 optimizer step (tokens per step = MB * ACC * seq_len), OPTS a comma list of `compile`
-(ModelConfig.compile_pointwise: fused RMSNorm / MLP layers) and `chunked` (LanguageModel.loss:
-chunked LM head + cross-entropy, no full logits); `fast` means both. Every run of one call shares
+(ModelConfig.compile_pointwise: fused RMSNorm / MLP layers), `chunked` (LanguageModel.loss:
+chunked LM head + cross-entropy, no full logits) and `chunkN` (SSD scan chunk size N, for the
+anchor too; default 256, mamba_ssm's); `fast` means compile + chunked. Every run of one call shares
 the process, the matmul rate and the autotuned kernels. `--profile RUN...` adds a torch.profiler
 summary of one optimizer step of that run (kernel time by category and the top kernels);
 `--layer-times RUN` times one layer of each kind (fwd+bwd) with that run's options.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -111,33 +113,42 @@ def parse_run(spec: str) -> tuple[str, int, int, set[str]]:
     """`NAME:MBxACC[:OPTS]` -> (name, micro_batch, accum, options)."""
     parts = spec.split(":")
     if len(parts) not in (2, 3) or "x" not in parts[1]:
-        raise ValueError(f"run {spec!r} is invalid: allowed NAME:MBxACC[:compile,chunked|fast]")
+        raise ValueError(f"run {spec!r} is invalid: allowed NAME:MBxACC[:compile,chunked,chunkN|fast]")
     mb, acc = (int(v) for v in parts[1].split("x"))
     opts = set(parts[2].split(",")) if len(parts) == 3 and parts[2] else set()
     if "fast" in opts:
         opts |= {"compile", "chunked"}
-    bad = opts - {"compile", "chunked", "fast"}
+    bad = {o for o in opts - {"compile", "chunked", "fast"} if not re.fullmatch(r"chunk\d+", o)}
     if bad:
         raise ValueError(f"run {spec!r}: unknown options {sorted(bad)}")
     return parts[0], mb, acc, opts
 
 
+def scan_chunk_size(opts: set[str], default: int) -> int:
+    """The SSD chunk size of a run: `chunkN` option, else the model's default."""
+    sizes = [int(o[len("chunk"):]) for o in opts if re.fullmatch(r"chunk\d+", o)]
+    return sizes[-1] if sizes else default
+
+
 def build_run(name: str, opts: set[str], device: torch.device) -> tuple[torch.nn.Module, object]:
     """The model of a run and its forge config (the anchor-identical config for `anchor`)."""
+    preset = get_preset("hybrid-2b-anchor" if name == "anchor" else name)
+    chunk = scan_chunk_size(opts, preset.mamba2.chunk_size)
     if name == "anchor":
-        return build_anchor(device), get_preset("hybrid-2b-anchor")
-    cfg = dataclasses.replace(get_preset(name), compile_pointwise="compile" in opts)
+        return build_anchor(device, chunk), preset
+    cfg = dataclasses.replace(preset, compile_pointwise="compile" in opts,
+                              mamba2=dataclasses.replace(preset.mamba2, chunk_size=chunk))
     return build_model(cfg, device=device), cfg
 
 
-def build_anchor(device: torch.device) -> torch.nn.Module:
+def build_anchor(device: torch.device, chunk_size: int = 256) -> torch.nn.Module:
     """mamba_ssm's MambaLMHeadModel shaped like the anchor P28-fused (GPU only)."""
     from mamba_ssm.models.config_mamba import MambaConfig as AnchorConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 
     cfg = AnchorConfig(
         d_model=2048, d_intermediate=8192, n_layer=28, vocab_size=32000,
-        ssm_cfg={"layer": "Mamba2", "d_state": 128, "headdim": 64, "ngroups": 8, "chunk_size": 256},
+        ssm_cfg={"layer": "Mamba2", "d_state": 128, "headdim": 64, "ngroups": 8, "chunk_size": chunk_size},
         attn_layer_idx=[3, 10, 17, 24], attn_cfg={"num_heads": 16, "num_heads_kv": 4, "head_dim": 128},
         rms_norm=True, fused_add_norm=True, residual_in_fp32=True, tie_embeddings=True,
     )

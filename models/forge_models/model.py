@@ -140,7 +140,8 @@ class LanguageModel(nn.Module):
         """language_model_loss(self(input_ids, ...), labels) without materialising the logits
         (chunked LM head + cross-entropy, losses.py): less memory and traffic for training."""
         hidden = self.hidden_states(input_ids, seq_idx, position_ids)
-        return chunked_lm_loss(hidden, self.lm_head_weight(), labels, ignore_index=ignore_index, chunk=chunk)
+        return chunked_lm_loss(hidden, self.lm_head_weight(), labels, ignore_index=ignore_index, chunk=chunk,
+                               fused=self.config.compile_pointwise and hidden.is_cuda)
 
     def hidden_states(
         self,
