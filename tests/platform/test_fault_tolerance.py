@@ -86,6 +86,32 @@ def test_tensor_parallel_stage_matches_one_worker(packed_data, tmp_path: Path) -
         torch.testing.assert_close(full_two[name], tensor, rtol=1e-4, atol=1e-5)  # Adam amplifies 1e-7 grad noise
 
 
+def test_data_parallel_stage_matches_one_worker_on_the_same_rows(short_docs_data, tmp_path: Path) -> None:
+    """DP=2 (2 rows per rank, ZeRO-2) and one worker (2 rows x 2 accumulation steps) read the same 4 rows per
+    step, grouped differently ({0, 2}, {1, 3} against {0, 1}, {2, 3}); rows count different numbers of labels
+    (a document's last token has none), so only a per-token mean over the whole step agrees between them."""
+    from forge_data import IGNORE_INDEX, PackedShardLoader
+
+    packed_data = short_docs_data
+    rows = PackedShardLoader(str(packed_data.manifest), micro_batch_size=4, shuffle_seed=3)
+    counts = (next(iter(rows))["labels"] != IGNORE_INDEX).sum(dim=1).tolist()
+    assert len(set(counts)) > 1, f"the test needs rows with different label counts, got {counts}"
+    ensure_ray(4, workspace=tmp_path)
+    train = {"steps": 3, "micro_batch_size": 2, "zero_stage": 2, "seed": 3}
+    base = stage_run(packed_data).stage
+    one = run_stage(stage_run(packed_data, parallel=ParallelConfig(num_workers=1, peak_tflops=1.0),
+                              stage=dataclasses.replace(base, train=TrainConfig(grad_accum_steps=2, **train))),
+                    tmp_path / "storage", "dp1")
+    two = run_stage(stage_run(packed_data, parallel=ParallelConfig(num_workers=2, peak_tflops=1.0),
+                              stage=dataclasses.replace(base, train=TrainConfig(grad_accum_steps=1, **train))),
+                    tmp_path / "storage", "dp2")
+    one_losses, two_losses = losses_by_step(one.raw), losses_by_step(two.raw)
+    assert sorted(one_losses) == [1, 2, 3]
+    for step, loss in one_losses.items():  # a mean of per-rank means is off by 1.6e-5 at step 1
+        assert two_losses[step] == pytest.approx(loss, rel=2e-6), (step, one_losses, two_losses)
+    assert read_meta(two.checkpoint_dir).samples_consumed == read_meta(one.checkpoint_dir).samples_consumed == 12
+
+
 def test_a_worker_group_ray_cannot_place_is_refused_at_once(packed_data, tmp_path: Path) -> None:
     """Ray would retry a group it can never place forever; the platform names the shortfall instead."""
     ensure_ray(4, workspace=tmp_path)

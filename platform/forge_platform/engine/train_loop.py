@@ -23,7 +23,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 from ray.train import CheckpointUploadMode
-from forge_data import PackedShardLoader
+from forge_data import IGNORE_INDEX, PackedShardLoader
 from forge_models import ModelConfig, build_model
 from forge_models.flops import training_flops_per_token
 
@@ -170,20 +170,23 @@ def train_stage_worker(config: dict[str, Any]) -> None:
 
     for step in range(start_step, train.steps):
         started = time.perf_counter()
+        micro_batches = [next(batches) for _ in range(train.grad_accum_steps)]
+        counts = [int((mb["labels"] != IGNORE_INDEX).sum()) for mb in micro_batches]  # on the host
+        weights, step_labels = token_weights(counts, train.grad_accum_steps, groups, device)
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per micro-batch
         grad_norm = None
-        for _ in range(train.grad_accum_steps):
-            batch = {k: _to_device(v, device) for k, v in next(batches).items()}
+        for micro_batch, count, weight in zip(micro_batches, counts, weights):
+            batch = {k: _to_device(v, device) for k, v in micro_batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16"):
-                loss = compute_loss(batch)
-            engine.backward(loss)
+                loss = compute_loss(batch)  # mean over this micro-batch's counted labels
+            engine.backward(loss * weight)
             if zero_stage == 0 and engine.is_gradient_accumulation_boundary():
                 grad_norm = clip_gradients(model, groups, stage.optim.grad_clip)
             engine.step()
-            loss_sum += loss.detach()
-        if dp > 1:  # each data-parallel rank saw its own rows: the step's loss is their mean
+            loss_sum += loss.detach() * count
+        if dp > 1:  # each data-parallel rank saw its own rows
             dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM, group=groups.dp_group)
-        step_loss = loss_sum.item() / (train.grad_accum_steps * dp)  # the one sync of the step
+        step_loss = loss_sum.item() / max(float(step_labels), 1.0)  # the one sync of the step
         elapsed = time.perf_counter() - started
         done = step + 1
         if done % train.log_every == 0 or done == train.steps:
@@ -259,6 +262,27 @@ def write_final_metrics(folder: Path, metrics: dict[str, float]) -> None:
     tmp = folder / (FINAL_METRICS_FILE + ".tmp")
     tmp.write_text(json.dumps(metrics))
     tmp.replace(folder / FINAL_METRICS_FILE)
+
+
+def token_weights(counts: list[int], accum: int, groups: ParallelGroups, device: torch.device
+                  ) -> tuple[list[float] | list[torch.Tensor], int | torch.Tensor]:
+    """Multipliers that make a step's gradient the gradient of its per-token mean loss, whatever
+    the layout; and the step's number of counted labels N over all data-parallel ranks.
+
+    Each micro-batch's loss is the mean over its own c_i counted labels (documents end with an
+    ignored label, so rows count differently). DeepSpeed divides every backward by the
+    accumulation steps and averages gradients over the data-parallel ranks, so a mean of means
+    would weight tokens by how the rows happened to be grouped: 2 rows x 2 accumulation steps on
+    one GPU and 2 rows on each of 2 GPUs group the same 4 rows differently. Weighting micro-batch
+    i by c_i * accum * dp / N makes every layout compute sum(token losses) / N. With dp > 1, N
+    is one all-reduce of a scalar, kept on the device (no sync)."""
+    dp = groups.dp
+    total: int | torch.Tensor = sum(counts)
+    if dp > 1:
+        total = torch.tensor(float(total), device=device)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=groups.dp_group)
+        return [c * accum * dp / total.clamp(min=1.0) for c in counts], total
+    return [c * accum / max(total, 1) for c in counts], total
 
 
 def clip_gradients(model: torch.nn.Module, groups: ParallelGroups, max_norm: float) -> torch.Tensor:
