@@ -172,8 +172,9 @@ class ModelConfig:
     """"auto" (CUDA kernels when on GPU and installed), "reference" (pure PyTorch) or "cuda" (forced)."""
     compile_pointwise: bool = False
     """On CUDA (training and prefill without cache), run every RMSNorm and each whole MLP layer
-    (norm + MLP + residual) through torch.compile'd functions (ops/fused.py): fused kernels and
-    fewer saved activations. The first step pays the compilation (tens of seconds)."""
+    (norm + MLP + residual) through torch.compile'd functions (ops/fused.py), and the chunked
+    loss's softmax work (losses.py): fused kernels and fewer saved activations. The first step
+    pays the compilation (tens of seconds)."""
 
     def __post_init__(self) -> None:
         # Nested sections may arrive as dicts from a loader that does not recurse.
