@@ -18,6 +18,10 @@ Rows printed (tok/s, per core, x ceiling = per core / the best single-process pl
                       start-up included (not ray.init).
   x plain same cores  pipeline / the pinned plain encode on the same cores (what those cores
                       deliver when all are busy: two vCPUs of this VM slow each other down)
+  CPU in steady       where the CPU time of the Ray session went between block 1 and block n:
+                      the actors, the driver (Ray Data's executor, progress, reports), Ray Data's
+                      helper actors (stats, autoscaling coordinator, actor locations) and Ray's
+                      own processes (gcs, raylet, agents, log monitor, dashboard head)
 Pinned rows are run --repeats times, keeping the best. The corpus is read once before any timing
 (page cache warm): rows measure CPU, not the disk. This process tunes its allocator as the actors
 do (forge_data.malloc_tuning), so in-process rows and the ceiling see the actors' allocator.
@@ -143,19 +147,98 @@ def plain_encode_pinned(tok_path: str, per_unit: list[list[bytes]], cores: int) 
     return total
 
 
-def run_ray(cfg: DataPipelineConfig, cores: int) -> dict[str, float]:
-    """run_pipeline in a fresh process pinned to `cores` cores (Ray inherits the affinity)."""
+ROLES = ("actors", "driver", "Ray Data helpers", "Ray processes")
+
+
+def _role(cmdline: str, driver: bool) -> str:
+    if driver:
+        return "driver"
+    if cmdline.startswith("ray::MapWorker"):
+        return "actors"
+    if cmdline.startswith(("ray::_StatsActor", "ray::_AutoscalingCoordinatorActor", "ray::ActorLocationTracker")):
+        return "Ray Data helpers"
+    return "Ray processes"  # gcs_server, raylet, agents, log monitor, dashboard head, idle workers
+
+
+def session_processes(root: int) -> dict[int, bool]:
+    """`root` and every process below it (a local Ray's processes are the driver's descendants)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, ppid in parent.items():
+            if ppid in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return {pid: pid == root for pid in found}
+
+
+def session_cpu(pids: dict[int, bool]) -> dict[int, tuple[str, float]]:
+    """(role, CPU seconds so far) of each process still alive."""
+    out = {}
+    for pid, is_driver in pids.items():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline") as f:
+                cmdline = f.read().replace("\0", " ")
+        except OSError:
+            continue
+        out[pid] = (_role(cmdline, is_driver), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
+class Arrivals:
+    """`on_report` for run_pipeline: arrival times, tokens, and the session's CPU at blocks 1 and n."""
+
+    def __init__(self) -> None:
+        self.times: list[tuple[float, int]] = []
+        self.pids: dict[int, bool] = {}
+        self.first: dict[int, tuple[str, float]] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+
+    def __call__(self, report: dict) -> None:
+        self.times.append((time.perf_counter(), report["counts"]["tokens_written"]))
+        if len(self.times) == 1:  # every process of the session exists once a block is done
+            self.pids = session_processes(os.getpid())
+            self.first = session_cpu(self.pids)
+        else:  # a few /proc reads per block: the actors' CPU counters at the latest block
+            self.last = session_cpu(self.pids)
+
+    def steady_cpu_shares(self) -> dict[str, float]:
+        """Fraction of the session's CPU time between block 1 and block n, by role."""
+        used = dict.fromkeys(ROLES, 0.0)
+        for pid, (role, cpu) in self.last.items():
+            if pid in self.first:
+                used[role] += cpu - self.first[pid][1]
+        total = sum(used.values()) or 1.0
+        return {role: used[role] / total for role in ROLES}
+
+
+def run_ray(cfg: DataPipelineConfig, cores: int, progress: bool = True) -> dict[str, float]:
+    """run_pipeline in a fresh process pinned to `cores` cores (Ray inherits the affinity).
+
+    Ray Data's progress bars stay on unless `progress=False`, as users run it (they log a line
+    every few seconds when stdout is not a terminal, as here).
+    """
     code = (
-        "import json,sys,time,os; sys.path.insert(0, %r); os.environ.setdefault('RAY_AUTH_MODE','disabled');"
+        "import json,sys,time,os; sys.path[:0] = [%r, %r]; os.environ.setdefault('RAY_AUTH_MODE','disabled');"
         "import ray; ray.init(address='local', num_cpus=4, include_dashboard=False, log_to_driver=False);"
-        "ray.data.DataContext.get_current().enable_progress_bars=False;"
+        "ray.data.DataContext.get_current().enable_progress_bars=%r;"
+        "from benchmarks.data.bench_pipeline import Arrivals;"
         "from forge_data import run_pipeline; from forge_data.config import *; import pickle;"
-        "cfg=pickle.loads(bytes.fromhex(%r)); arrivals=[];"
-        "t=time.perf_counter(); m=run_pipeline(cfg, on_report=lambda r: arrivals.append((time.perf_counter(), r['counts']['tokens_written'])));"
-        "dt=time.perf_counter()-t; steady=sum(n for _, n in arrivals[1:]) / (arrivals[-1][0] - arrivals[0][0]);"
-        "print('BENCH ' + json.dumps({'tokens': m.counts['tokens_written'], 'wall': dt, 'steady': steady, 'blocks': len(arrivals),"
-        " 'padding_ratio': m.padding_ratio}), flush=True)"
-    ) % (str(REPO / "data_pipeline"), __import__("pickle").dumps(cfg).hex())
+        "cfg=pickle.loads(bytes.fromhex(%r)); arrivals=Arrivals();"
+        "t=time.perf_counter(); m=run_pipeline(cfg, on_report=arrivals);"
+        "dt=time.perf_counter()-t; a=arrivals.times; steady=sum(n for _, n in a[1:]) / (a[-1][0] - a[0][0]);"
+        "print('BENCH ' + json.dumps({'tokens': m.counts['tokens_written'], 'wall': dt, 'steady': steady, 'blocks': len(a),"
+        " 'padding_ratio': m.padding_ratio, 'cpu_shares': arrivals.steady_cpu_shares()}), flush=True)"
+    ) % (str(REPO), str(REPO / "data_pipeline"), progress, __import__("pickle").dumps(cfg).hex())
     cpus = ",".join(str(c) for c in range(cores))
     out = subprocess.run(["taskset", "-c", cpus, sys.executable, "-c", code], capture_output=True, text=True, check=True)
     line = next(x for x in out.stdout.splitlines() if x.startswith("BENCH "))
@@ -172,6 +255,7 @@ def main() -> None:
     parser.add_argument("--unit-mb", type=float, default=8.0)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each pinned row; the best is kept")
+    parser.add_argument("--no-progress", action="store_true", help="Ray Data's progress bars off (on by default, as users run it)")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="forge_bench_"))
     corpus = build_corpus(work / "corpus", args.copies) if not (work / "corpus").exists() else work / "corpus"
@@ -187,9 +271,11 @@ def main() -> None:
         # +-20% over minutes, so each pipeline row is compared with a measurement next to it.
         for _ in range(args.repeats):
             plain = plain_encode_pinned(tok, per_unit, cores)
-            r = run_ray(pipeline_config(corpus, work / f"ray{cores}", tok, cores, unit_bytes), cores)
+            r = run_ray(pipeline_config(corpus, work / f"ray{cores}", tok, cores, unit_bytes), cores, not args.no_progress)
             r["plain"] = plain
             best = pinned.setdefault(cores, r)
+            if r["steady"] > best["steady"]:
+                best["cpu_shares"] = r["cpu_shares"]  # those of the best steady run
             for key in ("plain", "steady", "tok/s"):
                 best[key] = max(best[key], r[key])
         r = pinned[cores]
@@ -209,7 +295,8 @@ def main() -> None:
     print("  in-process stage cost (ns/tok): " + ", ".join(f"{k[:-2]} {base[f'stage {k[:-2]} ns/tok']:.1f}" for k in STAGES)
           + f"; ceiling {1e9 / ceiling:.1f}")
     for cores, r in pinned.items():
-        print(f"  {cores} core(s): {r['blocks']} blocks, wall {r['wall']:.1f} s (start-up included), padding {r['padding_ratio']:.4f}")
+        print(f"  {cores} core(s): {r['blocks']} blocks, wall {r['wall']:.1f} s (start-up included), padding {r['padding_ratio']:.4f}; "
+              "CPU in steady: " + ", ".join(f"{role} {share:.1%}" for role, share in r["cpu_shares"].items()))
     print(f"scaling 1 -> 2 cores: plain encode x{pinned[2]['plain'] / pinned[1]['plain']:.2f}, "
           f"pipeline steady x{pinned[2]['steady'] / pinned[1]['steady']:.2f}, "
           f"wall x{pinned[2]['tok/s'] / pinned[1]['tok/s']:.2f}")

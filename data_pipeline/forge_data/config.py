@@ -152,7 +152,8 @@ class DataPipelineConfig:
     """Raw text in, packed Parquet shards + manifest.json + rejections.parquet out."""
 
     inputs: list[str] = field(default_factory=list)
-    """Files or folders, local paths or URIs pyarrow understands (s3://, gs://, file://)."""
+    """Files or folders, local paths or URIs pyarrow understands (s3://, gs://, file://). Document ids
+    name files by their path below the inputs' deepest common folder, never by where that folder is."""
     output_dir: str = ""
     """Where shards, manifest.json, rejections.parquet and a trained tokenizer are written."""
     format: str = "auto"

@@ -2,7 +2,8 @@
 
 Wiring only; the work is in stages.py. The plan of work units is made on the driver from file
 listings, each unit is one Ray Data block handled by one actor call end to end, and shards are
-named by unit, so output bytes depend only on the inputs and the config:
+named by unit, so output bytes depend only on the inputs and the config (not on where they live:
+ids and names are relative to the input root, and the manifest's `location` field alone names places):
 
     from_items(units) -> map_batches(ShardBuilder)   actor pool: read, clean, tokenize, pack, write
                       -> driver: reports -> manifest.json, rejections.parquet
@@ -22,7 +23,8 @@ import pyarrow.parquet as pq
 from forge_data.config import DataPipelineConfig
 from forge_data.manifest import MANIFEST_FILE, REJECTIONS_FILE, Manifest, build_manifest
 from forge_data.ray_utils import ensure_ray
-from forge_data.sources import decode_unit, encode_unit, list_input_files, plan_work_units, resolve_filesystem
+from forge_data.sources import (decode_unit, encode_unit, input_root, list_input_files, plan_work_units,
+                                resolve_filesystem)
 from forge_data.stages import SHARD_DIR, ShardBuilder
 from forge_data.tokenizer import Tokenizer, load_tokenizer
 from forge_data.tokenizer_training import train_tokenizer
@@ -47,6 +49,15 @@ def prepare_tokenizer(cfg: DataPipelineConfig) -> tuple[str, Tokenizer]:
                            include_suffixes=cfg.include_suffixes, cleaning=cfg.cleaning,
                            work_unit_bytes=cfg.work_unit_bytes)
     return path, load_tokenizer(path)
+
+
+def split_location(cfg: DataPipelineConfig, tokenizer_path: str) -> tuple[dict, dict]:
+    """(the config without fields that name places, those places): the manifest's `config` and `location`."""
+    config = asdict(cfg)
+    location = {"input_root": input_root(cfg.inputs), "inputs": config.pop("inputs"),
+                "output_dir": config.pop("output_dir"), "tokenizer_path": tokenizer_path}
+    config["tokenizer"].pop("model_path")
+    return config, location
 
 
 def _reports_with_ray(cfg: DataPipelineConfig, unit_rows: list[dict], tokenizer: Tokenizer, pad_id: int,
@@ -109,13 +120,14 @@ def run_pipeline(cfg: DataPipelineConfig, use_ray: bool = True,
     unit_rows = [encode_unit(i, u) for i, u in enumerate(units)]
     reports = (_reports_with_ray if use_ray else _reports_in_process)(cfg, unit_rows, tokenizer, pad_id, on_report)
 
-    inputs = [{"uri": f.uri, "size": f.size, "format": f.format, "compression": f.compression} for f in files]
-    # Relative when it lives in the output folder, so the manifest does not depend on where that is.
+    inputs = [{"name": f.name, "size": f.size, "format": f.format, "compression": f.compression} for f in files]
+    config, location = split_location(cfg, tokenizer_path)
+    # Relative when it lives in the output folder; a tokenizer elsewhere is named by `location` only.
     tokenizer_rel = os.path.relpath(tokenizer_path, cfg.output_dir)
-    tokenizer_info = {"path": tokenizer_path if tokenizer_rel.startswith("..") else tokenizer_rel, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
-                      "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "pad_id": pad_id,
-                      "sample_sha256": tokenizer.metadata.get("sample_sha256")}
-    manifest, records = build_manifest(reports, cfg.packing.seq_len, inputs, tokenizer_info, asdict(cfg))
+    tokenizer_info = {"path": None if tokenizer_rel.startswith("..") else tokenizer_rel, "sha256": tokenizer.sha256,
+                      "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
+                      "pad_id": pad_id, "sample_sha256": tokenizer.metadata.get("sample_sha256")}
+    manifest, records = build_manifest(reports, cfg.packing.seq_len, inputs, tokenizer_info, config, location)
     rejections = pa.Table.from_pylist(records, schema=REJECTIONS_SCHEMA)
     with fs.open_output_stream(posixpath.join(out_dir, REJECTIONS_FILE)) as sink:
         pq.write_table(rejections, sink, compression="zstd")

@@ -10,7 +10,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
     Ray gets at least 4 logical CPUs: on a 2-core machine, actors holding every logical CPU leave
     none for Ray Data's read tasks and the pipeline hangs silently (see CPU_STACK.md). Token auth
-    is disabled only for this local, single-machine instance.
+    is disabled only for this local, single-machine instance, which runs without the dashboard.
+    Ray's metrics stay on: docs/configuration.md ("Ray on a small machine") says what turning them
+    off saves, a choice left to the user (RAY_enable_metrics_collection=0).
     """
     import ray
 

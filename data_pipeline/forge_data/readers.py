@@ -2,8 +2,9 @@
 
 Readers never raise on bad data: a corrupt gzip, a broken JSON line or a missing text field
 becomes a document with `read_error` set, so the cleaning stage counts it in the rejection
-report. Every document id is `<uri>#<offset>` (byte offset of the line for JSONL, row index for
-Parquet, 0 for a text file), stable across runs and machines.
+report. Every document id is `<name>#<offset>`: the file's location-free name (its path below the
+input root, see sources.py) and the byte offset of the line for JSONL, row index for Parquet, 0
+for a text file; stable across runs, machines and the folder the corpus lives in.
 """
 
 from __future__ import annotations
@@ -97,14 +98,14 @@ def _read_whole(part: FilePart) -> tuple[bytes, bytes]:
     return raw, stream.read()
 
 
-def _add_jsonl_docs(out: ReadResult, uri: str, data: bytes, base_offset: int, text_field: str) -> None:
+def _add_jsonl_docs(out: ReadResult, name: str, data: bytes, base_offset: int, text_field: str) -> None:
     """One document per non-blank line; blank lines are separators, not documents."""
     offset = base_offset
     for line in data.split(b"\n"):
         line_offset, offset = offset, offset + len(line) + 1
         if not line.strip():
             continue
-        doc_id = f"{uri}#{line_offset}"
+        doc_id = f"{name}#{line_offset}"
         try:
             record = json.loads(line)
         except (ValueError, UnicodeDecodeError):
@@ -118,24 +119,24 @@ def _add_jsonl_docs(out: ReadResult, uri: str, data: bytes, base_offset: int, te
         out.add(doc_id, text.encode("utf-8", "surrogatepass"))
 
 
-def _add_parquet_docs(out: ReadResult, uri: str, raw: bytes, text_field: str) -> None:
+def _add_parquet_docs(out: ReadResult, name: str, raw: bytes, text_field: str) -> None:
     """One document per row of `text_field` (string or binary column); nulls are reported."""
     table = pq.ParquetFile(pa.BufferReader(raw))
     if text_field not in table.schema_arrow.names:
-        out.add(f"{uri}#0", b"", "missing_text_field")
+        out.add(f"{name}#0", b"", "missing_text_field")
         return
     column = table.read(columns=[text_field]).column(0)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
             or pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
-        out.add(f"{uri}#0", b"", "missing_text_field")
+        out.add(f"{name}#0", b"", "missing_text_field")
         return
     # Binary view of strings is zero-copy; to_pylist then yields bytes without a decode/encode trip.
     values = column.cast(pa.large_binary()).to_pylist()
     for row, value in enumerate(values):
         if value is None:
-            out.add(f"{uri}#{row}", b"", "missing_text_field")
+            out.add(f"{name}#{row}", b"", "missing_text_field")
         else:
-            out.add(f"{uri}#{row}", value)
+            out.add(f"{name}#{row}", value)
 
 
 def read_file_part(part: FilePart, text_field: str) -> ReadResult:
@@ -145,20 +146,20 @@ def read_file_part(part: FilePart, text_field: str) -> ReadResult:
         if part.format == "jsonl" and part.compression == "none" and (part.start > 0 or part.end < part.file_size):
             data, exact, base = _read_range_aligned(part)
             out.part_sha256 = hashlib.sha256(exact).hexdigest()
-            _add_jsonl_docs(out, part.uri, data, base, text_field)
+            _add_jsonl_docs(out, part.doc_id_prefix, data, base, text_field)
             return out
         raw, data = _read_whole(part)
     except (OSError, pa.ArrowException) as exc:
-        out.add(f"{part.uri}#0", b"", f"read_error:{type(exc).__name__}")
+        out.add(f"{part.doc_id_prefix}#0", b"", f"read_error:{type(exc).__name__}")
         return out
     out.part_sha256 = hashlib.sha256(raw).hexdigest()
     if part.format == "text":
-        out.add(f"{part.uri}#0", data)
+        out.add(f"{part.doc_id_prefix}#0", data)
     elif part.format == "jsonl":
-        _add_jsonl_docs(out, part.uri, data, 0, text_field)
+        _add_jsonl_docs(out, part.doc_id_prefix, data, 0, text_field)
     else:
         try:
-            _add_parquet_docs(out, part.uri, data, text_field)
+            _add_parquet_docs(out, part.doc_id_prefix, data, text_field)
         except (OSError, pa.ArrowException) as exc:
-            out.add(f"{part.uri}#0", b"", f"read_error:{type(exc).__name__}")
+            out.add(f"{part.doc_id_prefix}#0", b"", f"read_error:{type(exc).__name__}")
     return out

@@ -5,9 +5,16 @@ columns `input_ids`, `labels`, `position_ids`, `seq_idx`; sequence r is tokens [
 and L is stored in the file's key-value metadata. Writing the same data as one list<int32> per
 sequence cost about twice as much per token (Parquet computes repetition levels for every value),
 and the pipeline's budget beside SentencePiece is a few tens of nanoseconds per token.
-All columns are PLAIN. `position_ids` (ramps) and `seq_idx` (constants) are LZ4-compressed:
-~2 ns/token each and 0.5 / 0.02 bytes per token, where DELTA_BINARY_PACKED took ~6 ns/token
-each (pyarrow 25 on the 2-core VM, see benchmarks/data). Token columns use `shard_compression`.
+All columns are PLAIN, non-nullable (no definition levels), without statistics, page index or
+dictionary (no reader filters on them). `position_ids` (ramps) and `seq_idx` (constants) are
+LZ4-compressed: ~2 ns/token each and 0.5 / 0.02 bytes per token, where DELTA_BINARY_PACKED took
+~6 ns/token each (pyarrow 25 on the 2-core VM, see benchmarks/data). Token columns use
+`shard_compression` ("none" by default: LZ4 on token ids cost ~6 ns/token per column to save
+~3 bytes, more than writing those bytes costs).
+Pages are 2^18 values (1 MiB), handed to the column writers in batches of the same size: with
+pyarrow's defaults (batches of 1024 values, pages of at most 20000 rows) the per-batch bookkeeping
+and one write syscall per 80 KB page made writing cost ~10 ns/token; this way ~5 ns/token, most
+of it the kernel copying 8.5 bytes/token into the page cache.
 
 Beside each shard, `<shard>.segments.parquet` lists every piece: (row, seq_idx, doc_id,
 doc_token_offset, num_tokens) so every token can be traced to its document.
@@ -27,6 +34,7 @@ _SCHEMA = pa.schema([pa.field(name, pa.int32(), nullable=False) for name in COLU
 _ENCODING = {name: "PLAIN" for name in COLUMNS}
 _LAYOUT_CODEC = "lz4"  # position_ids and seq_idx, whatever the token columns use
 _ROWS_PER_ROW_GROUP = 256
+_VALUES_PER_PAGE = 1 << 18  # 1 MiB of int32 (pyarrow's default data_page_size)
 
 
 def _column(values: np.ndarray) -> pa.Array:
@@ -44,6 +52,7 @@ def write_shard(sink: pa.NativeFile | str, packed: PackedRows, rows: slice, comp
     pq.write_table(
         table, sink, compression=codecs, use_dictionary=False, write_statistics=False,
         column_encoding=_ENCODING, row_group_size=_ROWS_PER_ROW_GROUP * seq_len,
+        write_batch_size=_VALUES_PER_PAGE, max_rows_per_page=_VALUES_PER_PAGE,
     )
 
 

@@ -3,11 +3,17 @@
 Planning happens on the driver from file listings only (no file contents), so the plan — and
 with it every block boundary, packing flush and shard byte — depends only on the inputs and the
 config, never on how many CPUs or actors Ray happens to have.
+
+Every file also gets a `name`: its URI without the *input root*, the deepest folder holding all
+inputs (`input_root`). Document ids, segments, rejections and the manifest use names only, so the
+same corpus in another folder (another checkout, another bucket prefix) gives the same bytes; the
+manifest records the root once, in its `location` field.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,6 +36,8 @@ class InputFile:
     """"text", "jsonl" or "parquet"."""
     compression: str
     """"none", "gzip", "zstd" or "bz2" (from the suffix)."""
+    name: str = ""
+    """The URI without the input root (`input_root`): what ids and the manifest record."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,13 @@ class FilePart:
     start: int
     end: int
     file_size: int
+    name: str = ""
+    """Location-free name of the file (document ids start with it); empty means the URI."""
+
+    @property
+    def doc_id_prefix(self) -> str:
+        """What this part's document ids start with: the file's name, else its URI."""
+        return self.name or self.uri
 
 
 def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -58,6 +73,16 @@ def location_prefix(uri: str) -> str:
     if fs.get_file_info(path).type == pafs.FileType.Directory:
         return uri.rstrip("/") + "/"
     return uri[: uri.rfind("/") + 1]
+
+
+def input_root(inputs: list[str]) -> str:
+    """The deepest folder (a prefix ending in "/", or "") holding every input's `location_prefix`.
+
+    For one folder input it is that folder, for one file its parent folder, for several inputs
+    their common folder ("/data/" for /data/en/ and /data/de/), so names stay unique.
+    """
+    common = os.path.commonprefix([location_prefix(uri) for uri in inputs])
+    return common[: common.rfind("/") + 1]
 
 
 def compression_of(name: str) -> str:
@@ -95,8 +120,9 @@ def _join_uri(uri: str, base_path: str, found_path: str) -> str:
 def list_input_files(inputs: list[str], fmt: str, include_suffixes: list[str]) -> list[InputFile]:
     """Expand folders recursively, filter by suffix, and sort so the listing is deterministic.
 
-    Raises FileNotFoundError for an input that does not exist: a typo must not silently yield an
-    empty corpus.
+    Each file's `name` is its path below `input_root(inputs)`. Raises FileNotFoundError for an
+    input that does not exist (a typo must not silently yield an empty corpus), and ValueError
+    when two different URIs would get the same name (one file listed twice under two spellings).
     """
     found: dict[str, InputFile] = {}
     for uri in inputs:
@@ -104,17 +130,31 @@ def list_input_files(inputs: list[str], fmt: str, include_suffixes: list[str]) -
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise FileNotFoundError(f"data input {uri!r} does not exist")
+    root = input_root(inputs)
+    for uri in inputs:
+        fs, path = resolve_filesystem(uri)
+        info = fs.get_file_info(path)
+        # Names are this input's folder below the root, then the file's path below this input.
+        below_root = location_prefix(uri)[len(root):]
         if info.type == pafs.FileType.Directory:
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             infos = [i for i in infos if i.type == pafs.FileType.File]
+            base = path.rstrip("/")
         else:
             infos = [info]
+            base = path[: path.rfind("/") + 1]
         for i in infos:
             if include_suffixes and not i.path.endswith(tuple(include_suffixes)):
                 continue
             full = _join_uri(uri, path, i.path)
-            found[full] = InputFile(full, int(i.size or 0), format_of(i.base_name, fmt), compression_of(i.base_name))
-    return [found[k] for k in sorted(found)]
+            name = below_root + i.path[len(base):].lstrip("/")
+            found[full] = InputFile(full, int(i.size or 0), format_of(i.base_name, fmt), compression_of(i.base_name), name)
+    files = [found[k] for k in sorted(found)]
+    names: dict[str, str] = {}
+    for f in files:
+        if names.setdefault(f.name, f.uri) != f.uri:
+            raise ValueError(f"data inputs {inputs!r} list one file twice: {names[f.name]!r} and {f.uri!r}")
+    return files
 
 
 def plan_work_units(files: list[InputFile], target_bytes: int, shuffle_seed: int) -> list[list[FilePart]]:
@@ -140,15 +180,15 @@ def plan_work_units(files: list[InputFile], target_bytes: int, shuffle_seed: int
             close_group()
             for start in range(0, f.size, target_bytes):
                 end = min(f.size, start + target_bytes)
-                units.append([FilePart(f.uri, f.format, f.compression, start, end, f.size)])
+                units.append([FilePart(f.uri, f.format, f.compression, start, end, f.size, f.name)])
             continue
         if f.format != "text" or f.size >= target_bytes:
             close_group()
-            units.append([FilePart(f.uri, f.format, f.compression, 0, f.size, f.size)])
+            units.append([FilePart(f.uri, f.format, f.compression, 0, f.size, f.size, f.name)])
             continue
         if group_bytes + f.size > target_bytes:
             close_group()
-        group.append(FilePart(f.uri, f.format, f.compression, 0, f.size, f.size))
+        group.append(FilePart(f.uri, f.format, f.compression, 0, f.size, f.size, f.name))
         group_bytes += f.size
     close_group()
     order = np.random.default_rng(shuffle_seed).permutation(len(units))

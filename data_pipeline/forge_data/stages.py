@@ -49,7 +49,7 @@ class UnitDocuments:
     actions: list[str | None] = field(default_factory=list)
     num_bytes: list[int] = field(default_factory=list)
     parts: list[dict[str, Any]] = field(default_factory=list)
-    """One {"uri", "start", "end", "sha256"} per file part: the manifest's input hashes."""
+    """One {"name", "start", "end", "sha256"} per file part: the manifest's input hashes."""
 
 
 def read_clean_unit(parts: list[FilePart], text_field: str, cleaning: CleaningConfig) -> UnitDocuments:
@@ -63,7 +63,7 @@ def read_clean_unit(parts: list[FilePart], text_field: str, cleaning: CleaningCo
         out.reasons += cleaned.reasons
         out.actions += cleaned.actions
         out.num_bytes += cleaned.num_bytes
-        out.parts.append({"uri": part.uri, "start": part.start, "end": part.end, "sha256": read.part_sha256})
+        out.parts.append({"name": part.doc_id_prefix, "start": part.start, "end": part.end, "sha256": read.part_sha256})
     return out
 
 

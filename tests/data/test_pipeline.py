@@ -1,6 +1,7 @@
 """End to end with Ray Data: accounting, no tokens lost at block edges, byte-identical reruns."""
 
 import filecmp
+import json
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -125,8 +126,55 @@ def test_rerun_is_byte_identical_and_matches_in_process_run(ray_session, corpus,
     assert any(str(f).startswith("shards/") for f in files)
     for f in files:
         assert filecmp.cmp(out / f, tmp_path / "first" / f, shallow=False), f
-        if f.name != "manifest.json":  # the manifest records its own output_dir
+        if f.name != "manifest.json":  # the manifest records its own output_dir, in `location`
             assert filecmp.cmp(out / f, tmp_path / "serial" / f, shallow=False), f
+    assert without_location(out / "manifest.json")[0] == without_location(tmp_path / "serial" / "manifest.json")[0]
+
+
+def without_location(path):
+    """A JSON file's text with its "location" entry removed, and that entry."""
+    data = json.loads(Path(path).read_text())
+    location = data.pop("location")
+    return json.dumps(data, sort_keys=True), location
+
+
+def test_same_corpus_in_two_folders_gives_identical_outputs(ray_session, corpus, tmp_path):
+    """Two checkouts of one corpus (tokenizer trained in the run too): byte-identical shards,
+    segments and rejections; manifests and tokenizer.json differ only in their "location" field."""
+    copies = [tmp_path / "one" / "corpus", tmp_path / "two" / "deeper" / "corpus"]
+    outs = [tmp_path / "one" / "out", tmp_path / "elsewhere" / "out"]
+    manifests = []
+    for copy, out in zip(copies, outs):
+        shutil.copytree(corpus[0], copy)
+        cfg = DataPipelineConfig(inputs=[str(copy)], output_dir=str(out), work_unit_bytes=10_000, shard_tokens=64 * 16,
+                                 cleaning=CLEANING, packing=PackingConfig(seq_len=64), tokenizer=TOKENIZER)
+        manifests.append(run_pipeline(cfg))
+    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*") if p.is_file())
+    assert any(f.name.endswith(".segments.parquet") for f in files) and Path("rejections.parquet") in files
+    for f in files:
+        if f.suffix != ".json":
+            assert filecmp.cmp(outs[0] / f, outs[1] / f, shallow=False), f
+    for name in ("manifest.json", "tokenizer/tokenizer.json"):
+        (text0, loc0), (text1, loc1) = (without_location(out / name) for out in outs)
+        assert text0 == text1, name
+        assert str(tmp_path) not in text0, name  # no path outside the location field
+        assert loc0["inputs"] == [str(copies[0])] and loc1["inputs"] == [str(copies[1])]
+        assert loc0["input_root"] == str(copies[0]) + "/"
+    assert manifests[0].location["output_dir"] == str(outs[0])
+
+    # Every document is accounted for: documents in = packed (in some segment) + rejected.
+    c = manifests[0].counts
+    packed = set()
+    for shard in manifests[0].shards:
+        packed.update(pq.read_table(outs[0] / shard.path.replace(".parquet", ".segments.parquet")).column("doc_id").to_pylist())
+    rejections = pq.read_table(outs[0] / "rejections.parquet").to_pylist()
+    rejected = {r["doc_id"] for r in rejections if r["action"] == "rejected"}
+    assert len(packed) == c["docs_packed"] and len(rejected) == c["docs_rejected"] and not packed & rejected
+    assert c["docs_in"] == len(packed) + len(rejected)
+    names = [i["name"] for i in manifests[0].inputs]
+    assert names == sorted(str(p.relative_to(copies[0])) for p in copies[0].rglob("*") if p.is_file())
+    assert set(names) >= {d.split("#")[0] for d in packed | rejected}
 
 
 def test_long_context_selection_and_upweighting(ray_session, corpus, tokenizer_dir, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from forge_data.cleaning import clean_document, clean_documents
 from forge_data.config import CleaningConfig
 from forge_data.readers import read_file_part
-from forge_data.sources import FilePart, list_input_files, plan_work_units
+from forge_data.sources import FilePart, input_root, list_input_files, plan_work_units
 
 
 def read_all(root, cfg, unit_bytes=10_000):
@@ -94,3 +94,21 @@ def test_read_errors_do_not_raise(tmp_path):
     part = FilePart(str(tmp_path / "gone.txt"), "text", "none", 0, 10, 10)
     read = read_file_part(part, "text")
     assert read.read_errors[0].startswith("read_error:")
+
+
+def test_names_and_ids_are_relative_to_the_input_root(tmp_path):
+    """Ids do not name the corpus' folder; several inputs are named below their common folder (unique)."""
+    for sub in ("en", "de"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+        (tmp_path / "data" / sub / "part-0.jsonl").write_text(json.dumps({"text": sub}) + "\n")
+    (tmp_path / "single.txt").write_text("x")
+    both = [str(tmp_path / "data" / "en"), str(tmp_path / "data" / "de") + "/"]
+    assert input_root(both) == str(tmp_path / "data") + "/"
+    files = list_input_files(both, "auto", [])
+    assert [f.name for f in files] == ["de/part-0.jsonl", "en/part-0.jsonl"]
+    ids = [d for unit in plan_work_units(files, 1 << 20, 0) for part in unit for d in read_file_part(part, "text").doc_ids]
+    assert sorted(ids) == ["de/part-0.jsonl#0", "en/part-0.jsonl#0"]
+    assert [f.name for f in list_input_files([both[0]], "auto", [])] == ["part-0.jsonl"]
+    assert [f.name for f in list_input_files([str(tmp_path / "single.txt")], "auto", [])] == ["single.txt"]
+    with pytest.raises(ValueError, match="twice"):  # one file under two spellings would be read twice
+        list_input_files([str(tmp_path / "data"), str(tmp_path / "data") + "//"], "auto", [])

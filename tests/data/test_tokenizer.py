@@ -74,7 +74,7 @@ def test_sample_rows_do_not_depend_on_where_the_corpus_lives(tmp_path):
     import pyarrow as pa
 
     from forge_data.config import CleaningConfig
-    from forge_data.sources import encode_unit, list_input_files, location_prefix, plan_work_units
+    from forge_data.sources import encode_unit, list_input_files, plan_work_units
     from forge_data.tokenizer_training import sample_units
     from tests.data.corpora import write_bad_corpus
 
@@ -84,8 +84,7 @@ def test_sample_rows_do_not_depend_on_where_the_corpus_lives(tmp_path):
     for root in (str(tmp_path / "a" / "corpus"), str(tmp_path / "b" / "deeper" / "corpus") + "/"):
         units = plan_work_units(list_input_files([root], "auto", []), 20_000, 0)
         batch = pa.Table.from_pylist([encode_unit(i, u) for i, u in enumerate(units)])
-        rows.append(sample_units(batch, "text", CleaningConfig(max_doc_bytes=50_000), 0.5, 0,
-                                 [location_prefix(root)]).to_pylist())
+        rows.append(sample_units(batch, "text", CleaningConfig(max_doc_bytes=50_000), 0.5, 0).to_pylist())
     assert rows[0] == rows[1] and 3 < len(rows[0])
     assert not any(str(tmp_path) in r["id"] for r in rows[0])
 
