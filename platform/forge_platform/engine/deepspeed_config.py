@@ -40,9 +40,8 @@ def build_deepspeed_config(train: TrainConfig, optim: OptimConfig, data_parallel
     }
     if train.zero_stage in (1, 2):
         # DeepSpeed 0.19.8's own values for stages 1-2 (overlap_comm defaults on only at stage 3),
-        # spelled out so they do not drift. Overlapping the gradient reduce-scatter with the
-        # backward is the next lever for DP scaling (0.80 per GPU on 2 H200s, RESULTS.md), not
-        # yet measured.
+        # spelled out so they do not drift. overlap_comm on 2 H200s: same losses, +1.9 GiB, and
+        # no clear speed-up within that machine's noise (benchmarks/platform/RESULTS.md).
         config["zero_optimization"].update(
             {"contiguous_gradients": True, "overlap_comm": False, "reduce_scatter": True}
         )
