@@ -82,20 +82,24 @@ def _read_local_file(path: str, size_hint: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _read_whole(part: FilePart) -> tuple[bytes, bytes]:
-    """Read a whole file; returns (raw bytes as stored, decompressed bytes). May raise on corrupt data."""
+def _read_stored(part: FilePart) -> bytes:
+    """A whole file's bytes as stored (still compressed)."""
     if "://" in part.uri:
         fs, path = resolve_filesystem(part.uri)
         with fs.open_input_file(path) as f:
-            raw = f.read()
-    else:
-        raw = _read_local_file(part.uri, part.file_size)
-    if part.compression == "none":
-        return raw, raw
-    # In memory on purpose: the hash must cover the stored bytes, and pyarrow's streams decompress
-    # gzip and zstd without needing the `zstandard` package.
-    stream = pa.CompressedInputStream(pa.BufferReader(raw), part.compression)
-    return raw, stream.read()
+            return f.read()
+    return _read_local_file(part.uri, part.file_size)
+
+
+def _decompress(raw: bytes, compression: str) -> bytes:
+    """The file's content. May raise on corrupt data.
+
+    In memory on purpose: the manifest's hash covers the stored bytes (taken before this, so a
+    file that fails to decompress still has one), and pyarrow's streams decompress gzip and zstd
+    without needing the `zstandard` package."""
+    if compression == "none":
+        return raw
+    return pa.CompressedInputStream(pa.BufferReader(raw), compression).read()
 
 
 def _add_jsonl_docs(out: ReadResult, name: str, data: bytes, base_offset: int, text_field: str) -> None:
@@ -148,11 +152,12 @@ def read_file_part(part: FilePart, text_field: str) -> ReadResult:
             out.part_sha256 = hashlib.sha256(exact).hexdigest()
             _add_jsonl_docs(out, part.doc_id_prefix, data, base, text_field)
             return out
-        raw, data = _read_whole(part)
+        raw = _read_stored(part)
+        out.part_sha256 = hashlib.sha256(raw).hexdigest()
+        data = _decompress(raw, part.compression)
     except (OSError, pa.ArrowException) as exc:
         out.add(f"{part.doc_id_prefix}#0", b"", f"read_error:{type(exc).__name__}")
         return out
-    out.part_sha256 = hashlib.sha256(raw).hexdigest()
     if part.format == "text":
         out.add(f"{part.doc_id_prefix}#0", data)
     elif part.format == "jsonl":

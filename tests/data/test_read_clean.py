@@ -1,6 +1,7 @@
 """Reading and cleaning without Ray: every bad input is counted with its reason, nothing crashes."""
 
 import gzip
+import hashlib
 import json
 from collections import Counter
 
@@ -68,6 +69,16 @@ def test_compressed_text_files_decode(tmp_path):
     (part,) = plan_work_units(list_input_files([str(tmp_path)], "auto", []), 1 << 20, 0)[0]
     assert part.compression == "gzip"
     assert read_file_part(part, "text").raws == [b"hello gzip\n"]
+
+
+def test_a_file_that_fails_to_decompress_still_has_its_hash(tmp_path):
+    """The manifest hashes inputs as stored; a corrupt archive is reported and still identified."""
+    stored = gzip.compress(b"hello world\n" * 50)[:-30] + b"garbage!"
+    (tmp_path / "corrupt.txt.gz").write_bytes(stored)
+    (part,) = plan_work_units(list_input_files([str(tmp_path)], "auto", []), 1 << 20, 0)[0]
+    read = read_file_part(part, "text")
+    assert read.read_errors[0].startswith("read_error:")
+    assert read.part_sha256 == hashlib.sha256(stored).hexdigest()
 
 
 @pytest.mark.parametrize("unit_bytes", [7, 50, 333, 10_000])
