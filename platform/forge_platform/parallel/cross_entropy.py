@@ -17,12 +17,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from forge_data import IGNORE_INDEX  # the label the packer writes where no token is to be predicted
 from forge_models import language_model_loss
 from torch.distributed import ProcessGroup
 
 from forge_platform.parallel.dims import ParallelGroups
-
-IGNORE_INDEX = -100
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
