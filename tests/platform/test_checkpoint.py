@@ -10,6 +10,7 @@ import torch
 from forge_models import build_model, get_preset
 from forge_platform.config import config_hash
 from forge_platform.engine.checkpoint import (
+    BF16_WEIGHTS_FILE,
     CheckpointMeta,
     IncompatibleCheckpointError,
     check_resumable,
@@ -37,6 +38,14 @@ def test_rank_zero_files_round_trip(tmp_path: Path) -> None:
     for (name, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
         assert torch.equal(a, b), name
     assert not list(tmp_path.glob("*.tmp"))  # written through rename
+    # the bf16 export: half the bytes, Mamba's precision-sensitive parameters still fp32, and it loads
+    export = torch.load(tmp_path / BF16_WEIGHTS_FILE, weights_only=True)
+    fp32 = {n for n, t in export.items() if t.dtype == torch.float32}
+    assert fp32 == {n for n in export if n.rsplit(".", 1)[-1] in ("A_log", "D", "dt_bias")} and fp32
+    assert all(t.dtype == torch.bfloat16 for n, t in export.items() if n not in fp32)
+    load_weights(other, tmp_path / BF16_WEIGHTS_FILE)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(other.state_dict()[name], tensor.to(export[name].dtype).float()), name
 
 
 def test_weights_of_another_model_are_refused_with_names(tmp_path: Path) -> None:

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from forge_models import build_model, keep_fp32_names
 from torch import nn
 
 DEEPSPEED_TAG = "state"
 META_FILE = "meta.json"
 MODEL_CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "model.pt"
+BF16_WEIGHTS_FILE = "model.bf16.pt"
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -64,13 +66,25 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def save_rank_zero_files(folder: Path, meta: CheckpointMeta, model_config: Any,
-                         weights: Mapping[str, torch.Tensor]) -> None:
-    """Rank 0's part of a checkpoint: metadata, model config and the consolidated (single-device) weights."""
+                         weights: Mapping[str, torch.Tensor], export_bf16: bool = True) -> None:
+    """Rank 0's part of a checkpoint: metadata, model config and the consolidated (single-device)
+    weights: `model.pt` as trained (fp32; the next stage starts from it) and, for evaluation and
+    hand-off, `model.bf16.pt` at half the size with the parameters the model keeps in fp32 (Mamba's
+    A_log, D, dt_bias) left in fp32. Either loads with `load_weights`."""
     write_json(folder / META_FILE, dataclasses.asdict(meta))
     write_json(folder / MODEL_CONFIG_FILE, dataclasses.asdict(model_config))
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in weights.items()}, tmp)
-    os.replace(tmp, folder / WEIGHTS_FILE)
+    cpu_weights = {k: v.detach().cpu() for k, v in weights.items()}
+    _save_atomically(cpu_weights, folder / WEIGHTS_FILE)
+    if export_bf16:
+        keep = keep_fp32_names(build_model(model_config, device="meta"))
+        _save_atomically({k: v if k in keep or not v.is_floating_point() else v.to(torch.bfloat16)
+                          for k, v in cpu_weights.items()}, folder / BF16_WEIGHTS_FILE)
+
+
+def _save_atomically(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(dict(state), tmp)
+    os.replace(tmp, path)
 
 
 def read_meta(folder: Path) -> CheckpointMeta:
