@@ -66,23 +66,28 @@ def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(uri)
 
 
-def location_prefix(uri: str) -> str:
+def _location_prefix(uri: str, is_dir: bool) -> str:
     """The start of the URIs of files found under input `uri` that names where the corpus lives:
     the folder itself for a folder, the parent folder for a file. A copy elsewhere differs only there."""
-    fs, path = resolve_filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        return uri.rstrip("/") + "/"
-    return uri[: uri.rfind("/") + 1]
+    return uri.rstrip("/") + "/" if is_dir else uri[: uri.rfind("/") + 1]
+
+
+def _common_folder(prefixes: list[str]) -> str:
+    common = os.path.commonprefix(prefixes)
+    return common[: common.rfind("/") + 1]
 
 
 def input_root(inputs: list[str]) -> str:
-    """The deepest folder (a prefix ending in "/", or "") holding every input's `location_prefix`.
+    """The deepest folder (a prefix ending in "/", or "") holding every input's location prefix.
 
     For one folder input it is that folder, for one file its parent folder, for several inputs
     their common folder ("/data/" for /data/en/ and /data/de/), so names stay unique.
     """
-    common = os.path.commonprefix([location_prefix(uri) for uri in inputs])
-    return common[: common.rfind("/") + 1]
+    prefixes = []
+    for uri in inputs:
+        fs, path = resolve_filesystem(uri)
+        prefixes.append(_location_prefix(uri, fs.get_file_info(path).type == pafs.FileType.Directory))
+    return _common_folder(prefixes)
 
 
 def compression_of(name: str) -> str:
@@ -124,18 +129,18 @@ def list_input_files(inputs: list[str], fmt: str, include_suffixes: list[str]) -
     input that does not exist (a typo must not silently yield an empty corpus), and ValueError
     when two different URIs would get the same name (one file listed twice under two spellings).
     """
-    found: dict[str, InputFile] = {}
+    stats = []  # one stat per input (a request each on an object store)
     for uri in inputs:
         fs, path = resolve_filesystem(uri)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise FileNotFoundError(f"data input {uri!r} does not exist")
-    root = input_root(inputs)
-    for uri in inputs:
-        fs, path = resolve_filesystem(uri)
-        info = fs.get_file_info(path)
+        stats.append((uri, fs, path, info, _location_prefix(uri, info.type == pafs.FileType.Directory)))
+    root = _common_folder([prefix for *_, prefix in stats])  # = input_root(inputs)
+    found: dict[str, InputFile] = {}
+    for uri, fs, path, info, prefix in stats:
         # Names are this input's folder below the root, then the file's path below this input.
-        below_root = location_prefix(uri)[len(root):]
+        below_root = prefix[len(root):]
         if info.type == pafs.FileType.Directory:
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             infos = [i for i in infos if i.type == pafs.FileType.File]

@@ -276,13 +276,13 @@ def token_weights(counts: list[int], accum: int, groups: ParallelGroups, device:
     one GPU and 2 rows on each of 2 GPUs group the same 4 rows differently. Weighting micro-batch
     i by c_i * accum * dp / N makes every layout compute sum(token losses) / N. With dp > 1, N
     is one all-reduce of a scalar, kept on the device (no sync)."""
-    dp = groups.dp
     total: int | torch.Tensor = sum(counts)
-    if dp > 1:
+    denominator: int | torch.Tensor = max(total, 1)
+    if groups.dp > 1:
         total = torch.tensor(float(total), device=device)
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=groups.dp_group)
-        return [c * accum * dp / total.clamp(min=1.0) for c in counts], total
-    return [c * accum / max(total, 1) for c in counts], total
+        denominator = total.clamp(min=1.0)
+    return [c * accum * groups.dp / denominator for c in counts], total
 
 
 def clip_gradients(model: torch.nn.Module, groups: ParallelGroups, max_norm: float) -> torch.Tensor:
