@@ -53,6 +53,9 @@ class TokenizerConfig:
     """Keep text as is (no NFKC, keep repeated whitespace): needed for code and exact round trips."""
     split_digits: bool = True
     """Split numbers into single digits (helps arithmetic, keeps the vocabulary small)."""
+    memoize_words: bool = True
+    """Encode BPE models word by word through a cache (the same ids, several times faster; other
+    models, and BPE models whose normalizer rewrites whitespace, are always encoded plainly)."""
     add_bos: bool = False
     """Prepend BOS to every document when tokenizing for packing."""
     add_eos: bool = True

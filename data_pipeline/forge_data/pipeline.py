@@ -124,9 +124,12 @@ def run_pipeline(cfg: DataPipelineConfig, use_ray: bool = True,
     config, location = split_location(cfg, tokenizer_path)
     # Relative when it lives in the output folder; a tokenizer elsewhere is named by `location` only.
     tokenizer_rel = os.path.relpath(tokenizer_path, cfg.output_dir)
+    # How the actors encoded: they built their Tokenizer from the config, as this one is.
+    encoder = Tokenizer(tokenizer.model_proto, memoize_words=cfg.tokenizer.memoize_words).batch_encoder
     tokenizer_info = {"path": None if tokenizer_rel.startswith("..") else tokenizer_rel, "sha256": tokenizer.sha256,
                       "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
-                      "pad_id": pad_id, "sample_sha256": tokenizer.metadata.get("sample_sha256")}
+                      "pad_id": pad_id, "sample_sha256": tokenizer.metadata.get("sample_sha256"),
+                      "encoder": encoder}
     manifest, records = build_manifest(reports, cfg.packing.seq_len, inputs, tokenizer_info, config, location)
     rejections = pa.Table.from_pylist(records, schema=REJECTIONS_SCHEMA)
     with fs.open_output_stream(posixpath.join(out_dir, REJECTIONS_FILE)) as sink:

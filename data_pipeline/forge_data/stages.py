@@ -74,7 +74,7 @@ class ShardBuilder:
         """`owns_process`: this builder is all its process does (a Ray actor), so it may tune the allocator."""
         if owns_process:
             keep_freed_memory()
-        self.tokenizer = Tokenizer(model_proto)
+        self.tokenizer = Tokenizer(model_proto, memoize_words=cfg.tokenizer.memoize_words)
         self.cfg = cfg
         self.pad_id = pad_id
         self.fs, self.out_dir = resolve_filesystem(cfg.output_dir)
@@ -98,13 +98,9 @@ class ShardBuilder:
         doc_ids = [docs.doc_ids[i] for i in kept]
         texts = [docs.texts[i] for i in kept]
         t_read = time.perf_counter()
-        # One C++ call for the whole unit, on UTF-8 bytes; int32 buffers come back without a
-        # Python int per token.
-        arrays = self.tokenizer.encode_numpy(texts, cfg.tokenizer.add_bos, cfg.tokenizer.add_eos)
-        lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
-        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        flat = np.concatenate(arrays) if len(arrays) else np.zeros(0, np.int32)
+        # The whole unit at once, on UTF-8 bytes, into one int32 buffer: no Python int per token.
+        flat, offsets = self.tokenizer.encode_flat(texts, cfg.tokenizer.add_bos, cfg.tokenizer.add_eos)
+        lengths = np.diff(offsets)
         t_encoded = time.perf_counter()
 
         weights = document_weights(lengths, cfg.long_context)
