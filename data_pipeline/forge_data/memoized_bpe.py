@@ -78,8 +78,8 @@ class MemoizedBpeEncoder:
     Words are found and counted without a Python object per word (numpy passes over the bytes,
     Arrow's hash table); Python sees each distinct word of a batch once, SentencePiece each word
     not cached yet. The cache holds up to `max_cached_words` words across calls (then it starts
-    again: about 150 MB at the default bound), so a long-lived actor keeps the words of the
-    documents it has seen; its size never changes an id.
+    again; about 0.4 GiB of memory at the default bound), so a long-lived actor keeps the words
+    of the documents it has seen; its size never changes an id.
     """
 
     def __init__(self, processor: object, model_proto: bytes, max_cached_words: int = 1 << 20) -> None:

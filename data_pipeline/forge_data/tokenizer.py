@@ -88,7 +88,7 @@ class Tokenizer:
         flat[offsets[i]:offsets[i + 1]]): the pipeline's hot path, ids identical to `encode_numpy`.
 
         BPE models are encoded word by word through a cache that lives as long as this tokenizer
-        (exact; 1.3-2.2x plain SentencePiece on new text, 9-14x on words seen before:
+        (exact; 1.3-2.2x plain SentencePiece on new text, 7-14x on words seen before:
         benchmarks/data/RESULTS.md); other models by one plain C++ call.
         """
         if self._memoized is None and self._not_memoized_because is None:
