@@ -48,7 +48,7 @@ def prepare_tokenizer(cfg: DataPipelineConfig) -> tuple[str, Tokenizer]:
     path = train_tokenizer(cfg.tokenizer, cfg.inputs, out_dir, format=cfg.format, text_field=cfg.text_field,
                            include_suffixes=cfg.include_suffixes, cleaning=cfg.cleaning,
                            work_unit_bytes=cfg.work_unit_bytes)
-    return path, load_tokenizer(path)
+    return path, load_tokenizer(path, memoize_words=cfg.tokenizer.memoize_words)
 
 
 def split_location(cfg: DataPipelineConfig, tokenizer_path: str) -> tuple[dict, dict]:
@@ -124,12 +124,10 @@ def run_pipeline(cfg: DataPipelineConfig, use_ray: bool = True,
     config, location = split_location(cfg, tokenizer_path)
     # Relative when it lives in the output folder; a tokenizer elsewhere is named by `location` only.
     tokenizer_rel = os.path.relpath(tokenizer_path, cfg.output_dir)
-    # How the actors encoded: they built their Tokenizer from the config, as this one is.
-    encoder = Tokenizer(tokenizer.model_proto, memoize_words=cfg.tokenizer.memoize_words).batch_encoder
     tokenizer_info = {"path": None if tokenizer_rel.startswith("..") else tokenizer_rel, "sha256": tokenizer.sha256,
                       "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
                       "pad_id": pad_id, "sample_sha256": tokenizer.metadata.get("sample_sha256"),
-                      "encoder": encoder}
+                      "encoder": tokenizer.batch_encoder}  # the actors' too: built from the same config
     manifest, records = build_manifest(reports, cfg.packing.seq_len, inputs, tokenizer_info, config, location)
     rejections = pa.Table.from_pylist(records, schema=REJECTIONS_SCHEMA)
     with fs.open_output_stream(posixpath.join(out_dir, REJECTIONS_FILE)) as sink:

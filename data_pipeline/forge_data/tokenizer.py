@@ -117,7 +117,7 @@ class Tokenizer:
         return path
 
 
-def load_tokenizer(path: str) -> Tokenizer:
+def load_tokenizer(path: str, memoize_words: bool = True) -> Tokenizer:
     """Load a tokenizer from its directory or its `.model` file (metadata is optional)."""
     model_path = os.path.join(path, MODEL_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(model_path):
@@ -129,7 +129,7 @@ def load_tokenizer(path: str) -> Tokenizer:
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
             metadata = json.load(f)
-    return Tokenizer(proto, metadata)
+    return Tokenizer(proto, metadata, memoize_words)
 
 
 def split_sentences(text: str, max_chars: int) -> Iterator[str]:
