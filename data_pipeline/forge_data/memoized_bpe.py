@@ -99,6 +99,8 @@ class MemoizedBpeEncoder:
 
     def _clear(self) -> None:
         self._index: dict[bytes, int] = {}  # word -> its cache entry k
+        self._specials: dict[int, int] = {}  # BOS / EOS id -> its one-id cache entry
+        self._entries = 0
         self._ids = np.zeros(1 << 16, dtype=np.int32)  # ids of cached words, one after another
         self._used = 0
         self._starts = np.zeros(1 << 12, dtype=np.int64)  # word k: self._ids[start : start + length]
@@ -123,32 +125,23 @@ class MemoizedBpeEncoder:
         unseen = np.flatnonzero(entry_of_distinct < 0)
         entry_of_distinct[unseen] = self._add([distinct[i] for i in unseen], whole)
         entry = entry_of_distinct[coded.indices.to_numpy(zero_copy_only=False)]
-        starts, lengths = self._starts[entry], self._lengths[entry]
+        before = [self._special_entry(bos_id)] if bos_id >= 0 else []
+        after = [self._special_entry(eos_id)] if eos_id >= 0 else []
+        if before or after:
+            entry, counts = _frame_documents(entry, counts, before, after)
 
-        specials = [(token, first) for token, first in ((bos_id, True), (eos_id, False)) if token >= 0]
-        if specials:  # one-id entries (start = -1 - id) at each document's edges
-            per_doc = counts + len(specials)
-            doc_ends = np.cumsum(per_doc)
-            at = np.arange(len(entry)) + np.repeat(np.arange(len(texts)) * len(specials) + (bos_id >= 0), counts)
-            all_starts = np.empty(int(doc_ends[-1]) if len(texts) else 0, dtype=np.int64)
-            all_lengths = np.ones_like(all_starts)
-            all_starts[at], all_lengths[at] = starts, lengths
-            for token, first in specials:
-                all_starts[doc_ends - per_doc if first else doc_ends - 1] = -1 - token
-            starts, lengths, counts = all_starts, all_lengths, per_doc
-        flat = self._gather(starts, lengths)
-        entry_ends = np.concatenate([[0], np.cumsum(lengths)])
-        offsets = entry_ends[np.concatenate([[0], np.cumsum(counts)])]
+        lengths = self._lengths[entry]
+        out_starts = np.cumsum(lengths) - lengths
+        flat = self._ids[np.repeat(self._starts[entry] - out_starts, lengths) + np.arange(int(lengths.sum()))]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])[np.concatenate([[0], np.cumsum(counts)])]
         return flat, offsets
 
-    def _gather(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Concatenate the cached runs [start, start + length); start = -1 - id is that one id."""
-        special = starts < 0
-        out_starts = np.cumsum(lengths) - lengths
-        source = np.repeat(np.where(special, 0, starts) - out_starts, lengths) + np.arange(int(lengths.sum()))
-        flat = self._ids[source]
-        flat[out_starts[special]] = (-1 - starts[special]).astype(np.int32)
-        return flat
+    def _special_entry(self, token: int) -> int:
+        """The cache entry holding the one id `token` (BOS or EOS)."""
+        if token not in self._specials:
+            self._store([], np.array([token], dtype=np.int32), np.array([0, 1]))
+            self._specials[token] = self._entries - 1
+        return self._specials[token]
 
     def _add(self, unseen: list[bytes], whole: set[bytes]) -> np.ndarray:
         """Encode words not yet cached (a few joined strings per call); returns their cache entries."""
@@ -186,8 +179,9 @@ class MemoizedBpeEncoder:
         self._store(group, ids, np.concatenate([[0], cuts + 1]))
 
     def _store(self, words: list[bytes], ids: np.ndarray, bounds: np.ndarray) -> None:
-        """Cache words whose ids lie one after another: word j is ids[bounds[j]:bounds[j + 1]]."""
-        first, count, need = len(self._index), len(words), self._used + len(ids)
+        """Cache entries whose ids lie one after another: entry j is ids[bounds[j]:bounds[j + 1]],
+        looked up by words[j] (`words` empty: an entry no word maps to, a BOS / EOS id)."""
+        first, count, need = self._entries, len(bounds) - 1, self._used + len(ids)
         if need > len(self._ids):
             self._ids = np.resize(self._ids, max(need, 2 * len(self._ids)))
         if first + count > len(self._starts):
@@ -197,7 +191,23 @@ class MemoizedBpeEncoder:
         self._starts[first:first + count] = self._used + bounds[:-1]
         self._lengths[first:first + count] = np.diff(bounds)
         self._index.update(zip(words, range(first, first + count)))
+        self._entries += count
         self._used = need
+
+
+def _frame_documents(entry: np.ndarray, counts: np.ndarray, before: list[int],
+                     after: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Entries `before` and `after` each document's run of entries; (new entries, new counts)."""
+    per_doc = counts + len(before) + len(after)
+    ends = np.cumsum(per_doc)
+    out = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+    doc_shift = np.arange(len(counts)) * (len(before) + len(after)) + len(before)
+    out[np.arange(len(entry)) + np.repeat(doc_shift, counts)] = entry
+    for j, special in enumerate(before):
+        out[ends - per_doc + j] = special
+    for j, special in enumerate(after):
+        out[ends - len(after) + j] = special
+    return out, per_doc
 
 
 def _split_words(texts: Sequence[bytes]) -> tuple[pa.Array, np.ndarray, set[bytes]]:
