@@ -9,7 +9,7 @@ import sys
 
 from forge_platform.cli import job_main
 from forge_platform.job_config import EvaluateConfig
-from forge_platform.runners import run_evaluate
+from forge_platform.single_jobs import run_evaluate
 
 if __name__ == "__main__":
     sys.exit(job_main(EvaluateConfig, run_evaluate, __doc__))

@@ -11,7 +11,7 @@ import sys
 
 from forge_platform.cli import job_main
 from forge_platform.job_config import PretrainConfig
-from forge_platform.runners import run_extend_context
+from forge_platform.single_jobs import run_extend_context
 
 if __name__ == "__main__":
     sys.exit(job_main(PretrainConfig, run_extend_context, __doc__))

@@ -13,7 +13,7 @@ import sys
 
 from forge_platform.cli import job_main
 from forge_platform.job_config import PretrainConfig
-from forge_platform.runners import run_pretrain
+from forge_platform.single_jobs import run_pretrain
 
 if __name__ == "__main__":
     sys.exit(job_main(PretrainConfig, run_pretrain, __doc__))

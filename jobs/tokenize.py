@@ -10,7 +10,7 @@ import sys
 
 from forge_platform.cli import job_main
 from forge_platform.job_config import TokenizeConfig
-from forge_platform.runners import run_tokenize
+from forge_platform.single_jobs import run_tokenize
 
 if __name__ == "__main__":
     sys.exit(job_main(TokenizeConfig, run_tokenize, __doc__))

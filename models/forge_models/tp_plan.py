@@ -1,65 +1,141 @@
-"""The tensor-parallel split of every parameter, as data: what the platform's TP code slices.
+"""The tensor-parallel plan of every layer kind, as data: which parameter splits along which dimension.
 
-Megatron-style: each mixer's input projections are split by output rows ("column parallel"),
-its output projection by input columns ("row parallel"), so a layer needs one all-reduce
-(Mamba-1: two, its dt/B/C projections reduce over all channels). Because the mixers keep
-z / x / B / C / dt (and q / k / v, gate / up) as separate weights, every split is a contiguous
-slice along one dimension; nothing here knows about process groups.
+Nothing here knows about process groups: the platform's tensor-parallel code reads this table to
+slice a live model and to gather its weights back (Megatron-style: one all-reduce per layer
+forward and one backward). Because the mixers keep z / x / B / C / dt (and q / k / v, gate / up)
+as separate weights and lay heads and groups out contiguously, every split is an even,
+contiguous slice of one parameter along one dimension.
 
-`SPLITS[kind][param_name] = (dim, unit)`: slice `dim` into tp equal parts, where `unit` says
-what must divide evenly ("heads", "groups", "kv_groups", "channels", "hidden"); (None, "replicate")
-means every rank keeps the whole tensor (pre-norms, Mamba-1's B/C/dt-low which are reduced).
+Convention (Megatron's, for `nn.Linear` weights of shape (out, in)):
+- COLUMN_PARALLEL = 0: the output rows are split (an in-projection: each rank computes its own
+  heads, groups or hidden units from the whole input);
+- ROW_PARALLEL = 1: the input columns are split (an out-projection: each rank's partial sum is
+  then all-reduced);
+- for 1-D and conv parameters, 0 is their channel dimension, split like the rows feeding them;
+- None: replicated (every rank keeps the whole tensor).
+
+Why each split is consistent (rank r of tp holds the r-th contiguous slice of everything):
+- Mamba-2: rank r gets heads [r*H/tp, (r+1)*H/tp) and groups [r*G/tp, (r+1)*G/tp). Head h
+  reads B/C group h // (H/G); the local ratio H/G is unchanged, so local head -> local group is
+  the same mapping. The gated norm's groups are contiguous channel blocks of d_inner, and
+  G/tp whole groups land on each rank: normalisation stays local (paper, Section 2.1).
+- Attention: heads and KV groups split the same way; GQA's head -> group map is preserved.
+- MLP: hidden units are independent; up/gate by rows, down by columns.
+- Embedding and LM head: the vocabulary rows, evenly.
+- Mamba-1 has no plan: its dt / B / C projections reduce over all channels, which needs a
+  second all-reduce per layer. `check_tensor_parallel` refuses it, here and nowhere else.
 """
 
 from __future__ import annotations
 
+import warnings
+
 from forge_models.config import ModelConfig
-from forge_models.patterns import count_layers
+from forge_models.patterns import parse_pattern
 
-ROW, COL = 0, 1
+COLUMN_PARALLEL, ROW_PARALLEL = 0, 1
+CHANNELS = 0  # 1-D parameters and depthwise conv weights: split by channel, like the rows feeding them
 
-SPLITS: dict[str, dict[str, tuple[int | None, str]]] = {
+# Per mixer kind: local parameter name -> partition dim. A mixer parameter missing here is an
+# error, not silently replicated: a new weight must be given a rule before TP can run.
+MIXER_SPLITS: dict[str, dict[str, int | None]] = {
     "mamba2": {
-        "z_proj.weight": (ROW, "heads"), "x_proj.weight": (ROW, "heads"), "dt_proj.weight": (ROW, "heads"),
-        "B_proj.weight": (ROW, "groups"), "C_proj.weight": (ROW, "groups"),
-        "conv_x_weight": (ROW, "heads"), "conv_x_bias": (ROW, "heads"),
-        "conv_B_weight": (ROW, "groups"), "conv_B_bias": (ROW, "groups"),
-        "conv_C_weight": (ROW, "groups"), "conv_C_bias": (ROW, "groups"),
-        "A_log": (ROW, "heads"), "D": (ROW, "heads"), "dt_bias": (ROW, "heads"),
-        "norm.weight": (ROW, "groups"),  # grouped norm: each rank normalises its own groups
-        "out_proj.weight": (COL, "heads"),
-    },
-    "mamba": {
-        "x_in_proj.weight": (ROW, "channels"), "z_proj.weight": (ROW, "channels"),
-        "conv_weight": (ROW, "channels"), "conv_bias": (ROW, "channels"),
-        "dt_low_proj.weight": (COL, "channels"), "B_proj.weight": (COL, "channels"),
-        "C_proj.weight": (COL, "channels"),  # partial sums: the layer's extra all-reduce
-        "dt_proj.weight": (ROW, "channels"), "dt_proj.bias": (ROW, "channels"),
-        "A_log": (ROW, "channels"), "D": (ROW, "channels"), "out_proj.weight": (COL, "channels"),
+        "z_proj.weight": COLUMN_PARALLEL, "x_proj.weight": COLUMN_PARALLEL,  # by head
+        "dt_proj.weight": COLUMN_PARALLEL,  # by head
+        "B_proj.weight": COLUMN_PARALLEL, "C_proj.weight": COLUMN_PARALLEL,  # by group
+        "conv_x_weight": CHANNELS, "conv_x_bias": CHANNELS, "conv_B_weight": CHANNELS,
+        "conv_B_bias": CHANNELS, "conv_C_weight": CHANNELS, "conv_C_bias": CHANNELS,
+        "A_log": CHANNELS, "D": CHANNELS, "dt_bias": CHANNELS,
+        "norm.weight": CHANNELS,  # the grouped norm: each rank normalises its own groups
+        "out_proj.weight": ROW_PARALLEL,
     },
     "attention": {
-        "q_proj.weight": (ROW, "heads"), "k_proj.weight": (ROW, "kv_groups"),
-        "v_proj.weight": (ROW, "kv_groups"), "o_proj.weight": (COL, "heads"),
+        "q_proj.weight": COLUMN_PARALLEL, "k_proj.weight": COLUMN_PARALLEL, "v_proj.weight": COLUMN_PARALLEL,
+        "o_proj.weight": ROW_PARALLEL,
     },
-    "mlp": {
-        "up_proj.weight": (ROW, "hidden"), "gate_proj.weight": (ROW, "hidden"), "down_proj.weight": (COL, "hidden"),
-    },
+    "mlp": {"up_proj.weight": COLUMN_PARALLEL, "gate_proj.weight": COLUMN_PARALLEL,
+            "down_proj.weight": ROW_PARALLEL},
 }
+# Outside the mixers: vocabulary-parallel embedding and head; the norms are replicated.
+MODEL_SPLITS: dict[str, int | None] = {"embedding.weight": 0, "lm_head.weight": 0, "final_norm.weight": None}
+BLOCK_REPLICATED = ("norm.weight",)  # each block's pre-norm
+
+# Paper, Section 2.1: GroupNorm matched LayerNorm "as long as the group size (the model hidden
+# dimension divided by the number of groups) is ... greater than 256". The norm it refers to
+# normalises Mamba-2's inner activations, so the group size is d_inner / ngroups.
+MIN_NORM_GROUP_SIZE = 256
 
 
-def check_tp_degree(cfg: ModelConfig, tp: int) -> None:
-    """Raise ValueError naming the first count that tp does not divide."""
-    kinds = count_layers(cfg.pattern)
-    needs: list[tuple[str, int]] = []
-    if kinds["mamba2"]:
-        needs += [("mamba2 heads", cfg.mamba2_num_heads), ("mamba2.ngroups", cfg.mamba2.ngroups)]
-    if kinds["mamba"]:
-        needs.append(("mamba d_inner", cfg.mamba_d_inner))
-    if kinds["attention"]:
-        needs += [("attention.num_heads", cfg.attention.num_heads),
-                  ("attention.num_kv_groups", cfg.attention.num_kv_groups)]
-    if kinds["mlp"]:
-        needs.append(("mlp hidden size", cfg.mlp_hidden_size))
-    for name, count in needs:
-        if count % tp:
-            raise ValueError(f"tp={tp} is invalid: {name}={count} is not divisible by tp")
+def partition_dims(cfg: ModelConfig, param_names: list[str]) -> dict[str, int | None]:
+    """Partition dim (or None) of every name in `param_names` (state_dict or parameter names)."""
+    kinds = {spec.index: spec.kind for spec in parse_pattern(cfg.pattern)}
+    table: dict[str, int | None] = {}
+    for name in param_names:
+        if name in MODEL_SPLITS:
+            table[name] = MODEL_SPLITS[name]
+            continue
+        parts = name.split(".", 2)  # layers.<i>.mixer.<local> or layers.<i>.norm.weight
+        if len(parts) < 3 or parts[0] != "layers" or not parts[1].isdigit():
+            raise ValueError(f"no tensor-parallel rule for parameter {name!r}")
+        if parts[2] in BLOCK_REPLICATED:
+            table[name] = None
+            continue
+        kind = kinds[int(parts[1])]
+        local = parts[2].removeprefix("mixer.")
+        splits = MIXER_SPLITS.get(kind, {})
+        if not parts[2].startswith("mixer.") or local not in splits:
+            raise ValueError(f"no tensor-parallel rule for {kind} parameter {name!r}; add it to MIXER_SPLITS")
+        table[name] = splits[local]
+    return table
+
+
+def check_tensor_parallel(cfg: ModelConfig, tp: int, strict: bool = False) -> None:
+    """Raise ValueError naming every field that keeps `cfg` from being split tp ways.
+
+    The paper's Mamba-2 norm group-size rule (d_inner / ngroups > 256) is a model-quality rule,
+    not a correctness one: debug models break it on purpose. It is checked here because TP is
+    what forces ngroups up (ngroups % tp == 0), which shrinks the groups. strict=True makes it an
+    error (production presets), otherwise a warning.
+    """
+    if tp < 1:
+        raise ValueError(f"tensor-parallel degree tp = {tp}: must be >= 1")
+    if tp == 1:
+        return
+    problems = []
+    if cfg.vocab_size % tp:
+        problems.append(f"vocab_size={cfg.vocab_size} (pad the vocabulary to a multiple of {tp})")
+    kinds = {spec.kind for spec in parse_pattern(cfg.pattern)}
+    unplanned = sorted(kinds - set(MIXER_SPLITS))
+    if "mamba" in unplanned:
+        problems.append("pattern has Mamba-1 layers ('m'), which have no TP plan (they need two all-reduces)")
+    elif unplanned:
+        problems.append(f"layer kinds {unplanned} have no TP plan")
+    if "mamba2" in kinds:
+        if cfg.mamba2_num_heads % tp:
+            problems.append(f"Mamba-2 heads = expand*d_model/head_dim = {cfg.mamba2_num_heads}")
+        if cfg.mamba2.ngroups % tp:
+            problems.append(f"mamba2.ngroups={cfg.mamba2.ngroups}")
+    if "attention" in kinds:
+        if cfg.attention.num_heads % tp:
+            problems.append(f"attention.num_heads={cfg.attention.num_heads}")
+        if cfg.attention.num_kv_groups % tp:
+            problems.append(f"attention.num_kv_groups={cfg.attention.num_kv_groups}")
+    if "mlp" in kinds and cfg.mlp_hidden_size % tp:
+        problems.append(f"mlp hidden size = {cfg.mlp_hidden_size}")
+    if problems:
+        raise ValueError(f"cannot split the model tp={tp} ways; not divisible by {tp}: " + "; ".join(problems))
+    if "mamba2" in kinds:
+        _check_norm_group_size(cfg, strict)
+
+
+def _check_norm_group_size(cfg: ModelConfig, strict: bool) -> None:
+    group_size = cfg.mamba2_d_inner // cfg.mamba2.ngroups
+    if group_size > MIN_NORM_GROUP_SIZE:
+        return
+    message = (
+        f"Mamba-2 norm group size d_inner/ngroups = {cfg.mamba2_d_inner}/{cfg.mamba2.ngroups} = {group_size} "
+        f"is not > {MIN_NORM_GROUP_SIZE}; the paper (Section 2.1) saw GroupNorm match LayerNorm only above that"
+    )
+    if strict:
+        raise ValueError(message + "; lower mamba2.ngroups (keeping it divisible by tp) or pass strict=False")
+    warnings.warn(message, stacklevel=3)

@@ -8,24 +8,21 @@ plot of the loss of every stage.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from forge_data import load_tokenizer, run_pipeline, train_tokenizer
 from forge_data.manifest import MANIFEST_FILE
 
-from forge_platform.cluster import ensure_ray
-from forge_platform.config import config_hash, flatten
+from forge_platform.config_loader import config_hash, flatten
 from forge_platform.demo_corpus import prepare_demo_corpus
-from forge_platform.job_config import CampaignConfig, TrackingConfig
-from forge_platform.stage import StageOutcome, banner, train_and_evaluate
-from forge_platform.tracking.mlflow_server import LocalMlflowServer, local_mlflow_server
+from forge_platform.job_config import CampaignConfig
+from forge_platform.session import JobSession, banner, job_session
+from forge_platform.stage import StageOutcome, train_and_evaluate
+from forge_platform.tracking.mlflow_server import LocalMlflowServer
 from forge_platform.tracking.plots import plot_loss_per_stage
-from forge_platform.tracking.runs import CampaignRuns, NullRuns
 
 @dataclass
 class CampaignOutcome:
@@ -40,32 +37,19 @@ class CampaignOutcome:
     seconds: float = 0.0
 
 
-@contextlib.contextmanager
-def tracking_session(cfg: TrackingConfig, root: Path) -> Iterator[tuple[str, LocalMlflowServer | None]]:
-    """The tracking URI to use: the configured one, or a local server started for the job."""
-    if cfg.backend != "mlflow" or cfg.uri:
-        yield cfg.uri, None
-        return
-    banner("starting a local MLflow tracking server")
-    with local_mlflow_server(root) as server:
-        print(f"MLflow server at {server.uri} (SQLite and artifacts under {server.root})", flush=True)
-        yield server.uri, server
-
-
 def run_campaign(cfg: CampaignConfig) -> CampaignOutcome:
     """Run every stage of `cfg` in order and return where everything went."""
     started = time.perf_counter()
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     banner(f"campaign {cfg.name!r}: starting Ray")
-    ensure_ray(cfg.ray_num_cpus, workspace=Path.cwd())
-    with tracking_session(cfg.tracking, out / "mlflow") as (uri, server):
-        runs = CampaignRuns(uri, cfg.tracking.experiment) if cfg.tracking.backend == "mlflow" else NullRuns()
+    with job_session(cfg.ray_num_cpus, cfg.tracking, out) as session:
+        runs = session.runs
         params = {k: v for k, v in flatten(cfg).items() if not k.startswith("stages")}
         parent = runs.start(cfg.name, params, tags={"forge.kind": "campaign"}, key=f"{cfg.name}/{config_hash(cfg)}")
-        outcome = CampaignOutcome(uri, cfg.tracking.experiment, parent, server=server)
+        outcome = CampaignOutcome(session.tracking.uri, cfg.tracking.experiment, parent, server=session.server)
         try:
-            _run_stages(cfg, out, runs, parent, outcome)
+            _run_stages(cfg, out, session, parent, outcome)
         except BaseException:
             runs.finish(parent, ok=False)
             raise
@@ -77,12 +61,13 @@ def run_campaign(cfg: CampaignConfig) -> CampaignOutcome:
         runs.log_metrics(parent, final)
         runs.finish(parent)
         outcome.seconds = time.perf_counter() - started
-        print_summary(cfg, outcome, runs)
+        print_summary(cfg, outcome, session)
     return outcome
 
 
-def _run_stages(cfg: CampaignConfig, out: Path, runs: CampaignRuns | NullRuns, parent: str,
+def _run_stages(cfg: CampaignConfig, out: Path, session: JobSession, parent: str,
                 outcome: CampaignOutcome) -> None:
+    runs = session.runs
     if cfg.data.inputs:
         inputs = {"train": list(cfg.data.inputs), "val": list(cfg.val_inputs)}
     else:
@@ -119,19 +104,18 @@ def _run_stages(cfg: CampaignConfig, out: Path, runs: CampaignRuns | NullRuns, p
             manifests[split] = Path(data_cfg.output_dir) / MANIFEST_FILE
         outcome.stages.append(
             train_and_evaluate(
-                stage, model_cfg, cfg.parallel, manifests, tokenizer, runs,
+                stage, model_cfg, cfg.parallel, manifests, tokenizer, session,
                 parent_run_id=parent,
                 checkpoint_root=out / "checkpoints",
                 init_weights=str(previous) if stage.init_from_previous and previous else "",
-                tracking_backend=cfg.tracking.backend,
-                system_metrics_interval_s=cfg.tracking.system_metrics_interval_s,
                 ray_name=f"{cfg.name}-{stage.name}",
             )
         )
         previous = outcome.stages[-1].checkpoint_dir
 
 
-def print_summary(cfg: CampaignConfig, outcome: CampaignOutcome, runs: CampaignRuns | NullRuns) -> None:
+def print_summary(cfg: CampaignConfig, outcome: CampaignOutcome, session: JobSession) -> None:
+    runs = session.runs
     banner(f"campaign {cfg.name!r} finished in {outcome.seconds:.0f} s")
     for stage in outcome.stages:
         evals = ", ".join(f"{k}={v:.3g}" for k, v in stage.eval_metrics.items() if not k.endswith("_tokens"))

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from forge_platform.config import ConfigError, describe
+from forge_platform.config_loader import ConfigError, describe
 from forge_platform.job_config import load_job_config
 
 

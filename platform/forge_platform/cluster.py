@@ -7,6 +7,8 @@ from pathlib import Path
 
 import ray
 
+from forge_platform.job_config import ParallelConfig
+
 
 def worker_env(workspace: str | Path) -> dict[str, str]:
     """Environment for Ray workers: keep caches out of $HOME and DeepSpeed quiet on CPU."""
@@ -71,3 +73,22 @@ def _has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def check_resources(parallel: ParallelConfig) -> None:
+    """Refuse a worker group that this Ray can never place (it would retry forever).
+
+    Skipped on a cluster (RAY_ADDRESS set), where an autoscaler may add the nodes.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    have = ray.cluster_resources()
+    need = {"CPU": parallel.num_workers * parallel.cpus_per_worker, "GPU": parallel.num_workers * parallel.use_gpu}
+    short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0)}
+    if short:
+        detail = ", ".join(f"{k}: {v:g} needed, {h:g} in this Ray" for k, (v, h) in short.items())
+        raise ValueError(
+            f"parallel: {parallel.num_workers} workers x {parallel.cpus_per_worker:g} CPU"
+            f"{' + 1 GPU' if parallel.use_gpu else ''} cannot be placed ({detail}); "
+            "raise ray_num_cpus or lower parallel.cpus_per_worker / num_workers"
+        )

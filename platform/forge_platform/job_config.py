@@ -1,8 +1,14 @@
-"""The job specs users submit: one dataclass per job, built from TOML by `forge_platform.config`.
+"""The job specs users submit: one dataclass per job, and every section they are made of.
 
-Sections reuse the packages' own config dataclasses (`forge_models.ModelConfig`,
-`forge_data.DataPipelineConfig`) and the stage sections of
-`forge_platform.training_config`, so a field is defined, documented and validated once.
+`forge_platform.config_loader` builds these from TOML and `--section.field value` overrides.
+Sections reuse the other packages' own config dataclasses (`forge_models.ModelConfig`,
+`forge_data.DataPipelineConfig`, `forge_eval.EvalConfig`), so a field is defined, documented and
+validated once. Each field carries its docstring below it (read by `config_loader.describe`, the
+`--help` of every job); each dataclass validates its values where they are born, with one error
+style: `section.field = value: must be ...`. Every choice among fixed values is a `Literal`.
+
+The jobs share their common fields through two base sections: `JobBase` (name, output folder,
+local Ray size, tracking) and `TrainingJobBase` (adds the model and the parallel layout).
 """
 
 from __future__ import annotations
@@ -12,15 +18,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 from forge_data.config import DataPipelineConfig
+from forge_eval import EvalConfig
 from forge_models import ModelConfig, get_preset
 
-from forge_platform.config import ConfigError, load_config
-from forge_platform.training_config import EvalConfig, ParallelConfig, StageConfig
+from forge_platform.config_loader import ConfigError, load_config
+from forge_platform.parallel.dims import ParallelDims
 
 # `[model] preset = "..."` starts the model section from a named preset.
 PRESETS = {ModelConfig: get_preset}
 
 
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+# --- Sections ----------------------------------------------------------------------------------
 @dataclass
 class TrackingConfig:
     """Where metrics, params and artifacts go."""
@@ -37,8 +50,8 @@ class TrackingConfig:
     them off."""
 
     def __post_init__(self) -> None:
-        if self.system_metrics_interval_s < 0:
-            raise ValueError(f"tracking.system_metrics_interval_s = {self.system_metrics_interval_s}: must be >= 0")
+        _require(self.system_metrics_interval_s >= 0,
+                 f"tracking.system_metrics_interval_s = {self.system_metrics_interval_s}: must be >= 0")
 
 
 @dataclass
@@ -53,24 +66,189 @@ class CorpusConfig:
     """Held-out share: the last 10% of Shakespeare (the published split) and of the stdlib files."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"corpus.val_fraction = {self.val_fraction}: must be in (0, 1)")
-        if self.stdlib_files < -1:
-            raise ValueError(f"corpus.stdlib_files = {self.stdlib_files}: must be -1 (all), 0 or positive")
+        _require(0 < self.val_fraction < 1, f"corpus.val_fraction = {self.val_fraction}: must be in (0, 1)")
+        _require(self.stdlib_files >= -1,
+                 f"corpus.stdlib_files = {self.stdlib_files}: must be -1 (all), 0 or positive")
 
 
 @dataclass
-class CampaignConfig:
+class ParallelConfig:
+    """How many Ray Train workers, and how they split the model and the data."""
+
+    num_workers: int = 2
+    """Ray Train workers (one process, one GPU each on GPU pools)."""
+    tensor_parallel: int = 1
+    """Tensor-parallel degree; the data-parallel degree is num_workers / tensor_parallel."""
+    use_gpu: bool = False
+    """Give each worker a GPU."""
+    cpus_per_worker: float = 1.0
+    """Logical CPUs Ray reserves per worker (keep Ray's CPU count above workers x this: see docs)."""
+    max_failures: int = 0
+    """Worker-group restarts Ray allows; each resumes from the last checkpoint."""
+    peak_tflops: float = 0.0
+    """Peak TFLOP/s of one device for MFU; 0 measures a dense matmul on the device at start."""
+
+    def __post_init__(self) -> None:
+        _require(self.num_workers >= 1, f"parallel.num_workers = {self.num_workers}: must be >= 1")
+        _require(self.tensor_parallel >= 1, f"parallel.tensor_parallel = {self.tensor_parallel}: must be >= 1")
+        try:
+            self.dims  # noqa: B018 - the one validation of the layout lives in ParallelDims
+        except ValueError as err:
+            raise ValueError(f"parallel.tensor_parallel = {self.tensor_parallel}: must divide "
+                             f"parallel.num_workers = {self.num_workers} ({err})") from None
+        _require(self.cpus_per_worker > 0, f"parallel.cpus_per_worker = {self.cpus_per_worker}: must be > 0")
+        _require(self.max_failures >= 0, f"parallel.max_failures = {self.max_failures}: must be >= 0")
+        _require(self.peak_tflops >= 0, f"parallel.peak_tflops = {self.peak_tflops}: must be >= 0")
+
+    @property
+    def dims(self) -> ParallelDims:
+        """The validated degrees of this layout (tp x dp = num_workers)."""
+        return ParallelDims.from_world(self.num_workers, self.tensor_parallel)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay, set explicitly (DeepSpeed's defaults drift)."""
+
+    lr: float = 3e-4
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr: float = 3e-5
+    """Learning rate at the end of the cosine decay (the paper decays to a tenth of the peak)."""
+    warmup_tokens: int = 0
+    """Tokens of linear warmup from zero (the paper: 122K samples of 4096 tokens)."""
+    decay_tokens: int = 0
+    """Tokens over which the cosine runs after warmup; 0 means until the last step of the stage."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.95
+    """Adam beta2 (the paper's 0.95)."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay; never applied to norms, biases, A_log, D or dt_bias."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 turns clipping off."""
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, f"optim.lr = {self.lr}: must be > 0")
+        _require(0 <= self.min_lr <= self.lr, f"optim.min_lr = {self.min_lr}: must be in [0, lr={self.lr}]")
+        _require(self.warmup_tokens >= 0, f"optim.warmup_tokens = {self.warmup_tokens}: must be >= 0")
+        _require(self.decay_tokens >= 0, f"optim.decay_tokens = {self.decay_tokens}: must be >= 0")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            _require(0 <= value < 1, f"optim.{name} = {value}: must be in [0, 1)")
+        _require(self.eps > 0, f"optim.eps = {self.eps}: must be > 0")
+        _require(self.weight_decay >= 0, f"optim.weight_decay = {self.weight_decay}: must be >= 0")
+        _require(self.grad_clip >= 0, f"optim.grad_clip = {self.grad_clip}: must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """How long and how wide one stage trains."""
+
+    steps: int = 100
+    """Optimizer steps in this stage."""
+    micro_batch_size: int = 4
+    """Packed sequences per worker per forward pass."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated into one optimizer step."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Compute precision: "bf16" autocasts matmuls and kernels over fp32 master weights (GPU);
+    "fp32" everywhere (CPU)."""
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage over the data-parallel group (3 is not combined with tensor parallelism)."""
+    activation_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass to save memory."""
+    log_every: int = 1
+    """Log metrics every this many steps."""
+    seed: int = 0
+    """Seed of model initialisation and of the data order."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "micro_batch_size", "grad_accum_steps", "log_every"):
+            value = getattr(self, name)
+            _require(value >= 1, f"train.{name} = {value}: must be >= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are taken and how many are kept."""
+
+    every_steps: int = 50
+    """Save (every rank its DeepSpeed shard) and report to Ray Train every this many steps."""
+    keep_last: int = 2
+    """Checkpoints Ray keeps; older ones are deleted."""
+    save_final: bool = True
+    """Also save at the stage's last step (the next stage starts from it); benchmarks turn it off."""
+
+    def __post_init__(self) -> None:
+        _require(self.every_steps >= 1, f"checkpoint.every_steps = {self.every_steps}: must be >= 1")
+        _require(self.keep_last >= 1, f"checkpoint.keep_last = {self.keep_last}: must be >= 1")
+
+
+@dataclass
+class StageConfig:
+    """One training stage: pretraining, or a context extension starting from the previous stage."""
+
+    name: str = "pretrain"
+    """Stage name: the MLflow child run's name and the checkpoint folder's."""
+    seq_len: int = 256
+    """Packed sequence length of this stage's data."""
+    init_from_previous: bool = False
+    """Start from the previous stage's final weights (context extension) instead of from scratch."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Steps and batch shape."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoint cadence and retention."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation after the stage (forge_eval's suites)."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name,
+                 f"stage.name = {self.name!r}: must be a non-empty folder name")
+        _require(self.seq_len >= 8, f"stage.seq_len = {self.seq_len}: must be >= 8")
+
+
+# --- The fields jobs share ------------------------------------------------------------------------
+@dataclass
+class JobBase:
+    """What every job that starts Ray and tracks its runs has."""
+
+    name: str = "job"
+    """Run name in MLflow and Ray Train."""
+    output_dir: str = "runs/job"
+    """Everything the job writes (checkpoints, plots, a local MLflow server's files)."""
+    ray_num_cpus: int = 4
+    """Logical CPUs of a local Ray (ignored on a cluster); keep it above the workers' CPUs."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking."""
+
+    def __post_init__(self) -> None:
+        _require(self.ray_num_cpus >= 1, f"ray_num_cpus = {self.ray_num_cpus}: must be >= 1")
+
+
+@dataclass
+class TrainingJobBase(JobBase):
+    """A job that trains: the model and how the workers split it."""
+
+    model: ModelConfig = field(default_factory=lambda: get_preset("hybrid-debug"))
+    """The model (start from a preset with `preset = "..."`); its vocab_size must cover the tokenizer's
+    (a campaign takes it from the tokenizer it trains)."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Workers and parallel layout."""
+
+
+# --- The jobs ---------------------------------------------------------------------------------------
+@dataclass
+class CampaignConfig(TrainingJobBase):
     """A whole campaign: tokenizer, packed data, then stages (pretrain, context extensions), each evaluated."""
 
     name: str = "campaign"
     """Campaign name: the MLflow parent run's name."""
     output_dir: str = "runs/campaign"
     """Everything the campaign writes: corpus, tokenizer, shards, checkpoints, plots, local MLflow."""
-    ray_num_cpus: int = 4
-    """Logical CPUs of a local Ray (ignored on a cluster); keep it above the workers' CPUs."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    """Experiment tracking."""
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     """The bundled demo corpus, used when `data.inputs` is empty."""
     data: DataPipelineConfig = field(default_factory=DataPipelineConfig)
@@ -78,41 +256,27 @@ class CampaignConfig:
     at its own seq_len, under the campaign's output_dir."""
     val_inputs: list[str] = field(default_factory=list)
     """Held-out text for evaluation when `data.inputs` is given (the demo corpus brings its own)."""
-    model: ModelConfig = field(default_factory=lambda: get_preset("hybrid-debug"))
-    """The model (start from a preset with `preset = "..."`); vocab_size is taken from the tokenizer."""
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    """Workers and parallel layout."""
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     """The stages in order; a stage with init_from_previous starts from the one before."""
 
     def __post_init__(self) -> None:
-        if not self.stages:
-            raise ValueError("stages: a campaign needs at least one stage")
-        if self.stages[0].init_from_previous:
-            raise ValueError(f"stages[0] ({self.stages[0].name}): the first stage has no previous stage")
+        super().__post_init__()
+        _require(bool(self.stages), "stages = []: must hold at least one stage")
+        _require(not self.stages[0].init_from_previous,
+                 f"stages.0.init_from_previous = true ({self.stages[0].name}): must be false, "
+                 "the first stage has no previous stage")
         names = [s.name for s in self.stages]
-        if len(set(names)) != len(names):
-            raise ValueError(f"stages: names must be unique, got {names}")
-        if self.ray_num_cpus < 1:
-            raise ValueError(f"ray_num_cpus = {self.ray_num_cpus}: must be >= 1")
+        _require(len(set(names)) == len(names), f"stages.*.name = {names}: must be unique")
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(TrainingJobBase):
     """One stage on already packed data: pretraining, or a context extension from given weights."""
 
     name: str = "pretrain"
     """Run name in MLflow and Ray Train."""
     output_dir: str = "runs/pretrain"
     """Where checkpoints (and a local MLflow server's files) go."""
-    ray_num_cpus: int = 4
-    """Logical CPUs of a local Ray (ignored on a cluster)."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    """Experiment tracking."""
-    model: ModelConfig = field(default_factory=lambda: get_preset("hybrid-debug"))
-    """The model; its vocab_size must cover the tokenizer's."""
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    """Workers and parallel layout."""
     train_manifest: str = ""
     """manifest.json of the packed training shards (`python -m jobs.tokenize` writes it)."""
     val_manifest: str = ""
@@ -134,10 +298,13 @@ class TokenizeConfig:
     data: DataPipelineConfig = field(default_factory=DataPipelineConfig)
     """Inputs, tokenizer, packing, cleaning policies and output folder."""
 
+    def __post_init__(self) -> None:
+        _require(self.ray_num_cpus >= 1, f"ray_num_cpus = {self.ray_num_cpus}: must be >= 1")
+
 
 @dataclass
 class EvaluateConfig:
-    """Evaluate a checkpoint: held-out loss and Phonebook accuracy."""
+    """Evaluate a checkpoint with forge_eval's suites (held-out loss, Phonebook, ...)."""
 
     checkpoint: str = ""
     """A checkpoint folder (with model.pt and model_config.json)."""
@@ -164,7 +331,8 @@ def require(cfg: Any, *names: str) -> None:
     missing = [name for name in names if not getattr(cfg, name)]
     if missing:
         flags = " ".join(f"--{name} PATH" for name in missing)
-        raise ConfigError(f"{type(cfg).__name__}: {', '.join(missing)} required (pass {flags})")
+        raise ConfigError(f"{', '.join(f'{name} = {getattr(cfg, name)!r}' for name in missing)}: "
+                          f"must be given (pass {flags})")
 
 
 def load_job_config(cls: type, path: str | Path | None, overrides: list[str]) -> Any:

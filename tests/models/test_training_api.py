@@ -58,19 +58,22 @@ def test_tied_embeddings_share_the_weight() -> None:
 
 
 def test_tp_plan_covers_every_mixer_parameter() -> None:
-    """Each mixer parameter has a split, and each split divides the parameter evenly at tp=2."""
+    """Each mixer parameter has a split, and each split divides the parameter evenly at tp=2;
+    Mamba-1, which has no plan, is refused by the same check that names indivisible sizes."""
     import pytest
 
-    from forge_models.tp_plan import SPLITS, check_tp_degree
+    from forge_models.tp_plan import MIXER_SPLITS, check_tensor_parallel
 
-    for preset in ("hybrid-debug", "mamba-debug", "transformer-debug"):
+    for preset in ("hybrid-debug", "transformer-debug"):
         model = build_model(get_preset(preset))
-        check_tp_degree(model.config, 2)
+        check_tensor_parallel(model.config, 2)
         for block in model.layers:
-            table = SPLITS[block.spec.kind]
+            table = MIXER_SPLITS[block.spec.kind]
             for name, p in block.mixer.named_parameters():
                 assert name in table, (block.spec.kind, name)
-                dim, _ = table[name]
+                dim = table[name]
                 assert dim is None or p.shape[dim] % 2 == 0, (name, p.shape)
+    with pytest.raises(ValueError, match="Mamba-1"):
+        check_tensor_parallel(get_preset("mamba-debug"), 2)
     with pytest.raises(ValueError, match="mamba2.ngroups=2"):
-        check_tp_degree(get_preset("hybrid-debug"), 4)
+        check_tensor_parallel(get_preset("hybrid-debug"), 4)

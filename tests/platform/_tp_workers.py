@@ -36,11 +36,12 @@ from forge_platform.parallel import (
     gather_state_dict,
     global_grad_norm,
     parallelize_model,
-    shard_state_dict,
-    tp_broadcast_batch,
+    shard_tensor,
     vocab_parallel_cross_entropy,
 )
-from forge_platform.parallel.plan import partition_dims
+from forge_models.tp_plan import partition_dims
+from forge_platform.job_config import OptimConfig, TrainConfig
+from forge_platform.training.deepspeed_config import build_deepspeed_config
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 1234
@@ -166,8 +167,7 @@ def tp_parity_worker(rank: int, world_size: int, presets: list[str]) -> None:
 
         model = parallelize_model(fresh_model(cfg), groups)
         check_tp_batch(batch, groups)
-        loss = forward_loss(model, tp_broadcast_batch(batch if groups.tp_rank == 0 else None, groups),
-                            build_loss_fn(groups))
+        loss = forward_loss(model, batch, build_loss_fn(groups))
         loss.backward()
         assert_close(loss.detach(), ref_loss.detach(), f"{name} loss")
         grads = gather_grads(model, cfg, groups)
@@ -182,9 +182,10 @@ def tp_parity_worker(rank: int, world_size: int, presets: list[str]) -> None:
         for key, value in full_sd.items():
             assert torch.equal(gathered[key], value), f"{name} gather_state_dict {key}"
         own = model.state_dict()
-        for key, value in shard_state_dict(full_sd, cfg, groups.tp_rank, groups.tp).items():
-            assert torch.equal(own[key], value), f"{name} shard_state_dict {key}"
-        model.load_state_dict(shard_state_dict(full_sd, cfg, groups.tp_rank, groups.tp))
+        sharded = shard_full_state_dict(full_sd, cfg, groups)
+        for key, value in sharded.items():
+            assert torch.equal(own[key], value), f"{name} shard of {key}"
+        model.load_state_dict(sharded)
 
         _check_decode(reference, model, cfg, groups)
     _check_batch_mismatch_detected(groups)
@@ -232,24 +233,11 @@ def _check_batch_mismatch_detected(groups: ParallelGroups) -> None:
         raise AssertionError("check_tp_batch accepted different batches on TP peers")
 
 
-def deepspeed_config(zero_stage: int, micro_batch: int, dp: int, clip: float) -> dict[str, Any]:
-    """Mirrors forge_platform.engine.deepspeed_config for an fp32, one-micro-batch step."""
-    config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": micro_batch * dp,
-        "gradient_clipping": clip,
-        "zero_optimization": {"stage": zero_stage},
-        "bf16": {"enabled": False},
-        "fp16": {"enabled": False},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-        "zero_allow_untested_optimizer": True,
-    }
-    if zero_stage in (1, 2):
-        config["zero_optimization"].update({"contiguous_gradients": True, "overlap_comm": False,
-                                            "reduce_scatter": True})
-    return config
+def shard_full_state_dict(full_sd: dict[str, torch.Tensor], cfg: ModelConfig,
+                          groups: ParallelGroups) -> dict[str, torch.Tensor]:
+    """This TP rank's slice of every tensor of a single-device state_dict, by forge_models' plan."""
+    dims = partition_dims(cfg, list(full_sd))
+    return {name: shard_tensor(t, dims[name], groups.tp_rank, groups.tp) for name, t in full_sd.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +273,8 @@ def deepspeed_worker(rank: int, world_size: int, tp: int, zero_stages: list[int]
         optimizer = torch.optim.AdamW(weight_decay_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.95))
         engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, mpu=ModelParallelUnit(groups), dist_init_required=False,
-            config=deepspeed_config(stage, spec.micro_batch, dims.dp, spec.clip),
+            config=build_deepspeed_config(TrainConfig(micro_batch_size=spec.micro_batch, zero_stage=stage),
+                                          OptimConfig(lr=spec.lr, grad_clip=spec.clip), dims.dp),
         )
         assert (engine.mp_world_size, engine.dp_world_size) == (dims.tp, dims.dp)  # DeepSpeed read the mpu
         loss_fn = build_loss_fn(groups)

@@ -6,48 +6,35 @@ DeepSpeed ZeRO-2, a local MLflow server. Only the sizes are smaller than `script
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-
-REPO = Path(__file__).resolve().parents[2]
+from reduced_campaign import CURVES_FILE, read_curves, run_reduced_campaign
 
 pytestmark = pytest.mark.slow
-
-REDUCED = [
-    "--corpus.stdlib_files", "12",
-    "--data.tokenizer.vocab_size", "400",
-    "--stages.0.train.steps", "6",
-    "--stages.0.train.micro_batch_size", "2",
-    "--stages.0.train.log_every", "1",
-    "--stages.0.optim.lr", "1e-2",
-    "--stages.0.optim.warmup_tokens", "0",
-    "--stages.0.checkpoint.every_steps", "3",
-    "--stages.0.eval.val_batches", "2",
-    "--stages.0.eval.phonebook_entries", "[2]",
-    "--stages.0.eval.phonebook_queries", "1",
-    "--stages.1.train.steps", "2",
-    "--stages.1.train.micro_batch_size", "1",
-    "--stages.1.train.log_every", "1",
-    "--stages.1.eval.val_batches", "1",
-    "--stages.1.eval.phonebook_entries", "[2]",
-    "--stages.1.eval.phonebook_queries", "1",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("demo")
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "jobs.campaign", "--config", "jobs/specs/demo.toml",
-           "--output_dir", str(out), "--name", "demo-ci", *REDUCED]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
+    proc = run_reduced_campaign(out)
     assert proc.returncode == 0, f"campaign failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
     return out, proc
+
+
+def test_same_curves_as_before_the_platform_reshape(campaign: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """Same seed, same config: every stage's loss, grad norm and learning rate per step, and its
+    evaluation, equal to the last bit what the code before the reshape recorded (CURVES_FILE)."""
+    out, _ = campaign
+    recorded = json.loads(CURVES_FILE.read_text())["stages"]
+    now = read_curves(out)
+    assert list(now) == list(recorded)
+    for stage, metrics in recorded.items():
+        for key, values in metrics.items():
+            assert now[stage][key] == values, (stage, key, now[stage][key], values)
 
 
 def test_campaign_runs_are_in_mlflow(campaign: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 from forge_models import build_model, get_preset
-from forge_platform.config import config_hash
-from forge_platform.engine.checkpoint import (
+from forge_platform.config_loader import config_hash
+from forge_platform.training.checkpoint_files import (
     BF16_WEIGHTS_FILE,
     CheckpointMeta,
     IncompatibleCheckpointError,
-    check_resumable,
     load_weights,
     read_meta,
     save_rank_zero_files,
 )
+from forge_platform.training.checkpoint_manager import RunIdentity, check_resumable
 
 
 def meta(**changes) -> CheckpointMeta:
@@ -61,11 +61,15 @@ def test_weights_of_another_model_are_refused_with_names(tmp_path: Path) -> None
         load_weights(wider, tmp_path / "nowhere")
 
 
+def identity(**changes) -> RunIdentity:
+    return dataclasses.replace(RunIdentity(stage="pretrain", model_hash="m", training_hash="c"), **changes)
+
+
 def test_resume_refuses_other_model_and_layout(tmp_path: Path) -> None:
-    check_resumable(meta(), model_hash="m", tensor_parallel=1, data_parallel=2)
+    check_resumable(meta(), identity(), tensor_parallel=1, data_parallel=2)
     with pytest.raises(IncompatibleCheckpointError, match="written by another model"):
-        check_resumable(meta(), model_hash="other", tensor_parallel=1, data_parallel=2)
+        check_resumable(meta(), identity(model_hash="other"), tensor_parallel=1, data_parallel=2)
     with pytest.raises(IncompatibleCheckpointError, match=r"tp 1 x dp 2 differs from this run's tp 2 x dp 1"):
-        check_resumable(meta(), model_hash="m", tensor_parallel=2, data_parallel=1)
+        check_resumable(meta(), identity(), tensor_parallel=2, data_parallel=1)
     with pytest.raises(IncompatibleCheckpointError, match="not a Hybrid Forge checkpoint"):
         read_meta(tmp_path)

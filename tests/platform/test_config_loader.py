@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
-from forge_platform.config import ConfigError, describe, field_docs, flatten, load_config
-from forge_platform.training_config import OptimConfig, StageConfig
+from forge_platform.config_loader import ConfigError, describe, field_docs, flatten, load_config
+from forge_platform.job_config import OptimConfig, StageConfig
 
 
 @dataclass

@@ -9,16 +9,18 @@ from pathlib import Path
 import pytest
 from forge_models import get_preset
 from forge_platform.cluster import ensure_ray
-from forge_platform.engine.checkpoint import read_meta
-from forge_platform.engine.stage_runner import run_stage
-from forge_platform.engine.train_loop import StageRun
-from forge_platform.training_config import (
+from forge_platform.training.checkpoint_files import read_meta
+from forge_platform.training.stage_runner import run_stage
+from forge_platform.training.trainer import StageRun
+from forge_platform.job_config import (
     CheckpointConfig,
     OptimConfig,
     ParallelConfig,
     StageConfig,
+    TrackingConfig,
     TrainConfig,
 )
+from forge_platform.training.drills import FailureDrill
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +37,7 @@ def stage_run(data, **changes) -> StageRun:
     )
     model = dataclasses.replace(get_preset("hybrid-debug"), vocab_size=data.vocab_size)
     run = StageRun(stage=stage, model=model, parallel=ParallelConfig(num_workers=2, max_failures=1, peak_tflops=1.0),
-                   train_manifest=str(data.manifest), tracking_backend="null")
+                   train_manifest=str(data.manifest), tracking=TrackingConfig(backend="null"))
     return dataclasses.replace(run, **changes)
 
 
@@ -47,7 +49,7 @@ def test_killed_worker_resumes_with_identical_losses(packed_data, tmp_path: Path
     ensure_ray(4, workspace=tmp_path)
     clean = run_stage(stage_run(packed_data), tmp_path / "storage", "clean")
     crashed = run_stage(
-        stage_run(packed_data, crash_after_step=3, crash_marker_dir=str(tmp_path / "marker")),
+        stage_run(packed_data, drill=FailureDrill(after_step=3, marker_dir=str(tmp_path / "marker"))),
         tmp_path / "storage", "crashed",
     )
     assert (tmp_path / "marker" / "crashed").exists(), "the drill did not crash a worker"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from forge_models import build_model
-from forge_platform.engine.deepspeed_config import build_deepspeed_config
+from forge_platform.training.deepspeed_config import build_deepspeed_config
 from forge_platform.job_config import JOB_CONFIGS, CampaignConfig, PretrainConfig, load_job_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,8 +38,8 @@ def test_spec_loads_and_dry_runs(spec: str) -> None:
         model = build_model(cfg.model, device="meta")  # the 8B presets too, without allocating them
         assert model.num_parameters() > 0
     for stage in stages:
-        ds = build_deepspeed_config(stage.train, stage.optim, cfg.parallel.data_parallel)
-        assert ds["train_batch_size"] == stage.train.micro_batch_size * stage.train.grad_accum_steps * cfg.parallel.data_parallel
+        ds = build_deepspeed_config(stage.train, stage.optim, cfg.parallel.dims.dp)
+        assert ds["train_batch_size"] == stage.train.micro_batch_size * stage.train.grad_accum_steps * cfg.parallel.dims.dp
     assert dataclasses.asdict(cfg)
 
 

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from forge_platform.engine.checkpoint import read_meta
+from forge_platform.training.checkpoint_files import read_meta
 from forge_platform.tracking.mlflow_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -27,7 +27,7 @@ print("PROBE", json.dumps(ray.get(probe.remote())))
 
 
 def test_area_folders_are_not_packages() -> None:
-    for area in ("platform", "models", "data_pipeline"):
+    for area in ("platform", "models", "data_pipeline", "evaluation"):
         assert not (REPO / area / "__init__.py").exists(), f"{area}/__init__.py makes the area folder a package"
 
 

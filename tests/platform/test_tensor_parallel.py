@@ -23,8 +23,8 @@ import torch
 from _tp_workers import RunSpec, deepspeed_worker, launch, reference_run, tp_parity_worker
 from forge_models import build_model, get_preset
 
-from forge_platform.parallel import ParallelDims, check_tensor_parallel, merge_state_dicts, shard_state_dict
-from forge_platform.parallel.plan import partition_dims
+from forge_models.tp_plan import check_tensor_parallel, partition_dims
+from forge_platform.parallel import ParallelDims, shard_tensor
 
 WEIGHT_ATOL = 5e-5  # Adam turns rounding-level gradient differences into up to ~1% of one lr=1e-3 step
 
@@ -78,10 +78,11 @@ def test_norm_group_size_rule_warns_or_fails_when_strict() -> None:
 def test_shard_then_merge_restores_the_single_device_state_dict() -> None:
     cfg = get_preset("hybrid-debug")
     full = build_model(cfg).state_dict()
-    shards = [shard_state_dict(full, cfg, rank, 2) for rank in range(2)]
+    dims = partition_dims(cfg, list(full))
+    shards = [{k: shard_tensor(v, dims[k], rank, 2) for k, v in full.items()} for rank in range(2)]
     assert shards[1]["layers.0.mixer.B_proj.weight"].shape[0] == full["layers.0.mixer.B_proj.weight"].shape[0] // 2
     assert shards[1]["layers.0.mixer.out_proj.weight"].shape[1] == full["layers.0.mixer.out_proj.weight"].shape[1] // 2
-    merged = merge_state_dicts(shards, cfg)
+    merged = {k: shards[0][k] if dims[k] is None else torch.cat([s[k] for s in shards], dim=dims[k]) for k in full}
     assert merged.keys() == full.keys()
     assert all(torch.equal(merged[k], full[k]) for k in full)
 

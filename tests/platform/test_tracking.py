@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from forge_platform.job_config import TrackingConfig
 from forge_platform.tracking.loggers import ConsoleLogger, MlflowLogger, NullLogger, build_logger
 from forge_platform.tracking.mlflow_server import free_port, local_mlflow_server
 from forge_platform.tracking.plots import plot_loss_per_stage
-from forge_platform.tracking.runs import CampaignRuns
+from forge_platform.tracking.runs import MlflowRuns
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -21,10 +22,10 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_nested_runs_metrics_and_artifacts_round_trip(server, tmp_path: Path) -> None:
-    runs = CampaignRuns(server.uri, "test-experiment")
+    runs = MlflowRuns(server.uri, "test-experiment")
     parent = runs.start("campaign", {"model.d_model": 64})
     child = runs.start("pretrain", {"train.steps": 3}, parent_run_id=parent)
-    logger = build_logger("mlflow", rank=0, tracking_uri=server.uri, run_id=child)
+    logger = build_logger(TrackingConfig(uri=server.uri, system_metrics_interval_s=0), rank=0, run_id=child)
     for step in range(1, 4):
         logger.log({"loss": 5.0 - step, "lr": 1e-3}, step=step)
     logger.close()
@@ -51,7 +52,7 @@ def test_metrics_are_buffered_while_the_server_is_down(tmp_path: Path, monkeypat
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     with local_mlflow_server(tmp_path / "first", port=port) as server:
-        run_id = CampaignRuns(server.uri, "e").start("r", {})
+        run_id = MlflowRuns(server.uri, "e").start("r", {})
     logger = MlflowLogger(uri, run_id)  # the server is gone now
     with pytest.warns(UserWarning, match="MLflow unreachable"):
         logger.log({"loss": 1.5}, step=1)
@@ -65,17 +66,17 @@ def test_metrics_are_buffered_while_the_server_is_down(tmp_path: Path, monkeypat
 
 
 def test_only_rank_zero_logs(capsys: pytest.CaptureFixture[str]) -> None:
-    assert isinstance(build_logger("console", rank=1), NullLogger)
-    logger = build_logger("console", rank=0, prefix="[s] ")
+    assert isinstance(build_logger(TrackingConfig(backend="console"), rank=1), NullLogger)
+    logger = build_logger(TrackingConfig(backend="console"), rank=0, prefix="[s] ")
     assert isinstance(logger, ConsoleLogger)
     logger.log({"loss": 2.0}, step=7)
     assert capsys.readouterr().out == "[s] step 7: loss=2\n"
     with pytest.raises(ValueError, match="must be one of"):
-        build_logger("wandb", rank=0)
+        build_logger(TrackingConfig(backend="wandb"), rank=0)
 
 
 def test_a_restarted_job_continues_its_unfinished_run(server) -> None:
-    runs = CampaignRuns(server.uri, "restarts")
+    runs = MlflowRuns(server.uri, "restarts")
     first = runs.start("pretrain", {"a": 1}, key="demo/pretrain/abc")
     assert runs.start("pretrain", {"a": 1}, key="demo/pretrain/abc") == first  # died, restarted
     runs.finish(first)
@@ -86,9 +87,9 @@ def test_rank_zero_samples_system_metrics_into_its_run(server) -> None:
     """MLflow's system-metrics sampler runs beside the step metrics and stops with the logger."""
     import time
 
-    runs = CampaignRuns(server.uri, "test-system-metrics")
+    runs = MlflowRuns(server.uri, "test-system-metrics")
     run_id = runs.start("pretrain", {})
-    logger = build_logger("mlflow", rank=0, tracking_uri=server.uri, run_id=run_id, system_metrics_interval_s=0.5)
+    logger = build_logger(TrackingConfig(uri=server.uri, system_metrics_interval_s=0.5), rank=0, run_id=run_id)
     logger.log({"loss": 1.0}, step=1)
     time.sleep(2.0)
     logger.close()
@@ -98,5 +99,5 @@ def test_rank_zero_samples_system_metrics_into_its_run(server) -> None:
     system = {k for k in metrics if k.startswith("system/")}
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, sorted(metrics)
     # no sampler on other ranks, and none when switched off
-    assert isinstance(build_logger("mlflow", rank=1, tracking_uri=server.uri, run_id=run_id,
-                                   system_metrics_interval_s=0.5), NullLogger)
+    assert isinstance(build_logger(TrackingConfig(uri=server.uri, system_metrics_interval_s=0.5), rank=1,
+                                   run_id=run_id), NullLogger)

@@ -3,12 +3,9 @@
 TP ranks hold slices of one model replica, so they must see identical inputs; only data-parallel
 ranks read different data. The loader contract that gives this for free is
 `dp_rank = rank // tp, dp_size = world // tp` (ParallelGroups.dp_rank / .dp), so all TP peers
-read the same sample. Two helpers for when that is not enough:
-
-- `tp_broadcast_batch`: the first rank of the TP group reads, the others receive (use it with a
-  loader that cannot be made deterministic, or to read once per replica);
-- `check_tp_batch`: a cheap fingerprint comparison that fails loudly when peers disagree (run it
-  on the first steps: a silent mismatch trains garbage with no error anywhere else).
+read the same sample. `check_tp_batch` is a cheap fingerprint comparison that fails loudly when
+peers disagree; the trainer runs it on its first step, since a silent mismatch trains garbage with
+no error anywhere else.
 """
 
 from __future__ import annotations
@@ -16,28 +13,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from forge_platform.parallel.dims import ParallelGroups
+from forge_platform.parallel.groups import ParallelGroups
 
 Batch = dict[str, torch.Tensor]
-
-
-def tp_broadcast_batch(batch: Batch | None, groups: ParallelGroups) -> Batch:
-    """Rank 0 of the TP group sends its batch to its peers (their `batch` is ignored, may be None)."""
-    if groups.tp == 1:
-        assert batch is not None
-        return batch
-    is_src = groups.rank == groups.tp_src_rank
-    if is_src and batch is None:
-        raise ValueError("the first rank of a tensor-parallel group must pass a batch")
-    # Shapes and dtypes first (a tiny pickled message), then the tensors themselves.
-    meta = [[(k, tuple(v.shape), v.dtype, v.device) for k, v in batch.items()] if is_src else None]
-    dist.broadcast_object_list(meta, src=groups.tp_src_rank, group=groups.tp_group)
-    out = {}
-    for key, shape, dtype, device in meta[0]:
-        tensor = batch[key].contiguous() if is_src else torch.empty(shape, dtype=dtype, device=device)
-        dist.broadcast(tensor, src=groups.tp_src_rank, group=groups.tp_group)
-        out[key] = tensor
-    return out
 
 
 def _fingerprint(tensor: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from forge_data import IGNORE_INDEX  # the label the packer writes where no toke
 from forge_models import language_model_loss
 from torch.distributed import ProcessGroup
 
-from forge_platform.parallel.dims import ParallelGroups
+from forge_platform.parallel.groups import ParallelGroups
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):

@@ -1,7 +1,7 @@
 """The "model parallel unit" DeepSpeed expects from `deepspeed.initialize(mpu=...)`.
 
-DeepSpeed 0.19.8 reads the layout through duck-typed getters (deepspeed/utils/groups.py,
-utils/bwc.py, runtime/engine.py, runtime/zero/stage_1_and_2.py, stage3.py):
+DeepSpeed 0.19.8 reads the layout through duck-typed getters (in its modules `deepspeed.utils.groups`,
+`deepspeed.utils.bwc`, `deepspeed.runtime.engine` and the ZeRO optimizers of `deepspeed.runtime.zero`):
 
 - data parallel: ZeRO partitions and averages gradients over `get_data_parallel_group()`, and
   broadcasts the initial weights inside it (so each TP slice is only broadcast among its peers).
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from forge_platform.parallel.dims import ParallelGroups
+from forge_platform.parallel.groups import ParallelGroups
 
 
 class ModelParallelUnit:

@@ -1,8 +1,9 @@
-"""Slicing single-device weights into TP shards and merging them back.
+"""Slicing one tensor into its TP shard, and gathering a parallelized model's single-device weights.
 
 Checkpoints stay independent of the TP degree: the consolidated `model.pt` is always the
-single-device state_dict. A TP run slices it on load (`shard_state_dict`) and reassembles it on
-save (`gather_state_dict`); both are driven by the same plan table as `parallelize_model`.
+single-device state_dict. A TP run starts from full weights and slices them in place
+(`parallelize_model` uses `shard_tensor`), and reassembles them on save (`gather_state_dict`);
+both follow forge_models' plan table (`forge_models.tp_plan`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from forge_models import ModelConfig
+from forge_models.tp_plan import partition_dims
 from torch import nn
 
-from forge_platform.parallel.dims import ParallelGroups
-from forge_platform.parallel.plan import partition_dims
+from forge_platform.parallel.groups import ParallelGroups
 
 
 def shard_tensor(full: torch.Tensor, dim: int | None, tp_rank: int, tp: int) -> torch.Tensor:
@@ -25,30 +26,6 @@ def shard_tensor(full: torch.Tensor, dim: int | None, tp_rank: int, tp: int) -> 
     size = full.shape[dim] // tp
     # clone: a narrow view would keep the whole full tensor alive (and share its storage).
     return full.narrow(dim, tp_rank * size, size).clone()
-
-
-def shard_state_dict(full_sd: dict[str, torch.Tensor], cfg: ModelConfig, tp_rank: int,
-                     tp: int) -> dict[str, torch.Tensor]:
-    """The state_dict of TP rank `tp_rank` from a single-device state_dict of model `cfg`.
-
-    Load it with `parallel_model.load_state_dict(...)` after `parallelize_model`.
-    """
-    if not 0 <= tp_rank < tp:
-        raise ValueError(f"tp_rank = {tp_rank}: must be in [0, {tp})")
-    dims = partition_dims(cfg, list(full_sd))
-    return {name: shard_tensor(t, dims[name], tp_rank, tp) for name, t in full_sd.items()}
-
-
-def merge_state_dicts(shards: list[dict[str, torch.Tensor]], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Inverse of shard_state_dict: concatenate split tensors (in rank order), keep rank 0's replicas."""
-    dims = partition_dims(cfg, list(shards[0]))
-    merged = {}
-    for name, dim in dims.items():
-        if dim is None:
-            merged[name] = shards[0][name]
-        else:
-            merged[name] = torch.cat([shard[name] for shard in shards], dim=dim)
-    return merged
 
 
 def gather_state_dict(model: nn.Module, cfg: ModelConfig, groups: ParallelGroups) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@
 Legend: B batch, L length, D d_model, V vocabulary, Vl = V / tp.
 
 Nothing in forge_models changes. `parallelize_model`:
-1. slices every split parameter in place (the table in plan.py), tagging it for the gradient
+1. slices every split parameter in place (the table in forge_models/tp_plan.py), tagging it for the gradient
    norm (`tensor_model_parallel`, `partition_dim`, read by DeepSpeed and global_grad_norm) and
    keeping forge_models' own tags (`_no_weight_decay`, `_keep_fp32`);
 2. shrinks the size attributes the mixers read at run time (Mamba-2: d_inner, num_heads,
@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from forge_models import LanguageModel
 from forge_models.attention import Attention
 from forge_models.mamba2 import Mamba2Mixer
+from forge_models.tp_plan import check_tensor_parallel, partition_dims
 from torch import nn
 from torch.distributed import ProcessGroup
 
 from forge_platform.parallel.comm import copy_to_tp_region, reduce_from_tp_region
-from forge_platform.parallel.dims import ParallelGroups
-from forge_platform.parallel.plan import check_tensor_parallel, partition_dims
+from forge_platform.parallel.groups import ParallelGroups
 from forge_platform.parallel.sharding import shard_tensor
 
 # Tags forge_models sets on parameters (forge_models/params.py); a re-wrapped slice must keep them.

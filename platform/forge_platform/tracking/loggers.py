@@ -10,7 +10,10 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from forge_platform.job_config import TrackingConfig
 
 
 class MetricLogger(Protocol):
@@ -113,19 +116,18 @@ class MlflowLogger:
         print(f"warning: {self.pending} metrics could not be sent to MLflow", file=sys.stderr)
 
 
-def build_logger(backend: str, rank: int, tracking_uri: str = "", run_id: str = "", prefix: str = "",
-                 system_metrics_interval_s: float = 0.0) -> MetricLogger:
-    """The one place that decides who logs: rank 0 gets `backend`, every other rank nothing."""
-    if rank != 0 or backend == "null":
+def build_logger(tracking: TrackingConfig, rank: int, run_id: str = "", prefix: str = "") -> MetricLogger:
+    """The one place that decides who logs: rank 0 gets `tracking.backend`, every other rank nothing."""
+    if rank != 0 or tracking.backend == "null":
         return NullLogger()
-    if backend == "console":
+    if tracking.backend == "console":
         return ConsoleLogger(prefix)
-    if backend == "mlflow":
-        if not (tracking_uri and run_id):
+    if tracking.backend == "mlflow":
+        if not (tracking.uri and run_id):
             raise ValueError("the mlflow logger needs a tracking URI and a run id")
-        return _Tee(MlflowLogger(tracking_uri, run_id, system_metrics_interval_s=system_metrics_interval_s),
-                     ConsoleLogger(prefix))
-    raise ValueError(f"tracking.backend = {backend!r}: must be one of 'mlflow', 'console', 'null'")
+        return _Tee(MlflowLogger(tracking.uri, run_id, system_metrics_interval_s=tracking.system_metrics_interval_s),
+                    ConsoleLogger(prefix))
+    raise ValueError(f"tracking.backend = {tracking.backend!r}: must be one of 'mlflow', 'console', 'null'")
 
 
 class _Tee:

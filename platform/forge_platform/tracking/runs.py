@@ -1,4 +1,5 @@
-"""MLflow runs of a campaign: one parent run, one nested child run per stage."""
+"""The runs a job records in MLflow: a campaign's parent run with a child run per stage, or a
+single-stage job's one run. `NullRuns` takes the same calls when tracking is not MLflow."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ RUN_KEY_TAG = "forge.run_key"
 _MAX_PARAM_CHARS = 6000
 
 
-class CampaignRuns:
-    """Creates and closes a campaign's runs through `MlflowClient` (no global MLflow state)."""
+class MlflowRuns:
+    """Creates and closes a job's runs through `MlflowClient` (no global MLflow state)."""
 
     def __init__(self, tracking_uri: str, experiment: str) -> None:
         from mlflow.tracking import MlflowClient

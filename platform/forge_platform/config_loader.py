@@ -240,25 +240,28 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_hash(cfg: Any) -> str:
-    """A short stable hash of the whole config, stored with checkpoints."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    """A short stable hash of a config (a dataclass, or a mapping of them), stored with checkpoints."""
+    blob = json.dumps(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The attribute docstrings of a dataclass: the string literal written under each field."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    """The attribute docstrings of a dataclass, its bases' included: the string literal under each field."""
     docs: dict[str, str] = {}
-    for stmt, nxt in zip(body, body[1:]):
-        if (
-            isinstance(stmt, ast.AnnAssign)
-            and isinstance(stmt.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
+    for klass in reversed(cls.__mro__):  # a subclass's docstring for a field it redeclares wins
+        if klass is object or not dataclasses.is_dataclass(klass):
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for stmt, nxt in zip(body, body[1:]):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
     return docs
 
 

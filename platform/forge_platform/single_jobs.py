@@ -1,32 +1,30 @@
 """The function behind each single-purpose job: tokenize, pretrain, extend_context, evaluate.
 
-(The campaign, which chains them, is `forge_platform.campaign`.)
+(The campaign, which chains them, is `forge_platform.campaign`; both start their work through
+`forge_platform.session`.)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from forge_data import load_tokenizer, run_pipeline
-from forge_models import ModelConfig
 
-from forge_platform.campaign import tracking_session
 from forge_platform.cluster import ensure_ray
-from forge_platform.config import from_dict
-from forge_platform.engine.checkpoint import MODEL_CONFIG_FILE
+from forge_platform.config_loader import ConfigError
+from forge_platform.evaluation import checkpoint_model_config, evaluate_checkpoint
 from forge_platform.job_config import EvaluateConfig, PretrainConfig, TokenizeConfig, require
-from forge_platform.stage import StageOutcome, banner, evaluate_checkpoint, train_and_evaluate
-from forge_platform.tracking.runs import CampaignRuns, NullRuns
-from forge_platform.training_config import StageConfig
+from forge_platform.session import banner, job_session
+from forge_platform.stage import StageOutcome, train_and_evaluate
 
 
 def run_tokenize(cfg: TokenizeConfig) -> Any:
     """Train or load the tokenizer, then tokenize and pack `cfg.data.inputs` into shards."""
     if not cfg.data.inputs or not cfg.data.output_dir:
-        raise ValueError("data.inputs and data.output_dir are required (pass --data.inputs PATH --data.output_dir DIR)")
+        raise ConfigError("data.inputs and data.output_dir: must be given (pass --data.inputs PATH "
+                          "--data.output_dir DIR)")
     ensure_ray(cfg.ray_num_cpus, workspace=Path.cwd())
     manifest = run_pipeline(cfg.data)
     print(f"manifest: {Path(cfg.data.output_dir) / 'manifest.json'}")
@@ -38,23 +36,18 @@ def run_pretrain(cfg: PretrainConfig) -> StageOutcome:
     require(cfg, "train_manifest")
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     if tokenizer is not None and tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ValueError(
-            f"model.vocab_size = {cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}"
-        )
+        raise ConfigError(f"model.vocab_size = {cfg.model.vocab_size}: must be at least the tokenizer's "
+                          f"{tokenizer.vocab_size}")
     out = Path(cfg.output_dir).resolve()
-    ensure_ray(cfg.ray_num_cpus, workspace=Path.cwd())
     manifests = {"train": Path(cfg.train_manifest)}
     if cfg.val_manifest:
         manifests["val"] = Path(cfg.val_manifest)
-    with tracking_session(cfg.tracking, out / "mlflow") as (uri, _server):
-        runs = CampaignRuns(uri, cfg.tracking.experiment) if cfg.tracking.backend == "mlflow" else NullRuns()
+    with job_session(cfg.ray_num_cpus, cfg.tracking, out) as session:
         outcome = train_and_evaluate(
-            cfg.stage, cfg.model, cfg.parallel, manifests, tokenizer, runs,
+            cfg.stage, cfg.model, cfg.parallel, manifests, tokenizer, session,
             parent_run_id=None,
             checkpoint_root=out / "checkpoints",
             init_weights=cfg.init_weights,
-            tracking_backend=cfg.tracking.backend,
-            system_metrics_interval_s=cfg.tracking.system_metrics_interval_s,
             ray_name=cfg.name,
         )
     banner(f"{cfg.name}: final loss {outcome.final_loss:.4f}; checkpoint {outcome.checkpoint_dir}")
@@ -70,13 +63,9 @@ def run_extend_context(cfg: PretrainConfig) -> StageOutcome:
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, float]:
     """Evaluate a checkpoint with the model config stored beside its weights."""
     require(cfg, "checkpoint", "val_manifest")
-    config_path = Path(cfg.checkpoint) / MODEL_CONFIG_FILE
-    if not config_path.exists():
-        raise FileNotFoundError(f"{cfg.checkpoint} has no {MODEL_CONFIG_FILE}: is it a Hybrid Forge checkpoint?")
-    model_cfg = from_dict(ModelConfig, json.loads(config_path.read_text()))
+    model_cfg = checkpoint_model_config(Path(cfg.checkpoint))
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
-    stage = dataclasses.replace(StageConfig(), eval=cfg.eval)
-    metrics = evaluate_checkpoint(model_cfg, Path(cfg.checkpoint), cfg.val_manifest, tokenizer, stage)
+    metrics = evaluate_checkpoint(Path(cfg.checkpoint), model_cfg, cfg.eval, cfg.val_manifest, tokenizer)
     print(json.dumps(metrics, indent=2))
     return metrics
 

@@ -1,12 +1,16 @@
-"""What a checkpoint holds besides DeepSpeed's shards, and the checks made before one is loaded.
+"""A checkpoint folder on disk: its layout, its metadata, the consolidated weights, atomic writes.
 
-Layout of one checkpoint folder (every rank writes its own files into it before Ray Train's
-`report` gathers them):
+Storage only; when to save, how many to keep and whether a checkpoint may be resumed is the
+checkpoint manager's (`checkpoint_manager.py`). Layout of one folder (every rank writes its own
+files into it before Ray Train's `report` gathers them):
 
     state/...            DeepSpeed's engine: model, optimizer and schedule shards, one per rank
     meta.json            CheckpointMeta: where training stood, and what produced it
     model_config.json    the model's full config
     model.pt             the consolidated model weights (rank 0), for evaluation and the next stage
+    model.bf16.pt        the same in bf16 (fp32 where the model keeps fp32), for evaluation and hand-off
+
+Old checkpoints stay loadable on purpose: fields added to the metadata have defaults.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,13 +60,21 @@ class CheckpointMeta:
     """Data-parallel degree of the writer; ZeRO's optimizer shards depend on it."""
     run_id: str = ""
     """The MLflow run it logs to, so a restarted job continues that run."""
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The loader's state (`PackedShardLoader.state_dict()`: samples consumed, shuffle seed and the
+    dataset's hash), checked on resume; empty in checkpoints written before it was kept."""
+
+
+def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """`write(tmp)` then rename `tmp` over `path`, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    """Write JSON atomically (sorted keys, indented)."""
+    replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str)))
 
 
 def save_rank_zero_files(folder: Path, meta: CheckpointMeta, model_config: Any,
@@ -74,17 +86,11 @@ def save_rank_zero_files(folder: Path, meta: CheckpointMeta, model_config: Any,
     write_json(folder / META_FILE, dataclasses.asdict(meta))
     write_json(folder / MODEL_CONFIG_FILE, dataclasses.asdict(model_config))
     cpu_weights = {k: v.detach().cpu() for k, v in weights.items()}
-    _save_atomically(cpu_weights, folder / WEIGHTS_FILE)
+    replace_atomically(folder / WEIGHTS_FILE, lambda tmp: torch.save(cpu_weights, tmp))
     if export_bf16:
         keep = keep_fp32_names(build_model(model_config, device="meta"))
-        _save_atomically({k: v if k in keep or not v.is_floating_point() else v.to(torch.bfloat16)
-                          for k, v in cpu_weights.items()}, folder / BF16_WEIGHTS_FILE)
-
-
-def _save_atomically(state: Mapping[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(dict(state), tmp)
-    os.replace(tmp, path)
+        bf16 = {k: v if k in keep or not v.is_floating_point() else v.to(torch.bfloat16) for k, v in cpu_weights.items()}
+        replace_atomically(folder / BF16_WEIGHTS_FILE, lambda tmp: torch.save(bf16, tmp))
 
 
 def read_meta(folder: Path) -> CheckpointMeta:
@@ -92,21 +98,6 @@ def read_meta(folder: Path) -> CheckpointMeta:
     if not path.exists():
         raise IncompatibleCheckpointError(f"{folder} is not a Hybrid Forge checkpoint: {META_FILE} is missing")
     return CheckpointMeta(**json.loads(path.read_text()))
-
-
-def check_resumable(meta: CheckpointMeta, *, model_hash: str, tensor_parallel: int, data_parallel: int) -> None:
-    """Refuse, with the reason, a checkpoint this run cannot continue from."""
-    if meta.model_hash != model_hash:
-        raise IncompatibleCheckpointError(
-            f"checkpoint of stage {meta.stage!r} was written by another model (model hash {meta.model_hash}, "
-            f"this run's is {model_hash}); start a new run or point at the right checkpoint"
-        )
-    if (meta.tensor_parallel, meta.data_parallel) != (tensor_parallel, data_parallel):
-        raise IncompatibleCheckpointError(
-            f"checkpoint layout tp {meta.tensor_parallel} x dp {meta.data_parallel} differs from this run's "
-            f"tp {tensor_parallel} x dp {data_parallel}; resharding is not supported yet: resume with the same "
-            "layout, or start the next stage from its consolidated weights (model.pt)"
-        )
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
-from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
+from ray.train import FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from forge_platform.engine.train_loop import FINAL_METRICS_FILE, StageRun, train_stage_worker
-from forge_platform.training_config import ParallelConfig
+from forge_platform.cluster import check_resources
+from forge_platform.training.checkpoint_manager import ray_checkpoint_config
+from forge_platform.training.trainer import FINAL_METRICS_FILE, StageRun, train_stage_worker
 
 
 @dataclass(frozen=True)
@@ -25,25 +24,6 @@ class StageResult:
     metrics: dict
     raw: Result
     """Ray Train's own result: every retained checkpoint with its reported metrics."""
-
-
-def check_resources(parallel: ParallelConfig) -> None:
-    """Refuse a worker group that this Ray can never place (it would retry forever).
-
-    Skipped on a cluster (RAY_ADDRESS set), where an autoscaler may add the nodes.
-    """
-    if os.environ.get("RAY_ADDRESS"):
-        return
-    have = ray.cluster_resources()
-    need = {"CPU": parallel.num_workers * parallel.cpus_per_worker, "GPU": parallel.num_workers * parallel.use_gpu}
-    short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0)}
-    if short:
-        detail = ", ".join(f"{k}: {v:g} needed, {h:g} in this Ray" for k, (v, h) in short.items())
-        raise ValueError(
-            f"parallel: {parallel.num_workers} workers x {parallel.cpus_per_worker:g} CPU"
-            f"{' + 1 GPU' if parallel.use_gpu else ''} cannot be placed ({detail}); "
-            "raise ray_num_cpus or lower parallel.cpus_per_worker / num_workers"
-        )
 
 
 def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
@@ -66,7 +46,7 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
         run_config=RunConfig(
             name=name,
             storage_path=str(storage),
-            checkpoint_config=CheckpointConfig(num_to_keep=run.stage.checkpoint.keep_last),
+            checkpoint_config=ray_checkpoint_config(run.stage.checkpoint),
             failure_config=FailureConfig(max_failures=parallel.max_failures),
         ),
     )

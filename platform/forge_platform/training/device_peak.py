@@ -1,8 +1,9 @@
 """The peak FLOP/s that MFU is measured against, taken on the device itself.
 
 MFU's denominator is the measured dense-matmul rate of the device (bf16 on GPU, fp32 on CPU),
-not a datasheet figure: on an H100 SXM the measured bf16 rate is about 765-800 TFLOP/s against
-989 on paper, so MFU stays comparable with the anchors measured the same way.
+not a datasheet figure: on an H100 the measured bf16 rate is well below the paper figure
+(benchmarks/models/RESULTS.md gives both), and MFU stays comparable with the anchors measured the
+same way.
 """
 
 from __future__ import annotations

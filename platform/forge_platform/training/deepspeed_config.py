@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from forge_platform.training_config import OptimConfig, TrainConfig
+from forge_platform.job_config import OptimConfig, TrainConfig
 
 
 def build_deepspeed_config(train: TrainConfig, optim: OptimConfig, data_parallel_size: int) -> dict[str, Any]:
@@ -40,8 +40,8 @@ def build_deepspeed_config(train: TrainConfig, optim: OptimConfig, data_parallel
     }
     if train.zero_stage in (1, 2):
         # DeepSpeed 0.19.8's own values for stages 1-2 (overlap_comm defaults on only at stage 3),
-        # spelled out so they do not drift. overlap_comm on 2 H200s: same losses, +1.9 GiB, and
-        # no clear speed-up within that machine's noise (benchmarks/platform/RESULTS.md).
+        # spelled out so they do not drift. overlap_comm was measured on 2 GPUs and not adopted
+        # (benchmarks/platform/RESULTS.md, "ZeRO-2 overlap_comm").
         config["zero_optimization"].update(
             {"contiguous_gradients": True, "overlap_comm": False, "reduce_scatter": True}
         )

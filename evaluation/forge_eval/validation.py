@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-from forge_data import PackedShardLoader
+from forge_data import IGNORE_INDEX
+from forge_data.loader import PackedShardLoader
 from forge_models import language_model_loss
 from torch import nn
 
@@ -25,7 +26,7 @@ def validation_loss(model: nn.Module, manifest: str, num_batches: int, batch_siz
     for _ in range(num_batches):
         batch = loader.next_batch()
         logits = model(batch["input_ids"], seq_idx=batch["seq_idx"], position_ids=batch["position_ids"])
-        tokens = int((batch["labels"] != -100).sum())
+        tokens = int((batch["labels"] != IGNORE_INDEX).sum())
         if tokens:
             total_loss += float(language_model_loss(logits, batch["labels"])) * tokens
             total_tokens += tokens

@@ -1,0 +1,37 @@
+"""What an evaluation measures: the `[eval]` section of a stage (and of `jobs.evaluate`).
+
+Fields carry their docstrings below them (the platform's `--help` reads them); values are
+checked where they are born, in the one error style `eval.field = value: must be ...`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EvalConfig:
+    """Which suites run after a stage, and how much each one measures."""
+
+    suites: list[str] = field(default_factory=lambda: ["validation", "phonebook"])
+    """Suites to run, in order (names from `forge_eval.SUITES`: validation, phonebook)."""
+    val_batches: int = 8
+    """Held-out packed sequences (batches of one) averaged into the validation loss."""
+    phonebook_entries: list[int] = field(default_factory=lambda: [4, 16])
+    """Phonebook sizes (names in the book) at which lookup accuracy is measured by greedy generation."""
+    phonebook_queries: int = 8
+    """Lookups per book size; 0 skips Phonebook."""
+
+    def __post_init__(self) -> None:
+        from forge_eval.suites import SUITES  # imported here: suites.py imports this module
+
+        unknown = [name for name in self.suites if name not in SUITES]
+        if unknown:
+            raise ValueError(f"eval.suites = {self.suites}: must name known suites ({', '.join(sorted(SUITES))}); "
+                             f"unknown: {', '.join(unknown)}")
+        if self.val_batches < 1:
+            raise ValueError(f"eval.val_batches = {self.val_batches}: must be >= 1")
+        if not all(n >= 1 for n in self.phonebook_entries):
+            raise ValueError(f"eval.phonebook_entries = {self.phonebook_entries}: must be >= 1 each")
+        if self.phonebook_queries < 0:
+            raise ValueError(f"eval.phonebook_queries = {self.phonebook_queries}: must be >= 0")

@@ -1,1 +1,0 @@
-"""Evaluation of trained stages: held-out loss and Phonebook lookup through real generation."""

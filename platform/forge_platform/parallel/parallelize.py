@@ -1,0 +1,114 @@
+"""The one place where a single-device model is made ready to train in parallel.
+
+`parallelize_hybrid` applies, on every rank and in this order (each step needs the one before):
+
+1. Tensor parallelism: slice the full weights in place and hook the TP collectives around every
+   mixer (`tensor_parallel.parallelize_model`). Needs the full weights already loaded, identical
+   on every TP rank.
+2. Sequence / context parallelism: not yet (long-context part 2). It shards activations along
+   the sequence inside the TP region, so it belongs after TP and before recompute.
+3. Activation recompute: each block's forward is wrapped so its activations are recomputed in
+   the backward pass. After TP, so the recomputed forward runs the TP hooks again.
+4. Compilation: nothing to apply here. forge_models compiles its own pointwise kernels inside
+   each module (`ModelConfig.compile_pointwise`), and a module that carries TP hooks calls its
+   submodules instead of a fused kernel, so compiling never skips a collective.
+5. The optimizer over the local slices (after TP: it must see the sliced parameters) and its
+   schedule, then the DeepSpeed ZeRO engine over the data-parallel group.
+
+Nothing else in the platform slices, wraps or wraps-into-an-engine a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import deepspeed
+import torch
+from forge_models import LanguageModel
+from torch import nn
+
+from forge_platform.job_config import StageConfig
+from forge_platform.parallel.activation_checkpointing import apply_activation_checkpointing
+from forge_platform.parallel.cross_entropy import build_loss_fn
+from forge_platform.parallel.groups import ParallelGroups
+from forge_platform.parallel.mpu import ModelParallelUnit
+from forge_platform.parallel.tensor_parallel import parallelize_model
+from forge_platform.training.deepspeed_config import build_deepspeed_config
+from forge_platform.training.optimizer import build_optimizer, build_schedule
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class ParallelModel:
+    """A model after `parallelize_hybrid`: the module, its engine, and how to take its loss."""
+
+    module: nn.Module
+    """The (sliced, recompute-wrapped) model itself: call it, not `engine(...)` (see `loss`)."""
+    engine: Any
+    """DeepSpeed's engine: backward, step, checkpoints, learning rate."""
+    groups: ParallelGroups
+    zero_stage: int
+    """The ZeRO stage in effect (0 when there is a single data-parallel rank)."""
+    loss: Callable[[Batch], torch.Tensor]
+    """Mean next-token loss of one packed micro-batch over its counted labels."""
+
+
+def effective_zero_stage(stage: StageConfig, groups: ParallelGroups) -> int:
+    """ZeRO shards over data-parallel ranks: with one there is nothing to shard, and its buffers
+    cost time and memory (benchmarks/platform/RESULTS.md), so it runs as stage 0."""
+    return stage.train.zero_stage if groups.dp > 1 else 0
+
+
+def parallelize_hybrid(model: LanguageModel, groups: ParallelGroups, stage: StageConfig, *,
+                       tokens_per_step: int) -> ParallelModel:
+    """Apply TP, recompute and the ZeRO engine to `model` (full weights loaded) for one stage."""
+    train = stage.train
+    # 1. Tensor parallelism (a tagged no-op at tp 1).
+    if groups.tp > 1:
+        parallelize_model(model, groups)
+    # 2. (Sequence / context parallelism goes here.)
+    # 3. Activation recompute.
+    if train.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    # 4. Compilation: inside forge_models (see the module docstring).
+    # 5. Optimizer over the local slices, then the ZeRO engine.
+    optimizer = build_optimizer(model, stage.optim)
+    schedule = build_schedule(optimizer, stage.optim, tokens_per_step, train.steps)
+    zero_stage = effective_zero_stage(stage, groups)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        config=build_deepspeed_config(dataclasses.replace(train, zero_stage=zero_stage), stage.optim, groups.dp),
+        mpu=ModelParallelUnit(groups),
+        dist_init_required=False,
+    )
+    if groups.dp == 1:
+        # DeepSpeed's stage-0 backward all-reduces over the data-parallel group even when it has
+        # one rank: it flattens every gradient into buckets, scales, and copies them back (its cost is
+        # in benchmarks/platform/RESULTS.md). With one data-parallel rank there is nothing to reduce.
+        if not hasattr(engine, "enable_backward_allreduce"):
+            raise RuntimeError("this DeepSpeed has no engine.enable_backward_allreduce; check the pin in pyproject.toml")
+        engine.enable_backward_allreduce = False
+    return ParallelModel(model, engine, groups, zero_stage, _build_batch_loss(model, groups, zero_stage))
+
+
+def _build_batch_loss(model: nn.Module, groups: ParallelGroups, zero_stage: int) -> Callable[[Batch], torch.Tensor]:
+    """The loss of one packed micro-batch, by the cheapest path the layout allows."""
+    token_loss = build_loss_fn(groups)  # full cross-entropy at tp 1, vocab-parallel above
+
+    def batch_loss(batch: Batch) -> torch.Tensor:
+        ids, seq_idx, positions = batch["input_ids"], batch["seq_idx"], batch["position_ids"]
+        if groups.tp == 1 and zero_stage < 3:
+            # Chunked LM head + cross-entropy: the (B, L, V) logits are never materialised. (Not
+            # under ZeRO-3, whose partitioned LM head is only gathered by a module call.)
+            return model.loss(ids, batch["labels"], seq_idx=seq_idx, position_ids=positions)
+        # The module itself, not `engine(...)`: DeepSpeed's forward turns our bf16 autocast off
+        # (its own mixed precision is off, see deepspeed_config.py), which ran TP=2 in fp32.
+        return token_loss(model(ids, seq_idx=seq_idx, position_ids=positions), batch["labels"])
+
+    return batch_loss

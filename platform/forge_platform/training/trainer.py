@@ -1,0 +1,240 @@
+"""The per-worker trainer that Ray Train runs on every rank: setup, then one small method per step.
+
+Ray Train has already made the process group (gloo on CPU, NCCL on GPU); DeepSpeed reuses it.
+Every rank builds the same model from the same seed, `parallelize_hybrid` applies the layout,
+each rank reads its data-parallel share of the packed shards, and the checkpoint manager decides
+when to save and whether a checkpoint handed over on a restart may be continued. Rank 0 alone
+logs to the tracking backend.
+
+    Trainer(run)            setup: groups, model, parallelize, data, resume, logger
+      .fit()                the loop: train_step, log, step hooks, checkpoint
+      .train_step(mbs)      one optimizer step over its micro-batches -> StepResult
+      .forward_backward_step(mb, weight)   one micro-batch's loss and backward
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+import torch.distributed as dist
+from forge_data import IGNORE_INDEX, PackedShardLoader
+from forge_models import ModelConfig, build_model
+from forge_models.flops import training_flops_per_token
+
+from forge_platform.config_loader import config_hash
+from forge_platform.job_config import ParallelConfig, StageConfig, TrackingConfig
+from forge_platform.parallel.batch import check_tp_batch
+from forge_platform.parallel.grad_norm import global_grad_norm
+from forge_platform.parallel.groups import ParallelGroups, build_process_groups
+from forge_platform.parallel.parallelize import ParallelModel, parallelize_hybrid
+from forge_platform.tracking.loggers import build_logger
+from forge_platform.training.checkpoint_files import load_weights, replace_atomically
+from forge_platform.training.checkpoint_manager import CheckpointManager, RunIdentity, training_hash
+from forge_platform.training.device_peak import measure_matmul_flops
+from forge_platform.training.drills import FailureDrill
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class StageRun:
+    """Everything a worker needs to run one stage; pickled to every rank by Ray."""
+
+    stage: StageConfig
+    model: ModelConfig
+    parallel: ParallelConfig
+    train_manifest: str
+    """manifest.json of the packed training shards."""
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(backend="console"))
+    """Where rank 0 logs (the URI already resolved: a job's local server is started by its session)."""
+    run_id: str = ""
+    """The MLflow run rank 0 logs into."""
+    init_weights: str = ""
+    """Consolidated weights (model.pt or its folder) to start from; empty for a fresh model."""
+    checkpoint_root: str = ""
+    """Folder the checkpoints are written into (set by `run_stage`: the Ray run's storage folder,
+    which must be a filesystem every node shares)."""
+    drill: FailureDrill | None = None
+    """A failure drill to run after each step (tests of fault tolerance); None in real runs."""
+
+    @property
+    def identity(self) -> RunIdentity:
+        return RunIdentity(stage=self.stage.name, model_hash=config_hash(self.model),
+                           training_hash=training_hash(self.stage), run_id=self.run_id)
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step produced (the loss is the per-token mean over every rank's rows)."""
+
+    loss: float
+    grad_norm: torch.Tensor | None
+    """The norm this loop clipped with (ZeRO-0); None when DeepSpeed clipped (read from the engine)."""
+    seconds: float
+
+
+FINAL_METRICS_FILE = "final_metrics.json"
+
+
+def train_stage_worker(config: dict[str, Any]) -> None:
+    """Ray Train's `train_loop_per_worker`: `config["run"]` is a `StageRun`."""
+    Trainer(config["run"]).fit()
+
+
+class Trainer:
+    """One stage on one rank."""
+
+    def __init__(self, run: StageRun) -> None:
+        self.run = run
+        stage, train = run.stage, run.stage.train
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = torch.device("cuda", ctx.get_local_rank()) if run.parallel.use_gpu else torch.device("cpu")
+        torch.set_num_threads(max(1, int(run.parallel.cpus_per_worker)))
+        # Every rank makes every group, in the same order; tensor-parallel groups are consecutive ranks.
+        self.groups: ParallelGroups = build_process_groups(run.parallel.dims)
+        self.tokens_per_step = train.micro_batch_size * train.grad_accum_steps * self.groups.dp * stage.seq_len
+
+        torch.manual_seed(train.seed)  # same weights on every rank
+        model = build_model(run.model, device=self.device)
+        if run.init_weights:
+            load_weights(model, run.init_weights)
+        self.parallel: ParallelModel = parallelize_hybrid(model, self.groups, stage,
+                                                          tokens_per_step=self.tokens_per_step)
+        if self.parallel.zero_stage != train.zero_stage and self.rank == 0:
+            print(f"[{stage.name}] one data-parallel rank: ZeRO-{train.zero_stage} runs as stage 0", flush=True)
+
+        self.loader = PackedShardLoader(run.train_manifest, micro_batch_size=train.micro_batch_size,
+                                        dp_rank=self.groups.dp_rank, dp_size=self.groups.dp,
+                                        shuffle_seed=train.seed)
+        self.checkpoints = CheckpointManager(stage.checkpoint, Path(run.checkpoint_root), run.identity,
+                                             train.steps, run.model)
+        self.start_step = self.checkpoints.restore(self.parallel, self.loader)
+        self.logger = build_logger(run.tracking, self.rank, run.run_id, prefix=f"[{stage.name}] ")
+        self.flops_per_step = training_flops_per_token(run.model, stage.seq_len) * self.tokens_per_step
+        self.peak_flops = run.parallel.peak_tflops * 1e12 or measure_matmul_flops(self.device)
+        self.step_hooks: list[Callable[[int], None]] = []
+        if run.drill is not None:
+            self.step_hooks.append(lambda step: run.drill(step, self.rank, self.world))
+
+    # --- the loop ------------------------------------------------------------------------------
+    def fit(self) -> None:
+        """Train from the resume point to the last step; log, run hooks and checkpoint after each."""
+        train = self.run.stage.train
+        batches = iter(self.loader)
+        last: StepResult | None = None
+        for step in range(self.start_step, train.steps):
+            started = time.perf_counter()  # the step's time includes reading its rows
+            micro_batches = [next(batches) for _ in range(train.grad_accum_steps)]
+            if step == self.start_step and self.groups.tp > 1:  # TP peers must read the same rows
+                check_tp_batch({k: _to_device(v, self.device) for k, v in micro_batches[0].items()}, self.groups)
+            last = self.train_step(micro_batches, started)
+            done = step + 1
+            if done % train.log_every == 0 or done == train.steps:
+                self.logger.log(self.step_metrics(last), step=done)
+            for hook in self.step_hooks:
+                hook(done)
+            if self.checkpoints.should_save(done):
+                self.checkpoints.save(done, self.parallel, self.loader, self.tokens_per_step, {"loss": last.loss})
+        if last is not None and self.rank == 0:
+            # Ray Train's result only carries metrics reported with a checkpoint; a stage run
+            # without a final checkpoint (benchmarks, smoke runs) still tells the driver how it ended.
+            write_final_metrics(Path(self.run.checkpoint_root), {"loss": last.loss, "step": train.steps})
+        self.logger.close()
+
+    def train_step(self, micro_batches: list[Batch], started: float) -> StepResult:
+        """One optimizer step (begun at `started`): every micro-batch's forward and backward, then the update."""
+        train, engine = self.run.stage.train, self.parallel.engine
+        counts = [int((mb["labels"] != IGNORE_INDEX).sum()) for mb in micro_batches]  # on the host
+        weights, step_labels = token_weights(counts, train.grad_accum_steps, self.groups, self.device)
+        loss_sum = torch.zeros((), device=self.device)  # summed on the device: no sync per micro-batch
+        grad_norm = None
+        for micro_batch, count, weight in zip(micro_batches, counts, weights):
+            loss = self.forward_backward_step(micro_batch, weight)
+            if self.parallel.zero_stage == 0 and engine.is_gradient_accumulation_boundary():
+                grad_norm = clip_gradients(self.parallel.module, self.groups, self.run.stage.optim.grad_clip)
+            engine.step()
+            loss_sum += loss.detach() * count
+        if self.groups.dp > 1:  # each data-parallel rank saw its own rows
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM, group=self.groups.dp_group)
+        step_loss = loss_sum.item() / max(float(step_labels), 1.0)  # the one sync of the step
+        return StepResult(loss=step_loss, grad_norm=grad_norm, seconds=time.perf_counter() - started)
+
+    def forward_backward_step(self, micro_batch: Batch, weight: float | torch.Tensor) -> torch.Tensor:
+        """The micro-batch's mean loss over its counted labels; its backward is scaled by `weight`."""
+        batch = {k: _to_device(v, self.device) for k, v in micro_batch.items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.run.stage.train.precision == "bf16"):
+            loss = self.parallel.loss(batch)
+        self.parallel.engine.backward(loss * weight)
+        return loss
+
+    def step_metrics(self, result: StepResult) -> dict[str, float]:
+        """What is logged for a step: loss, lr, grad norm, throughput, memory, MFU."""
+        return {
+            "loss": result.loss,
+            "lr": self.parallel.engine.get_lr()[0],
+            "grad_norm": float(result.grad_norm if result.grad_norm is not None
+                               else self.parallel.engine.get_global_grad_norm()),
+            "tokens_per_s": self.tokens_per_step / result.seconds,
+            "memory_gib": _memory_gib(self.device),
+            "mfu": self.flops_per_step / result.seconds / (self.peak_flops * self.world),
+        }
+
+
+def write_final_metrics(folder: Path, metrics: dict[str, float]) -> None:
+    """Atomically write the stage's last metrics beside its checkpoints."""
+    folder.mkdir(parents=True, exist_ok=True)
+    replace_atomically(folder / FINAL_METRICS_FILE, lambda tmp: tmp.write_text(json.dumps(metrics)))
+
+
+def token_weights(counts: list[int], accum: int, groups: ParallelGroups, device: torch.device
+                  ) -> tuple[list[float] | list[torch.Tensor], int | torch.Tensor]:
+    """Multipliers that make a step's gradient the gradient of its per-token mean loss, whatever
+    the layout; and the step's number of counted labels N over all data-parallel ranks.
+
+    Each micro-batch's loss is the mean over its own c_i counted labels (documents end with an
+    ignored label, so rows count differently). DeepSpeed divides every backward by the
+    accumulation steps and averages gradients over the data-parallel ranks, so a mean of means
+    would weight tokens by how the rows happened to be grouped: 2 rows x 2 accumulation steps on
+    one GPU and 2 rows on each of 2 GPUs group the same 4 rows differently. Weighting micro-batch
+    i by c_i * accum * dp / N makes every layout compute sum(token losses) / N. With dp > 1, N
+    is one all-reduce of a scalar, kept on the device (no sync)."""
+    total: int | torch.Tensor = sum(counts)
+    denominator: int | torch.Tensor = max(total, 1)
+    if groups.dp > 1:
+        total = torch.tensor(float(total), device=device)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=groups.dp_group)
+        denominator = total.clamp(min=1.0)
+    return [c * accum * groups.dp / denominator for c in counts], total
+
+
+def clip_gradients(model: torch.nn.Module, groups: ParallelGroups, max_norm: float) -> torch.Tensor:
+    """Scale gradients so their global norm (tensor-parallel aware) is at most `max_norm`; return the norm."""
+    norm = global_grad_norm(model, groups)
+    if max_norm > 0:
+        # Multi-tensor scaling, and no `if norm > max_norm`: that would sync with the device.
+        torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, norm)
+    return norm
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a batch tensor without stalling: a copy from pageable memory waits for the GPU's queue
+    to drain; one from pinned memory is queued behind it like a kernel."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+def _memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    # ru_maxrss is KiB on Linux: the worker process's peak resident memory.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

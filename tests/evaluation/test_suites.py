@@ -1,0 +1,79 @@
+"""forge_eval: the registry of suites, what each suite reports, and the layering promise (no Ray,
+DeepSpeed or MLflow behind `import forge_eval`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from forge_eval import SUITES, EvalConfig, EvalInputs, evaluate_model, get_suite
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("ray", "deepspeed", "mlflow")
+
+PROBE = """
+import json, sys
+for name in sys.argv[1:]:
+    __import__(name)
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & {"ray", "deepspeed", "mlflow"})))
+"""
+
+
+def heavy_modules_after_importing(*modules: str) -> list[str]:
+    """Which of Ray, DeepSpeed and MLflow a fresh interpreter has loaded after importing `modules`."""
+    areas = os.pathsep.join(str(REPO / area) for area in ("evaluation", "models", "data_pipeline"))
+    out = subprocess.run([sys.executable, "-c", PROBE, *modules], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=areas), cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_forge_eval_imports_no_ray_deepspeed_or_mlflow() -> None:
+    assert heavy_modules_after_importing("forge_eval", "forge_eval.suites") == []
+    # The probe sees them when they are there.
+    assert heavy_modules_after_importing("forge_eval", "ray") == ["ray"]
+
+
+def test_an_unknown_suite_is_refused_naming_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"eval.suites = \['validation', 'niah'\]: .*phonebook, validation.*niah"):
+        EvalConfig(suites=["validation", "niah"])
+    with pytest.raises(KeyError, match="the suites are: phonebook, validation"):
+        get_suite("niah")
+    assert set(SUITES) == {"validation", "phonebook"}
+
+
+def test_config_values_are_checked_in_the_one_error_style() -> None:
+    with pytest.raises(ValueError, match=r"eval.val_batches = 0: must be >= 1"):
+        EvalConfig(val_batches=0)
+    with pytest.raises(ValueError, match=r"eval.phonebook_entries = \[4, 0\]: must be >= 1"):
+        EvalConfig(phonebook_entries=[4, 0])
+
+
+def test_validation_and_phonebook_metrics(model, tokenizer_and_manifest) -> None:
+    tokenizer, manifest = tokenizer_and_manifest
+    cfg = EvalConfig(val_batches=3, phonebook_entries=[2], phonebook_queries=2)
+    metrics = evaluate_model(model, cfg, EvalInputs(val_manifest=manifest, tokenizer=tokenizer))
+    assert set(metrics) == {"val_loss", "val_perplexity", "val_tokens", "phonebook_2_accuracy",
+                            "phonebook_2_prompt_tokens"}
+    # An untrained model over V pieces scores about ln V nats per token.
+    assert abs(metrics["val_loss"] - math.log(tokenizer.vocab_size)) < 1.0
+    assert metrics["val_perplexity"] == pytest.approx(math.exp(metrics["val_loss"]))
+    assert 0 < metrics["val_tokens"] <= 3 * 64
+    assert metrics["phonebook_2_accuracy"] in (0.0, 0.5, 1.0)
+    assert metrics["phonebook_2_prompt_tokens"] > 10
+
+
+def test_suites_run_as_named(model, tokenizer_and_manifest) -> None:
+    tokenizer, manifest = tokenizer_and_manifest
+    only_validation = evaluate_model(model, EvalConfig(suites=["validation"], val_batches=1),
+                                     EvalInputs(val_manifest=manifest, tokenizer=tokenizer))
+    assert set(only_validation) == {"val_loss", "val_perplexity", "val_tokens"}
+    no_queries = evaluate_model(model, EvalConfig(suites=["phonebook"], phonebook_queries=0),
+                                EvalInputs(tokenizer=tokenizer))
+    assert no_queries == {}
+    with pytest.raises(ValueError, match="suite 'validation' needs held-out data"):
+        evaluate_model(model, EvalConfig(suites=["validation"]), EvalInputs(tokenizer=tokenizer))
