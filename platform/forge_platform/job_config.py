@@ -156,7 +156,8 @@ class TrainConfig:
     """Compute precision: "bf16" autocasts matmuls and kernels over fp32 master weights (GPU);
     "fp32" everywhere (CPU)."""
     zero_stage: Literal[0, 1, 2, 3] = 2
-    """DeepSpeed ZeRO stage over the data-parallel group (3 is not combined with tensor parallelism)."""
+    """DeepSpeed ZeRO stage over the data-parallel group; with one data-parallel rank it runs as 0.
+    Stage 3 is tested through the trainer at tp 1 and, with DeepSpeed's engine, at tp 2 x dp 2."""
     activation_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass to save memory."""
     log_every: int = 1

@@ -114,6 +114,49 @@ def test_data_parallel_stage_matches_one_worker_on_the_same_rows(short_docs_data
     assert read_meta(two.checkpoint_dir).samples_consumed == read_meta(one.checkpoint_dir).samples_consumed == 12
 
 
+def test_zero3_stage_matches_one_worker_on_the_same_rows(short_docs_data, tmp_path: Path) -> None:
+    """ZeRO-3 through the real trainer (parameters partitioned over the two data-parallel ranks and
+    gathered by the modules' hooks; the model ties its LM head to the embedding, a parameter read
+    outside its own module) trains the same model as one worker on the same rows."""
+    ensure_ray(4, workspace=tmp_path)
+    tied = dataclasses.replace(stage_run(short_docs_data).model, tie_embeddings=True)
+    train = {"steps": 3, "micro_batch_size": 2, "seed": 3}
+    base = stage_run(short_docs_data).stage
+    one = run_stage(stage_run(short_docs_data, parallel=ParallelConfig(num_workers=1, peak_tflops=1.0), model=tied,
+                              stage=dataclasses.replace(base, train=TrainConfig(grad_accum_steps=2, zero_stage=2,
+                                                                                **train))),
+                    tmp_path / "storage", "zero3-ref")
+    three = run_stage(stage_run(short_docs_data, parallel=ParallelConfig(num_workers=2, peak_tflops=1.0), model=tied,
+                                stage=dataclasses.replace(base, train=TrainConfig(zero_stage=3, **train))),
+                      tmp_path / "storage", "zero3")
+    one_losses, three_losses = losses_by_step(one.raw), losses_by_step(three.raw)
+    assert sorted(three_losses) == [1, 2, 3]
+    for step, loss in one_losses.items():
+        assert three_losses[step] == pytest.approx(loss, rel=2e-6), (step, one_losses, three_losses)
+
+
+def test_a_rerun_with_other_settings_or_data_is_refused(packed_data, short_docs_data, tmp_path: Path) -> None:
+    """Ray Train hands a rerun of a stage (same name, same storage) its latest checkpoint; the
+    checkpoint manager continues it only with the training settings and data it was written with."""
+    ensure_ray(4, workspace=tmp_path)
+    one = ParallelConfig(num_workers=1, peak_tflops=1.0)
+
+    def rerun(data, steps: int):
+        stage = dataclasses.replace(stage_run(data).stage, train=TrainConfig(steps=steps, micro_batch_size=2, seed=3))
+        return run_stage(stage_run(data, parallel=one, stage=stage), tmp_path / "storage", "rerun")
+
+    first = rerun(packed_data, steps=2)
+    assert read_meta(first.checkpoint_dir).data["dataset_sha256"]  # the loader's state is kept
+    with pytest.raises(RuntimeError, match="stage 'drill' failed") as more_steps:
+        rerun(packed_data, steps=4)  # would reshape the learning-rate schedule mid-run
+    assert "trained with other settings" in str(more_steps.value.__cause__)
+    with pytest.raises(RuntimeError, match="stage 'drill' failed") as other_data:
+        rerun(short_docs_data, steps=2)
+    assert "trained on other data" in str(other_data.value.__cause__)
+    again = rerun(packed_data, steps=2)  # the same run again: continued (here: already done), not refused
+    assert read_meta(again.checkpoint_dir).step == 2
+
+
 def test_a_worker_group_ray_cannot_place_is_refused_at_once(packed_data, tmp_path: Path) -> None:
     """Ray would retry a group it can never place forever; the platform names the shortfall instead."""
     ensure_ray(4, workspace=tmp_path)

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray.train import FailureConfig, Result, RunConfig, ScalingConfig
+from ray.train import FailureConfig, Result, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from forge_platform.cluster import check_resources
@@ -50,7 +50,10 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
             failure_config=FailureConfig(max_failures=parallel.max_failures),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:  # Ray Train raises what its workers raised (after max_failures)
+        raise RuntimeError(f"stage {run.stage.name!r} failed: {err}") from err
     if result.error is not None:
         raise RuntimeError(f"stage {run.stage.name!r} failed") from result.error
     if result.checkpoint is None and run.stage.checkpoint.save_final:
