@@ -1,4 +1,4 @@
-"""Stage 2, clean and check: decide for every document whether it is kept, repaired or rejected.
+"""Cleaning and checking: decide for every document whether it is kept, repaired or rejected.
 
 A pure function over a batch of raw documents. Nothing is dropped silently: each rejected or
 repaired document carries its reason, which ends up in `rejections.parquet` and the manifest.

@@ -8,27 +8,33 @@ values where they are born (`__post_init__`) and names the field, the value and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
 MAX_VOCAB_SIZE = 256_000
-TOKENIZER_MODEL_TYPES = ("unigram", "bpe", "char")
-INPUT_FORMATS = ("auto", "text", "jsonl", "parquet")
-PACKERS = ("greedy", "best_fit")
-LONG_DOC_POLICIES = ("split", "truncate")
-UTF8_POLICIES = ("reject", "repair")
-OVERSIZE_POLICIES = ("reject", "truncate")
-COMPRESSIONS = ("none", "zstd", "snappy", "gzip")
+TokenizerModelType = Literal["unigram", "bpe", "char"]
+InputFormat = Literal["auto", "text", "jsonl", "parquet"]
+Packer = Literal["greedy", "best_fit"]
+LongDocPolicy = Literal["split", "truncate"]
+Utf8Policy = Literal["reject", "repair"]
+OversizePolicy = Literal["reject", "truncate"]
+Compression = Literal["none", "zstd", "snappy", "gzip"]
 
 
-def _check_choice(owner: str, name: str, value: Any, allowed: tuple[str, ...]) -> None:
+def _fail(owner: str, name: str, value: Any, allowed: str) -> None:
+    """The one error shape of every config check (the platform's too): `section.field = value: must be ...`."""
+    raise ValueError(f"{owner}.{name} = {value!r}: must be {allowed}")
+
+
+def _check_choice(owner: str, name: str, value: Any, choices: Any) -> None:
+    """`choices` is a Literal type: its values are written once, in the field's annotation."""
+    allowed = get_args(choices)
     if value not in allowed:
-        raise ValueError(f"{owner}.{name} = {value!r} is not one of {list(allowed)}")
+        _fail(owner, name, value, "one of " + ", ".join(repr(a) for a in allowed))
 
 
 def _check_range(owner: str, name: str, value: float, lo: float, hi: Optional[float] = None) -> None:
     if value < lo or (hi is not None and value > hi):
-        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{owner}.{name} = {value!r} must be {bound}")
+        _fail(owner, name, value, f">= {lo}" if hi is None else f"in [{lo}, {hi}]")
 
 
 @dataclass
@@ -37,7 +43,7 @@ class TokenizerConfig:
 
     model_path: Optional[str] = None
     """Existing tokenizer (a `.model` file or a directory holding `tokenizer.model`); None trains one."""
-    model_type: str = "unigram"
+    model_type: TokenizerModelType = "unigram"
     """SentencePiece algorithm: "unigram", "bpe" or "char" (one piece per character, tiny Shakespeare)."""
     vocab_size: int = 32_000
     """Number of pieces, 2..256000. For "char" it is a soft upper bound (all seen characters are kept)."""
@@ -73,17 +79,17 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         o = "tokenizer"
-        _check_choice(o, "model_type", self.model_type, TOKENIZER_MODEL_TYPES)
+        _check_choice(o, "model_type", self.model_type, TokenizerModelType)
         _check_range(o, "vocab_size", self.vocab_size, 2, MAX_VOCAB_SIZE)
         if not 0.0 < self.character_coverage <= 1.0:
-            raise ValueError(f"{o}.character_coverage = {self.character_coverage!r} must be in (0, 1]")
+            _fail(o, "character_coverage", self.character_coverage, "in (0, 1]")
         _check_range(o, "sample_bytes", self.sample_bytes, 1)
         _check_range(o, "max_sentence_bytes", self.max_sentence_bytes, 16)
         _check_range(o, "num_threads", self.num_threads, 1)
         for name in ("user_defined_symbols", "control_symbols"):
             symbols = getattr(self, name)
             if len(set(symbols)) != len(symbols) or any(not s for s in symbols):
-                raise ValueError(f"{o}.{name} = {symbols!r} must hold distinct non-empty strings")
+                _fail(o, name, symbols, "distinct non-empty strings")
 
 
 @dataclass
@@ -92,20 +98,20 @@ class PackingConfig:
 
     seq_len: int = 2048
     """Tokens per packed row (L)."""
-    packer: str = "greedy"
+    packer: Packer = "greedy"
     """"greedy": concatenate and cut every L tokens (Megatron style, least padding);
     "best_fit": best-fit-decreasing bins, keeps more documents whole at the cost of some padding."""
     mask_cross_document_labels: bool = True
-    """Set the label to -100 where the next token belongs to another document (no cross-doc loss)."""
-    long_doc_policy: str = "split"
+    """Set the label to IGNORE_INDEX (-100) where the next token belongs to another document (no cross-doc loss)."""
+    long_doc_policy: LongDocPolicy = "split"
     """Documents longer than L: "split" into chunks (recorded) or "truncate" to L (dropped tokens counted)."""
     pad_id: Optional[int] = None
     """Token id used for padding; None uses the tokenizer's pad id, or EOS when it has none."""
 
     def __post_init__(self) -> None:
         _check_range("packing", "seq_len", self.seq_len, 2)
-        _check_choice("packing", "packer", self.packer, PACKERS)
-        _check_choice("packing", "long_doc_policy", self.long_doc_policy, LONG_DOC_POLICIES)
+        _check_choice("packing", "packer", self.packer, Packer)
+        _check_choice("packing", "long_doc_policy", self.long_doc_policy, LongDocPolicy)
         if self.pad_id is not None:
             _check_range("packing", "pad_id", self.pad_id, 0)
 
@@ -114,11 +120,11 @@ class PackingConfig:
 class CleaningConfig:
     """What to do with bad documents. Every decision is counted in the rejection report."""
 
-    invalid_utf8: str = "repair"
+    invalid_utf8: Utf8Policy = "repair"
     """"reject" the document, or "repair" it (invalid bytes become U+FFFD)."""
     max_doc_bytes: int = 16 * 1024 * 1024
     """Documents larger than this (bytes, after decompression) are handled by `oversize`."""
-    oversize: str = "reject"
+    oversize: OversizePolicy = "reject"
     """"reject" oversize documents or "truncate" them to `max_doc_bytes` (at a character boundary)."""
     min_doc_bytes: int = 1
     """Documents with fewer bytes once surrounding whitespace is stripped are rejected as "empty"."""
@@ -126,8 +132,8 @@ class CleaningConfig:
     """A NUL byte within this many leading bytes marks a document as binary (rejected)."""
 
     def __post_init__(self) -> None:
-        _check_choice("cleaning", "invalid_utf8", self.invalid_utf8, UTF8_POLICIES)
-        _check_choice("cleaning", "oversize", self.oversize, OVERSIZE_POLICIES)
+        _check_choice("cleaning", "invalid_utf8", self.invalid_utf8, Utf8Policy)
+        _check_choice("cleaning", "oversize", self.oversize, OversizePolicy)
         _check_range("cleaning", "max_doc_bytes", self.max_doc_bytes, 1)
         _check_range("cleaning", "min_doc_bytes", self.min_doc_bytes, 0)
         _check_range("cleaning", "binary_sniff_bytes", self.binary_sniff_bytes, 1)
@@ -159,7 +165,7 @@ class DataPipelineConfig:
     name files by their path below the inputs' deepest common folder, never by where that folder is."""
     output_dir: str = ""
     """Where shards, manifest.json, rejections.parquet and a trained tokenizer are written."""
-    format: str = "auto"
+    format: InputFormat = "auto"
     """"text" (one file = one document), "jsonl", "parquet", or "auto" (by file suffix)."""
     text_field: str = "text"
     """Field (JSONL) or column (Parquet) holding the document text."""
@@ -175,7 +181,7 @@ class DataPipelineConfig:
     """Long-document selection for context-extension stages."""
     shard_tokens: int = 1 << 24
     """Tokens (rows x seq_len) per Parquet shard; the loader holds one shard in memory per rank."""
-    shard_compression: str = "none"
+    shard_compression: Compression = "none"
     """Parquet compression of the token columns (input_ids, labels): "none" (fastest to write and read),
     "zstd", "snappy" or "gzip". position_ids and seq_idx are always LZ4 (see forge_data.shards)."""
     work_unit_bytes: int = 8 * 1024 * 1024
@@ -189,11 +195,11 @@ class DataPipelineConfig:
 
     def __post_init__(self) -> None:
         o = "data"
-        _check_choice(o, "format", self.format, INPUT_FORMATS)
-        _check_choice(o, "shard_compression", self.shard_compression, COMPRESSIONS)
+        _check_choice(o, "format", self.format, InputFormat)
+        _check_choice(o, "shard_compression", self.shard_compression, Compression)
         _check_range(o, "shard_tokens", self.shard_tokens, self.packing.seq_len)
         _check_range(o, "work_unit_bytes", self.work_unit_bytes, 1)
         _check_range(o, "num_tokenize_actors", self.num_tokenize_actors, 1)
         _check_range(o, "tokenize_actor_cpus", self.tokenize_actor_cpus, 0.01)
         if not self.text_field:
-            raise ValueError(f"{o}.text_field = {self.text_field!r} must be a non-empty field name")
+            _fail(o, "text_field", self.text_field, "a non-empty field name")

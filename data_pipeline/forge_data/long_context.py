@@ -1,4 +1,4 @@
-"""Stage 7, long-context data: select or up-weight long documents for context-extension stages.
+"""Long-context data: select or up-weight long documents for context-extension stages.
 
 Works on token counts, so it runs right after tokenization, before packing. Pure numpy.
 """

@@ -1,4 +1,4 @@
-"""Stage 6, the record: what went in, which tokenizer, where every token went (manifest.json).
+"""The record: what went in, which tokenizer, where every token went (manifest.json).
 
 Each block (work unit) returns a small report; `build_manifest` folds them in unit order, so the
 manifest is deterministic too (no timestamps, sorted keys). The accounting invariants it checks:

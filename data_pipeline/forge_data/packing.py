@@ -1,4 +1,4 @@
-"""Stage 5, pack: tokenized documents -> rows of exactly L tokens with labels, positions, seq_idx.
+"""Packing: tokenized documents -> rows of exactly L tokens with labels, positions, seq_idx.
 
 Pure numpy, no Ray. A packer only decides *where* each piece of a document goes (a small table
 with one entry per piece: document, source offset, length, row, column); `_assemble` then builds

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from forge_data.config import DataPipelineConfig
 from forge_data.manifest import MANIFEST_FILE, REJECTIONS_FILE, Manifest, build_manifest
-from forge_data.ray_utils import ensure_ray
+from forge_data.ray_utils import require_ray
 from forge_data.sources import (decode_unit, encode_unit, input_root, list_input_files, plan_work_units,
                                 resolve_filesystem)
 from forge_data.stages import SHARD_DIR, ShardBuilder
@@ -103,7 +103,7 @@ def run_pipeline(cfg: DataPipelineConfig, use_ray: bool = True,
     if not cfg.inputs or not cfg.output_dir:
         raise ValueError(f"data.inputs = {cfg.inputs!r} and data.output_dir = {cfg.output_dir!r} must both be set")
     if use_ray:
-        ensure_ray()
+        require_ray()
     elif not cfg.tokenizer.model_path:
         raise ValueError("run_pipeline(use_ray=False) needs tokenizer.model_path (training samples with Ray)")
     files = list_input_files(cfg.inputs, cfg.format, cfg.include_suffixes)

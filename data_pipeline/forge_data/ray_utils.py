@@ -1,24 +1,18 @@
-"""Starting Ray locally when the caller has not: the one place that knows the 2-core pitfalls."""
+"""forge_data runs on the Ray its caller started; it never starts one itself.
+
+Where Ray starts, and how (logical CPUs, dashboard, auth, environment), is the platform's policy
+(`forge_platform.cluster.ensure_ray`, called by every job), or a library user's own `ray.init`.
+"""
 
 from __future__ import annotations
 
-import os
 
-
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Initialise a local Ray if none is running; a caller's (or cluster's) Ray is left alone.
-
-    Ray gets at least 4 logical CPUs: on a 2-core machine, actors holding every logical CPU leave
-    none for Ray Data's read tasks and the pipeline hangs silently (see CPU_STACK.md). Token auth
-    is disabled only for this local, single-machine instance, which runs without the dashboard.
-    Ray's metrics stay on: docs/configuration.md ("Ray on a small machine") says what turning them
-    off saves, a choice left to the user (RAY_enable_metrics_collection=0).
-    """
+def require_ray() -> None:
+    """Fail with one clear line when no Ray is running in this process."""
     import ray
 
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # address="local": a Ray of our own, never one left running on this machine.
-    ray.init(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
-             ignore_reinit_error=True, log_to_driver=True)
+    if not ray.is_initialized():
+        raise RuntimeError(
+            "forge_data needs a running Ray: call ray.init(num_cpus=N) first (the platform's jobs do), "
+            "with N above the pipeline's actors (data.num_tokenize_actors), or Ray Data's read tasks find no CPU"
+        )

@@ -1,4 +1,4 @@
-"""Stage 1, read: one file part -> documents with stable ids, raw bytes and read errors.
+"""Reading: one file part -> documents with stable ids, raw bytes and read errors.
 
 Readers never raise on bad data: a corrupt gzip, a broken JSON line or a missing text field
 becomes a document with `read_error` set, so the cleaning stage counts it in the rejection

@@ -2,8 +2,8 @@
 
 `read_clean_unit` (stages 1-2): a unit's file parts -> its documents, cleaned, plus the hash of
 every byte range read. `ShardBuilder` (the Ray Data actor: it holds the SentencePiece processor)
-does a whole unit: read and clean, tokenize (stage 3), long-context weights (stage 7), pack
-(stage 5), write shards (stage 6), and returns one small JSON report.
+does a whole unit: read and clean, tokenize, weight long documents, pack, write shards, and
+returns one small JSON report.
 
 One stage, not a read task feeding a tokenize actor: text never leaves the process that read it.
 Shipping documents through the object store, and a second set of Ray workers competing for the

@@ -1,4 +1,4 @@
-"""Stage 3, the tokenizer: a thin wrapper around SentencePiece plus training from an in-memory sample.
+"""The tokenizer: a thin wrapper around SentencePiece plus training from an in-memory sample.
 
 A trained tokenizer is a directory with `tokenizer.model` (the SentencePiece proto) and
 `tokenizer.json` (its training config, the sha256 of the training sample and of the model), so a

@@ -20,7 +20,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from forge_data.config import CleaningConfig, TokenizerConfig
-from forge_data.ray_utils import ensure_ray
+from forge_data.ray_utils import require_ray
 from forge_data.sources import decode_unit, encode_unit, input_root, list_input_files, plan_work_units
 from forge_data.stages import read_clean_unit
 from forge_data.tokenizer import MODEL_FILE, load_tokenizer, train_from_texts
@@ -71,7 +71,7 @@ def train_tokenizer(cfg: TokenizerConfig, inputs: list[str], out_dir: str, *, fo
         path = os.path.join(cfg.model_path, MODEL_FILE) if os.path.isdir(cfg.model_path) else cfg.model_path
         load_tokenizer(path)  # fail here, loudly, if it is not a SentencePiece model
         return path
-    ensure_ray()
+    require_ray()
     cleaning = cleaning or CleaningConfig()
     files = list_input_files(inputs, format, list(include_suffixes or []))
     if not files:

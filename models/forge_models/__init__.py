@@ -7,12 +7,14 @@ the CUDA kernels are loaded lazily on the first GPU forward (see ops/kernels.py)
 from forge_models import flops
 from forge_models.config import AttentionConfig, Mamba2Config, MambaConfig, MLPConfig, ModelConfig
 from forge_models.generate import generate
+from forge_models.losses import IGNORE_INDEX
 from forge_models.model import LanguageModel, build_model, language_model_loss
 from forge_models.params import keep_fp32_names, no_weight_decay_names, weight_decay_groups
 from forge_models.patterns import LayerSpec, allocate_layers, count_layers, parse_pattern
 from forge_models.presets import PRESETS, get_preset
 
 __all__ = [
+    "IGNORE_INDEX",
     "PRESETS",
     "AttentionConfig",
     "LanguageModel",

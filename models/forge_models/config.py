@@ -11,22 +11,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from forge_models.patterns import parse_pattern
 
-KERNEL_CHOICES = ("auto", "reference", "cuda")
-ACTIVATIONS = ("gelu", "swiglu")
-ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
+KernelChoice = Literal["auto", "reference", "cuda"]
+Activation = Literal["gelu", "swiglu"]
+AttentionBackend = Literal["auto", "sdpa", "flex"]
 
 
 def _fail(name: str, value: object, allowed: str) -> None:
-    """Raise the one error shape used by every config check: field, value, what is allowed."""
-    raise ValueError(f"{name}={value!r} is invalid: allowed {allowed}")
+    """Raise the one error shape of every config check (the platform's too): `field = value: must be ...`."""
+    raise ValueError(f"{name} = {value!r}: must be {allowed}")
 
 
 def _check_positive(name: str, value: int | float) -> None:
     if value <= 0:
-        _fail(name, value, "a value > 0")
+        _fail(name, value, "> 0")
+
+
+def _check_choice(name: str, value: object, choices: object) -> None:
+    """`choices` is a Literal type: its values are written once, in the field's annotation."""
+    allowed = get_args(choices)
+    if value not in allowed:
+        _fail(name, value, "one of " + ", ".join(repr(a) for a in allowed))
 
 
 @dataclass
@@ -64,9 +72,9 @@ class Mamba2Config:
         for name in ("d_state", "d_conv", "expand", "head_dim", "ngroups", "chunk_size"):
             _check_positive(f"mamba2.{name}", getattr(self, name))
         if not 0 < self.dt_min <= self.dt_max:
-            _fail("mamba2.dt_min", self.dt_min, f"0 < dt_min <= dt_max ({self.dt_max})")
+            _fail("mamba2.dt_min", self.dt_min, f"in (0, dt_max = {self.dt_max}]")
         if not 0 < self.a_init_min <= self.a_init_max:
-            _fail("mamba2.a_init_min", self.a_init_min, f"0 < a_init_min <= a_init_max ({self.a_init_max})")
+            _fail("mamba2.a_init_min", self.a_init_min, f"in (0, a_init_max = {self.a_init_max}]")
 
 
 @dataclass
@@ -96,7 +104,7 @@ class MambaConfig:
         if self.dt_rank < 0:
             _fail("mamba.dt_rank", self.dt_rank, "0 (auto) or a positive int")
         if not 0 < self.dt_min <= self.dt_max:
-            _fail("mamba.dt_min", self.dt_min, f"0 < dt_min <= dt_max ({self.dt_max})")
+            _fail("mamba.dt_min", self.dt_min, f"in (0, dt_max = {self.dt_max}]")
 
 
 @dataclass
@@ -113,33 +121,31 @@ class AttentionConfig:
     """Rotary embeddings from position_ids (Transformer baseline: on; hybrid: off)."""
     rope_base: float = 10000.0
     """RoPE base frequency."""
-    backend: str = "auto"
+    backend: AttentionBackend = "auto"
     """"sdpa" (explicit doc mask), "flex" (flex_attention block mask) or "auto" (flex on CUDA)."""
 
     def __post_init__(self) -> None:
         for name in ("num_heads", "num_kv_groups", "head_dim"):
             _check_positive(f"attention.{name}", getattr(self, name))
         if self.num_heads % self.num_kv_groups:
-            _fail("attention.num_kv_groups", self.num_kv_groups, f"a divisor of num_heads={self.num_heads}")
+            _fail("attention.num_kv_groups", self.num_kv_groups, f"a divisor of attention.num_heads = {self.num_heads}")
         if self.rope and self.head_dim % 2:
-            _fail("attention.head_dim", self.head_dim, "an even number when rope=True")
+            _fail("attention.head_dim", self.head_dim, "even when attention.rope is true")
         _check_positive("attention.rope_base", self.rope_base)
-        if self.backend not in ATTENTION_BACKENDS:
-            _fail("attention.backend", self.backend, str(ATTENTION_BACKENDS))
+        _check_choice("attention.backend", self.backend, AttentionBackend)
 
 
 @dataclass
 class MLPConfig:
     """Feed-forward layer (`+` in a pattern): GELU 4x (hybrid) or SwiGLU (Transformer)."""
 
-    activation: str = "gelu"
+    activation: Activation = "gelu"
     """"gelu" (two matrices) or "swiglu" (gate, up, down)."""
     hidden_size: int = 0
     """Inner width; 0 means 4 * d_model."""
 
     def __post_init__(self) -> None:
-        if self.activation not in ACTIVATIONS:
-            _fail("mlp.activation", self.activation, str(ACTIVATIONS))
+        _check_choice("mlp.activation", self.activation, Activation)
         if self.hidden_size < 0:
             _fail("mlp.hidden_size", self.hidden_size, "0 (= 4 * d_model) or a positive int")
 
@@ -168,7 +174,7 @@ class ModelConfig:
     """Epsilon of every RMSNorm (pre-norms, final norm, Mamba-2 gated norm)."""
     init_std: float = 0.02
     """Std of the normal init of linear and embedding weights."""
-    kernels: str = "auto"
+    kernels: KernelChoice = "auto"
     """"auto" (CUDA kernels when on GPU and installed), "reference" (pure PyTorch) or "cuda" (forced)."""
     compile_pointwise: bool = False
     """On CUDA (training and prefill without cache), run every RMSNorm and each whole MLP layer
@@ -186,20 +192,19 @@ class ModelConfig:
         _check_positive("d_model", self.d_model)
         _check_positive("norm_eps", self.norm_eps)
         _check_positive("init_std", self.init_std)
-        if self.kernels not in KERNEL_CHOICES:
-            _fail("kernels", self.kernels, str(KERNEL_CHOICES))
+        _check_choice("kernels", self.kernels, KernelChoice)
 
         kinds = {spec.kind for spec in parse_pattern(self.pattern)}
         if "mamba2" in kinds:
             self._check_mamba2()
         if "mamba" in kinds and self.mamba.d_conv < 1:
-            _fail("mamba.d_conv", self.mamba.d_conv, "a value >= 1")
+            _fail("mamba.d_conv", self.mamba.d_conv, ">= 1")
 
     def _check_mamba2(self) -> None:
         m = self.mamba2
         d_inner = m.expand * self.d_model
         if d_inner % m.head_dim:
-            _fail("mamba2.head_dim", m.head_dim, f"a divisor of expand*d_model={d_inner}")
+            _fail("mamba2.head_dim", m.head_dim, f"a divisor of expand*d_model = {d_inner}")
         num_heads = d_inner // m.head_dim
         if num_heads % m.ngroups:
             _fail("mamba2.ngroups", m.ngroups, f"a divisor of the number of heads ({num_heads})")

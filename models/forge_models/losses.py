@@ -23,6 +23,10 @@ from collections.abc import Callable
 
 import torch
 
+# The label that predicts nothing (a document's last token, padding): torch's cross_entropy default,
+# and the value forge_data's packer writes (the platform's tests check that the two agree).
+IGNORE_INDEX = -100
+
 
 def _lse_and_loss(logits_TV: torch.Tensor, labels_T: torch.Tensor, ignore_index: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +94,7 @@ class _ChunkedLMLoss(torch.autograd.Function):
         return grad_hidden, grad_weight.to(weight_VD.dtype), None, None, None, None
 
 
-def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
+def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                     chunk: int = 4096, fused: bool = False) -> torch.Tensor:
     """Mean cross-entropy of logits = hidden @ weight^T over labels != ignore_index (0 if none).
 

@@ -23,7 +23,7 @@ from forge_models.mamba1 import MambaMixer
 from forge_models.mamba2 import Mamba2Mixer
 from forge_models.mlp import MLP
 from forge_models.norms import RMSNorm
-from forge_models.losses import chunked_lm_loss
+from forge_models.losses import IGNORE_INDEX, chunked_lm_loss
 from forge_models.ops import fused
 from forge_models.ops.kernels import check_kernels_choice
 from forge_models.ops.ssd import doc_starts
@@ -136,7 +136,7 @@ class LanguageModel(nn.Module):
         return self.embedding.weight if self.lm_head is None else self.lm_head.weight
 
     def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, seq_idx: torch.Tensor | None = None,
-             position_ids: torch.Tensor | None = None, ignore_index: int = -100, chunk: int = 4096) -> torch.Tensor:
+             position_ids: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX, chunk: int = 4096) -> torch.Tensor:
         """language_model_loss(self(input_ids, ...), labels) without materialising the logits
         (chunked LM head + cross-entropy, losses.py): less memory and traffic for training."""
         hidden = self.hidden_states(input_ids, seq_idx, position_ids)
@@ -185,7 +185,7 @@ def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> L
     return model
 
 
-def language_model_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+def language_model_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean next-token cross-entropy over non-ignored labels, computed in fp32.
 
     `labels` are already shifted (the packed-batch contract). A batch with no counted label gives

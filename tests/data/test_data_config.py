@@ -1,5 +1,6 @@
 """Config validation: errors name the field, the value and what is allowed; dicts round-trip."""
 
+import re
 from dataclasses import asdict
 
 import pytest
@@ -23,6 +24,8 @@ def test_invalid_values_raise_naming_field_value_and_allowed(build, words):
         build()
     for word in words:
         assert word in str(err.value)
+    # the one error style of every package's config: `section.field = value: must be ...`
+    assert re.match(r"^[\w.]+ = .+: must be ", str(err.value)), str(err.value)
 
 
 def test_config_rebuilds_from_plain_dicts():

@@ -14,7 +14,7 @@ def test_forge_data_never_imports_platform_or_models():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
-                assert not name.startswith(("forge_platform", "forge_models")), f"{path.name} imports {name}"
+                assert not name.startswith(("forge_platform", "forge_models", "forge_eval")), f"{path.name} imports {name}"
 
 
 def test_import_has_no_ray_or_torch_side_effects():
@@ -23,3 +23,13 @@ def test_import_has_no_ray_or_torch_side_effects():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(PACKAGE.parent)})
     assert out.stdout.strip() == "[]"
+
+
+def test_the_pipeline_never_starts_ray_itself(tmp_path):
+    """Where and how Ray starts is the caller's policy: without a running Ray, one clear error."""
+    code = ("import ray, forge_data; from forge_data import DataPipelineConfig; "
+            f"forge_data.run_pipeline(DataPipelineConfig(inputs=['{tmp_path}'], output_dir='{tmp_path / 'out'}'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(PACKAGE.parent), "RAY_AUTH_MODE": "disabled"})
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith("RuntimeError: forge_data needs a running Ray"), out.stderr

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.data.corpora import write_bad_corpus
-from forge_data import DataPipelineConfig, PackedShardLoader, PackingConfig, TokenizerConfig, run_pipeline
+from forge_data import IGNORE_INDEX, DataPipelineConfig, PackedShardLoader, PackingConfig, TokenizerConfig, run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_rows_come_back_as_written(dataset):
     b = loader.next_batch()
     assert torch.equal(b["row_index"], torch.arange(n))
     labels, ids = b["labels"], b["input_ids"]
-    same_doc = (b["seq_idx"][:, 1:] == b["seq_idx"][:, :-1]) & (labels[:, :-1] != -100)
+    same_doc = (b["seq_idx"][:, 1:] == b["seq_idx"][:, :-1]) & (labels[:, :-1] != IGNORE_INDEX)
     assert torch.equal(labels[:, :-1][same_doc], ids[:, 1:][same_doc])  # labels are next tokens
 
 

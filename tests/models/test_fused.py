@@ -7,7 +7,7 @@ import torch
 
 from forge_models import build_model, get_preset, language_model_loss
 from forge_models import losses
-from forge_models.losses import chunked_lm_loss
+from forge_models.losses import IGNORE_INDEX, chunked_lm_loss
 from forge_models.ops import fused
 from tests.models.helpers import rel_err
 
@@ -17,7 +17,7 @@ def test_chunked_lm_loss_matches_full_logits(chunk: int) -> None:
     hidden = torch.randn(2, 50, 16, requires_grad=True)
     weight = torch.randn(40, 16, requires_grad=True)
     labels = torch.randint(0, 40, (2, 50))
-    labels[0, :5] = -100
+    labels[0, :5] = IGNORE_INDEX
     ref = language_model_loss(hidden @ weight.t(), labels)
     g_h, g_w = torch.autograd.grad(ref, (hidden, weight))
     out = chunked_lm_loss(hidden, weight, labels, chunk=chunk)
@@ -30,9 +30,9 @@ def test_fusable_logit_gradient_equals_the_eager_one() -> None:
     """The compiled loss's backward formula (one-hot by comparison) equals the eager scatter,
     ignored tokens included; the compiled kernel itself is checked on the GPU."""
     logits = torch.randn(6, 11)
-    labels = torch.tensor([3, -100, 0, 10, 3, -100])
+    labels = torch.tensor([3, IGNORE_INDEX, 0, 10, 3, IGNORE_INDEX])
     lse = torch.logsumexp(logits, dim=-1)
-    weight = (labels != -100).float() * 0.25
+    weight = (labels != IGNORE_INDEX).float() * 0.25
     eager = losses._grad_logits_eager(logits, lse, labels, weight)
     assert rel_err(losses._grad_logits_fusable(logits, lse, labels, weight), eager) < 1e-6
     assert eager[1].abs().max() == 0 and eager[0, 3] < 0  # ignored row is zero; the label's logit goes up
@@ -40,7 +40,7 @@ def test_fusable_logit_gradient_equals_the_eager_one() -> None:
 
 def test_chunked_lm_loss_all_ignored_is_zero() -> None:
     hidden = torch.randn(1, 4, 8, requires_grad=True)
-    out = chunked_lm_loss(hidden, torch.randn(10, 8), torch.full((1, 4), -100))
+    out = chunked_lm_loss(hidden, torch.randn(10, 8), torch.full((1, 4), IGNORE_INDEX))
     out.backward()
     assert out.item() == 0.0 and torch.count_nonzero(hidden.grad) == 0
 

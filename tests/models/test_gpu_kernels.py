@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from forge_models import ModelConfig, build_model, language_model_loss
+from forge_models import IGNORE_INDEX, ModelConfig, build_model, language_model_loss
 from forge_models.config import AttentionConfig, Mamba2Config
 from forge_models.ops.kernels import kernel_import_error
 from tests.models.helpers import packed_seq_idx, rel_err
@@ -179,7 +179,7 @@ def test_chunked_loss_on_gpu_matches_full_logits(dtype: torch.dtype, tol: float)
     model = build_model(cfg, device="cuda")
     ids, seq_idx = _batch()
     labels = ids.roll(-1, dims=1)
-    labels[0, :50] = -100  # ignored labels take the compiled kernels' other branch
+    labels[0, :50] = IGNORE_INDEX  # ignored labels take the compiled kernels' other branch
     model.zero_grad()
     with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):  # full logits, same precision
         ref_loss = language_model_loss(model(ids, seq_idx=seq_idx), labels)

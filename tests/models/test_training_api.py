@@ -8,17 +8,17 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from forge_models import build_model, get_preset, keep_fp32_names, language_model_loss, no_weight_decay_names
+from forge_models import IGNORE_INDEX, build_model, get_preset, keep_fp32_names, language_model_loss, no_weight_decay_names
 
 
 def test_loss_is_mean_over_non_ignored() -> None:
     logits = torch.randn(2, 5, 11)
     labels = torch.randint(0, 11, (2, 5))
-    labels[0, :3] = -100
-    keep = labels != -100
+    labels[0, :3] = IGNORE_INDEX
+    keep = labels != IGNORE_INDEX
     expected = F.cross_entropy(logits[keep], labels[keep])
     assert torch.allclose(language_model_loss(logits, labels), expected)
-    assert language_model_loss(logits, torch.full_like(labels, -100)).item() == 0.0
+    assert language_model_loss(logits, torch.full_like(labels, IGNORE_INDEX)).item() == 0.0
 
 
 def test_no_weight_decay_covers_norms_and_ssm_params() -> None:

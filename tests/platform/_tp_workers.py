@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from forge_data import IGNORE_INDEX
 from forge_models import ModelConfig, build_model, get_preset, language_model_loss, weight_decay_groups
 from torch import nn
 
@@ -107,7 +108,7 @@ def packed_batch(cfg: ModelConfig, batch: int, length: int, seed: int) -> dict[s
     cuts = [0, length // 3 + 1, 2 * length // 3 + 3, length]
     seq_idx = torch.zeros(batch, length, dtype=torch.int32)
     position_ids = torch.zeros(batch, length, dtype=torch.int64)
-    labels = torch.full((batch, length), -100, dtype=torch.int64)
+    labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.int64)
     for doc, (start, end) in enumerate(zip(cuts[:-1], cuts[1:])):
         seq_idx[:, start:end] = doc
         position_ids[:, start:end] = torch.arange(end - start)
@@ -197,7 +198,7 @@ def _check_cross_entropy(groups: ParallelGroups) -> None:
     g = torch.Generator().manual_seed(11)
     logits = (torch.randn(3, 5, 32, generator=g) * 4).requires_grad_()
     labels = torch.randint(0, 32, (3, 5), generator=g)
-    labels[0, :2] = -100
+    labels[0, :2] = IGNORE_INDEX
     expected = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").reshape(3, 5)
     (expected * torch.arange(15.0).reshape(3, 5)).sum().backward()  # non-uniform output grads
     local_vocab = 32 // groups.tp

@@ -59,3 +59,12 @@ def test_import_platform_is_stdlib_in_ray_worker_with_repo_working_dir(tmp_path:
     assert result["has_platform_dir"], "the worker did not run inside the uploaded repository"
     assert Path(result["platform"]).resolve().parent == STDLIB, result
     assert result["system"] == "Linux"
+
+
+def test_the_ignored_label_is_the_same_in_data_and_models() -> None:
+    """forge_data writes IGNORE_INDEX where no token is to be predicted and forge_models' losses skip
+    IGNORE_INDEX; neither imports the other, so the platform, where they meet, checks they agree."""
+    from forge_data import IGNORE_INDEX as written
+    from forge_models import IGNORE_INDEX as skipped
+
+    assert written == skipped
