@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from forge_eval.suites import SUITES
+
 
 @dataclass
 class EvalConfig:
@@ -23,8 +25,6 @@ class EvalConfig:
     """Lookups per book size; 0 skips Phonebook."""
 
     def __post_init__(self) -> None:
-        from forge_eval.suites import SUITES  # imported here: suites.py imports this module
-
         unknown = [name for name in self.suites if name not in SUITES]
         if unknown:
             raise ValueError(f"eval.suites = {self.suites}: must name known suites ({', '.join(sorted(SUITES))}); "

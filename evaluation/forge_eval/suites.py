@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from forge_eval.config import EvalConfig
 from forge_eval.phonebook import TextTokenizer, phonebook_accuracy
 from forge_eval.validation import validation_loss
+
+if TYPE_CHECKING:  # the config validates its suite names against this registry
+    from forge_eval.config import EvalConfig
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class EvalInputs:
     """The tokenizer the model was trained with (Phonebook needs it)."""
 
 
-Suite = Callable[[nn.Module, EvalConfig, EvalInputs], dict[str, float]]
+Suite = Callable[[nn.Module, "EvalConfig", EvalInputs], dict[str, float]]
 
 
 def _validation(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, float]:

@@ -1,1 +1,1 @@
-"""Experiment tracking: metric loggers, the local MLflow server, campaign runs and plots."""
+"""Experiment tracking: metric loggers, the local MLflow server, the job's runs and plots."""
