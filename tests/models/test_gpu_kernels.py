@@ -251,3 +251,75 @@ def test_compiled_layers_honour_hooks_on_their_mixers() -> None:
         model.final_norm.register_forward_hook(lambda module, args, out: out + 1.0)  # TP hooks it too
     with torch.no_grad():
         assert rel_err(compiled(ids, seq_idx=seq_idx), plain(ids, seq_idx=seq_idx)) <= 1e-4
+
+
+# --- Calls too large for the kernels' 32-bit offsets (ops/kernel_limits.py) --------------------------
+def _mixer_pair(cfg: ModelConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The first Mamba-2 mixer of `cfg` twice, same weights: kernel path and fp32 reference path."""
+    from forge_models.mamba2 import Mamba2Mixer
+
+    torch.manual_seed(0)
+    fast = Mamba2Mixer(cfg).cuda()
+    fast.reset_parameters(cfg.init_std, cfg.init_std)
+    ref = Mamba2Mixer(dataclasses.replace(cfg, kernels="reference")).cuda()
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref
+
+
+@pytest.mark.parametrize("split", ["rows", "segments"])
+def test_split_calls_match_the_reference_on_packed_documents(split: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small shapes with a small offset limit: the same code that runs at 128K, every edge exercised.
+    Documents cross the segment edges (segments of 128 tokens, chunks of 64), one starts on an edge."""
+    import forge_models.ops.mamba2_kernel as mk
+    from forge_models.ops.kernel_limits import plan_mamba2_calls
+
+    cfg = dataclasses.replace(GPU_CFG, mamba2=dataclasses.replace(GPU_CFG.mamba2, kernel_fused=True))
+    fast, ref = _mixer_pair(cfg)
+    widths = mk.mixer_widths(fast)
+    length = 512
+    limit = 2 * length * widths.per_token() + 1 if split == "rows" else 129 * widths.per_token()
+    monkeypatch.setattr(mk, "plan_mamba2_calls", lambda b, n, w: plan_mamba2_calls(b, n, w, limit=limit))
+    plan = mk.plan_mamba2_calls(3, length, widths)
+    assert (plan.rows_per_call, plan.segment_length) == ((2, None) if split == "rows" else (1, 128))
+    seq_idx = torch.cat([packed_seq_idx([100, 100, 56, 200, 56]), packed_seq_idx([512]),
+                         packed_seq_idx([128, 300, 84])]).cuda()
+    u = torch.randn(3, length, cfg.d_model, device="cuda", requires_grad=True)
+    probe = torch.randn(3, length, cfg.d_model, device="cuda")
+    outs = {}
+    for name, mixer in (("fast", fast), ("ref", ref)):
+        u.grad = None
+        mixer.zero_grad()
+        y = mixer(u, seq_idx)
+        (y * probe).sum().backward()
+        outs[name] = (y.detach(), u.grad.clone(), {n: p.grad.clone() for n, p in mixer.named_parameters()})
+    errs = {"y": rel_err(outs["fast"][0], outs["ref"][0]), "du": rel_err(outs["fast"][1], outs["ref"][1])}
+    errs.update({n: rel_err(g, outs["ref"][2][n]) for n, g in outs["fast"][2].items()})
+    print(f"SPLIT {split}: worst {max(errs.values()):.2e} ({max(errs, key=errs.get)})")
+    assert max(errs.values()) <= 1e-4, errs
+
+
+@pytest.mark.parametrize(("preset", "batch", "length"), [("hybrid-8b", 1, 128 * 1024), ("hybrid-2b-anchor", 2, 128 * 1024)])
+def test_paper_shapes_past_the_offset_limit_run_and_match_the_reference(preset: str, batch: int, length: int) -> None:
+    """The shapes that crashed with an illegal memory access: one mixer of the preset's width, bf16
+    autocast like training; forward against the fp32 reference path (no grad: the reference's own
+    backward would not fit), backward finite. Exactness of the backward across edges is the test above."""
+    from forge_models import get_preset
+    from forge_models.ops.mamba2_kernel import mixer_widths
+    from forge_models.ops.kernel_limits import plan_mamba2_calls
+
+    cfg = get_preset(preset)
+    fast, ref = _mixer_pair(cfg)
+    plan = plan_mamba2_calls(batch, length, mixer_widths(fast))
+    assert not plan.single_call or plan.rows_per_call < batch  # this is a split call
+    seq_idx = torch.cat([packed_seq_idx([30_000, length - 30_000 - 7, 7])] * batch).cuda()
+    u = (torch.randn(batch, length, cfg.d_model, device="cuda") * 0.5).requires_grad_()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = fast(u, seq_idx)
+    y.float().square().mean().backward()
+    assert torch.isfinite(u.grad).all() and all(torch.isfinite(p.grad).all() for p in fast.parameters())
+    with torch.no_grad():
+        expected = ref(u.detach(), seq_idx)
+    err = rel_err(y.float(), expected)
+    print(f"PAST LIMIT {preset} batch {batch} x {length}: plan {plan}; bf16 kernel vs fp32 reference {err:.2e}; "
+          f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    assert err <= 1e-2
