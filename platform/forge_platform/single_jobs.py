@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from forge_data import load_tokenizer, run_pipeline
+from forge_data import Manifest, load_tokenizer, run_pipeline
 
 from forge_platform.cluster import ensure_ray
 from forge_platform.config_loader import ConfigError
@@ -31,9 +31,24 @@ def run_tokenize(cfg: TokenizeConfig) -> Any:
     return manifest
 
 
+def check_packed_length(seq_len: int, manifest_path: str) -> None:
+    """Refuse, before anything starts, training rows packed at another length than the stage's."""
+    try:
+        manifest = Manifest.load(manifest_path)
+    except FileNotFoundError:
+        raise ConfigError(f"train_manifest = {manifest_path!r}: must exist (python -m jobs.tokenize writes it)") from None
+    if manifest.seq_len != seq_len:
+        raise ConfigError(
+            f"stage.seq_len = {seq_len}: must be the length the training data was packed at ({manifest.seq_len} in "
+            f"{manifest_path}); pass --stage.seq_len {manifest.seq_len}, or pack the data again with "
+            f"--data.packing.seq_len {seq_len}"
+        )
+
+
 def run_pretrain(cfg: PretrainConfig) -> StageOutcome:
     """Train one stage on packed shards and evaluate it; a run of its own in MLflow."""
     require(cfg, "train_manifest")
+    check_packed_length(cfg.stage.seq_len, cfg.train_manifest)
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     if tokenizer is not None and tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.vocab_size = {cfg.model.vocab_size}: must be at least the tokenizer's "

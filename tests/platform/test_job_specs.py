@@ -62,6 +62,17 @@ def test_cli_refuses_a_typo_with_exit_code_2() -> None:
     assert "stages.0.train.stesp: unknown key for TrainConfig; did you mean 'steps'?" in out.stderr
 
 
+def test_a_stage_length_the_data_was_not_packed_for_is_refused_before_anything_starts(packed_data) -> None:
+    """The loader would silently train on the manifest's length; the job refuses, exit code 2, one line."""
+    out = run_job("jobs.pretrain", "--train_manifest", str(packed_data.manifest), "--stage.seq_len", "128",
+                  "--tracking.backend", "null")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [
+        f"error: invalid job spec: stage.seq_len = 128: must be the length the training data was packed at (64 in "
+        f"{packed_data.manifest}); pass --stage.seq_len 64, or pack the data again with --data.packing.seq_len 128"
+    ]
+
+
 def test_cli_help_lists_documented_fields() -> None:
     out = run_job("jobs.pretrain", "--help")
     assert out.returncode == 0
