@@ -1,8 +1,11 @@
 """Configuration of the data pipeline: nested dataclasses, one docstring per field.
 
 The platform's generic TOML loader builds these from plain dicts, so every field has a plain type
-(str / int / float / bool / list[str] / Optional / nested dataclass). Each class validates its
-values where they are born (`__post_init__`) and names the field, the value and what is allowed.
+(str / int / float / bool / list[str] / Optional / a `Literal` of fixed choices / nested dataclass).
+Each class validates its values where they are born (`__post_init__`) and names the field, the value
+and what is allowed, the field by its path in a job spec, whose `[data]` section holds this config
+(`data.tokenizer.vocab_size = 1: must be in [2, 256000]`, the path of the `--data.tokenizer.vocab_size`
+override).
 """
 
 from __future__ import annotations
@@ -20,21 +23,21 @@ OversizePolicy = Literal["reject", "truncate"]
 Compression = Literal["none", "zstd", "snappy", "gzip"]
 
 
-def _fail(owner: str, name: str, value: Any, allowed: str) -> None:
+def _fail(section: str, name: str, value: Any, allowed: str) -> None:
     """The one error shape of every config check (the platform's too): `section.field = value: must be ...`."""
-    raise ValueError(f"{owner}.{name} = {value!r}: must be {allowed}")
+    raise ValueError(f"{section}.{name} = {value!r}: must be {allowed}")
 
 
-def _check_choice(owner: str, name: str, value: Any, choices: Any) -> None:
+def _check_choice(section: str, name: str, value: Any, choices: Any) -> None:
     """`choices` is a Literal type: its values are written once, in the field's annotation."""
     allowed = get_args(choices)
     if value not in allowed:
-        _fail(owner, name, value, "one of " + ", ".join(repr(a) for a in allowed))
+        _fail(section, name, value, "one of " + ", ".join(repr(a) for a in allowed))
 
 
-def _check_range(owner: str, name: str, value: float, lo: float, hi: Optional[float] = None) -> None:
+def _check_range(section: str, name: str, value: float, lo: float, hi: Optional[float] = None) -> None:
     if value < lo or (hi is not None and value > hi):
-        _fail(owner, name, value, f">= {lo}" if hi is None else f"in [{lo}, {hi}]")
+        _fail(section, name, value, f">= {lo}" if hi is None else f"in [{lo}, {hi}]")
 
 
 @dataclass
@@ -78,18 +81,18 @@ class TokenizerConfig:
     """Show SentencePiece's training log and a progress bar while collecting the sample."""
 
     def __post_init__(self) -> None:
-        o = "tokenizer"
-        _check_choice(o, "model_type", self.model_type, TokenizerModelType)
-        _check_range(o, "vocab_size", self.vocab_size, 2, MAX_VOCAB_SIZE)
+        section = "data.tokenizer"
+        _check_choice(section, "model_type", self.model_type, TokenizerModelType)
+        _check_range(section, "vocab_size", self.vocab_size, 2, MAX_VOCAB_SIZE)
         if not 0.0 < self.character_coverage <= 1.0:
-            _fail(o, "character_coverage", self.character_coverage, "in (0, 1]")
-        _check_range(o, "sample_bytes", self.sample_bytes, 1)
-        _check_range(o, "max_sentence_bytes", self.max_sentence_bytes, 16)
-        _check_range(o, "num_threads", self.num_threads, 1)
+            _fail(section, "character_coverage", self.character_coverage, "in (0, 1]")
+        _check_range(section, "sample_bytes", self.sample_bytes, 1)
+        _check_range(section, "max_sentence_bytes", self.max_sentence_bytes, 16)
+        _check_range(section, "num_threads", self.num_threads, 1)
         for name in ("user_defined_symbols", "control_symbols"):
             symbols = getattr(self, name)
             if len(set(symbols)) != len(symbols) or any(not s for s in symbols):
-                _fail(o, name, symbols, "distinct non-empty strings")
+                _fail(section, name, symbols, "distinct non-empty strings")
 
 
 @dataclass
@@ -109,11 +112,11 @@ class PackingConfig:
     """Token id used for padding; None uses the tokenizer's pad id, or EOS when it has none."""
 
     def __post_init__(self) -> None:
-        _check_range("packing", "seq_len", self.seq_len, 2)
-        _check_choice("packing", "packer", self.packer, Packer)
-        _check_choice("packing", "long_doc_policy", self.long_doc_policy, LongDocPolicy)
+        _check_range("data.packing", "seq_len", self.seq_len, 2)
+        _check_choice("data.packing", "packer", self.packer, Packer)
+        _check_choice("data.packing", "long_doc_policy", self.long_doc_policy, LongDocPolicy)
         if self.pad_id is not None:
-            _check_range("packing", "pad_id", self.pad_id, 0)
+            _check_range("data.packing", "pad_id", self.pad_id, 0)
 
 
 @dataclass
@@ -132,11 +135,11 @@ class CleaningConfig:
     """A NUL byte within this many leading bytes marks a document as binary (rejected)."""
 
     def __post_init__(self) -> None:
-        _check_choice("cleaning", "invalid_utf8", self.invalid_utf8, Utf8Policy)
-        _check_choice("cleaning", "oversize", self.oversize, OversizePolicy)
-        _check_range("cleaning", "max_doc_bytes", self.max_doc_bytes, 1)
-        _check_range("cleaning", "min_doc_bytes", self.min_doc_bytes, 0)
-        _check_range("cleaning", "binary_sniff_bytes", self.binary_sniff_bytes, 1)
+        _check_choice("data.cleaning", "invalid_utf8", self.invalid_utf8, Utf8Policy)
+        _check_choice("data.cleaning", "oversize", self.oversize, OversizePolicy)
+        _check_range("data.cleaning", "max_doc_bytes", self.max_doc_bytes, 1)
+        _check_range("data.cleaning", "min_doc_bytes", self.min_doc_bytes, 0)
+        _check_range("data.cleaning", "binary_sniff_bytes", self.binary_sniff_bytes, 1)
 
 
 @dataclass
@@ -151,9 +154,9 @@ class LongContextConfig:
     """How many copies of each long document are packed (1 = no up-weighting)."""
 
     def __post_init__(self) -> None:
-        _check_range("long_context", "min_doc_tokens", self.min_doc_tokens, 0)
-        _check_range("long_context", "upweight_min_tokens", self.upweight_min_tokens, 0)
-        _check_range("long_context", "upweight_factor", self.upweight_factor, 1, 1000)
+        _check_range("data.long_context", "min_doc_tokens", self.min_doc_tokens, 0)
+        _check_range("data.long_context", "upweight_min_tokens", self.upweight_min_tokens, 0)
+        _check_range("data.long_context", "upweight_factor", self.upweight_factor, 1, 1000)
 
 
 @dataclass
@@ -194,12 +197,12 @@ class DataPipelineConfig:
     """Seed of the deterministic shuffle of work units (mixes sources before packing)."""
 
     def __post_init__(self) -> None:
-        o = "data"
-        _check_choice(o, "format", self.format, InputFormat)
-        _check_choice(o, "shard_compression", self.shard_compression, Compression)
-        _check_range(o, "shard_tokens", self.shard_tokens, self.packing.seq_len)
-        _check_range(o, "work_unit_bytes", self.work_unit_bytes, 1)
-        _check_range(o, "num_tokenize_actors", self.num_tokenize_actors, 1)
-        _check_range(o, "tokenize_actor_cpus", self.tokenize_actor_cpus, 0.01)
+        section = "data"
+        _check_choice(section, "format", self.format, InputFormat)
+        _check_choice(section, "shard_compression", self.shard_compression, Compression)
+        _check_range(section, "shard_tokens", self.shard_tokens, self.packing.seq_len)
+        _check_range(section, "work_unit_bytes", self.work_unit_bytes, 1)
+        _check_range(section, "num_tokenize_actors", self.num_tokenize_actors, 1)
+        _check_range(section, "tokenize_actor_cpus", self.tokenize_actor_cpus, 0.01)
         if not self.text_field:
-            _fail(o, "text_field", self.text_field, "a non-empty field name")
+            _fail(section, "text_field", self.text_field, "a non-empty field name")

@@ -40,13 +40,13 @@ class PackedShardLoader:
                  start_sample: int = 0, shuffle_seed: int = 0, shuffle: bool = True,
                  return_row_index: bool = False, shuffle_window: int = 8) -> None:
         if micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size = {micro_batch_size} must be >= 1")
+            raise ValueError(f"micro_batch_size = {micro_batch_size}: must be >= 1")
         if dp_size < 1 or not 0 <= dp_rank < dp_size:
-            raise ValueError(f"dp_rank = {dp_rank} must be in [0, dp_size = {dp_size})")
+            raise ValueError(f"dp_rank = {dp_rank}: must be in [0, dp_size = {dp_size})")
         if start_sample < 0 or start_sample % dp_size:
-            raise ValueError(f"start_sample = {start_sample} must be >= 0 and a multiple of dp_size = {dp_size}")
+            raise ValueError(f"start_sample = {start_sample}: must be >= 0 and a multiple of dp_size = {dp_size}")
         if shuffle_window < 1:
-            raise ValueError(f"shuffle_window = {shuffle_window} must be >= 1 (shards mixed together)")
+            raise ValueError(f"shuffle_window = {shuffle_window}: must be >= 1 (shards mixed together)")
         self.shuffle_window = shuffle_window
         self.manifest = Manifest.load(manifest_path)
         self.root = self.manifest.root

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, get_args
 
 import numpy as np
+
+from forge_data.config import LongDocPolicy, Packer
 
 IGNORE_INDEX = -100
 
@@ -207,25 +209,31 @@ def _assemble(flat: np.ndarray, offsets: np.ndarray, pieces: tuple[np.ndarray, .
     return PackedRows(input_ids, labels, position_ids, seq_idx, piece_doc, row_piece_offsets, piece_off, piece_len, stats)
 
 
-def pack_flat(flat: np.ndarray, offsets: np.ndarray, seq_len: int, packer: str = "greedy",
-              mask_cross_document_labels: bool = True, long_doc_policy: str = "split", pad_id: int = 0) -> PackedRows:
+def _choices(literal: object) -> str:
+    """The values of a Literal type, as the error messages list them."""
+    return ", ".join(repr(v) for v in get_args(literal))
+
+
+def pack_flat(flat: np.ndarray, offsets: np.ndarray, seq_len: int, packer: Packer = "greedy",
+              mask_cross_document_labels: bool = True, long_doc_policy: LongDocPolicy = "split",
+              pad_id: int = 0) -> PackedRows:
     """Pack documents given as one flat token array and n + 1 offsets (what the tokenizer emits)."""
     lengths = np.diff(offsets).astype(np.int64)
     if long_doc_policy == "truncate":
         lengths = np.minimum(lengths, seq_len)
     elif long_doc_policy != "split":
-        raise ValueError(f"long_doc_policy = {long_doc_policy!r} is not one of ['split', 'truncate']")
+        raise ValueError(f"long_doc_policy = {long_doc_policy!r}: must be one of {_choices(LongDocPolicy)}")
     if packer == "greedy":
         pieces = _greedy_pieces(lengths, seq_len)
     elif packer == "best_fit":
         pieces = _best_fit_pieces(lengths, seq_len)
     else:
-        raise ValueError(f"packer = {packer!r} is not one of ['greedy', 'best_fit']")
+        raise ValueError(f"packer = {packer!r}: must be one of {_choices(Packer)}")
     return _assemble(flat, offsets, pieces, seq_len, mask_cross_document_labels, pad_id)
 
 
-def pack_documents(token_lists: Sequence[Sequence[int] | np.ndarray], seq_len: int, packer: str = "greedy",
-                   mask_cross_document_labels: bool = True, long_doc_policy: str = "split",
+def pack_documents(token_lists: Sequence[Sequence[int] | np.ndarray], seq_len: int, packer: Packer = "greedy",
+                   mask_cross_document_labels: bool = True, long_doc_policy: LongDocPolicy = "split",
                    pad_id: int = 0) -> PackedRows:
     """Pack a list of tokenized documents into rows of `seq_len` (see module docstring)."""
     flat, offsets = flatten_token_lists(token_lists)

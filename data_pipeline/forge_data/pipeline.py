@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 
 from forge_data.config import DataPipelineConfig
 from forge_data.manifest import MANIFEST_FILE, REJECTIONS_FILE, Manifest, build_manifest
-from forge_data.ray_utils import require_ray
 from forge_data.sources import (decode_unit, encode_unit, input_root, list_input_files, plan_work_units,
                                 resolve_filesystem)
 from forge_data.stages import SHARD_DIR, ShardBuilder
@@ -80,7 +79,7 @@ def _reports_with_ray(cfg: DataPipelineConfig, unit_rows: list[dict], tokenizer:
 
 def _reports_in_process(cfg: DataPipelineConfig, unit_rows: list[dict], tokenizer: Tokenizer, pad_id: int,
                         on_report: Optional[Callable[[dict], None]]) -> list[dict]:
-    """The same stage, one unit after another in this process (debugging, tests without Ray)."""
+    """The same work, one unit after another in this process (debugging, tests without Ray)."""
     builder = ShardBuilder(tokenizer.model_proto, cfg, pad_id)
     reports = []
     for row in unit_rows:
@@ -90,22 +89,31 @@ def _reports_in_process(cfg: DataPipelineConfig, unit_rows: list[dict], tokenize
     return reports
 
 
+def _require_ray() -> None:
+    """forge_data never starts Ray: where and how is its caller's policy (forge_platform.cluster.ensure_ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("forge_data.run_pipeline needs a running Ray: start one first (forge_platform's jobs do; "
+                           "else ray.init(num_cpus=N), N > data.num_tokenize_actors on a small machine)")
+
+
 def run_pipeline(cfg: DataPipelineConfig, use_ray: bool = True,
                  on_report: Optional[Callable[[dict], None]] = None) -> Manifest:
-    """Run every stage with Ray Data and write the dataset under `cfg.output_dir`.
+    """Read, clean, tokenize and pack with Ray Data (on the Ray the caller started) into `cfg.output_dir`.
 
     `on_report` is called on the driver with each block's report as it arrives (progress,
     throughput); reports carry a "timing" entry that never reaches the deterministic manifest.
 
-    `use_ray=False` runs the identical stages serially in this process and writes identical bytes
+    `use_ray=False` runs the identical steps serially in this process and writes identical bytes
     (it needs `cfg.tokenizer.model_path`: training draws its sample with Ray).
     """
     if not cfg.inputs or not cfg.output_dir:
-        raise ValueError(f"data.inputs = {cfg.inputs!r} and data.output_dir = {cfg.output_dir!r} must both be set")
+        raise ValueError(f"data.inputs = {cfg.inputs!r}, data.output_dir = {cfg.output_dir!r}: must both be set")
     if use_ray:
-        require_ray()
+        _require_ray()
     elif not cfg.tokenizer.model_path:
-        raise ValueError("run_pipeline(use_ray=False) needs tokenizer.model_path (training samples with Ray)")
+        raise ValueError("run_pipeline(use_ray=False) needs data.tokenizer.model_path (training samples with Ray)")
     files = list_input_files(cfg.inputs, cfg.format, cfg.include_suffixes)
     if not files:
         raise ValueError(f"no input files found under {cfg.inputs!r} (include_suffixes={cfg.include_suffixes!r})")

@@ -1,7 +1,7 @@
 """Reading: one file part -> documents with stable ids, raw bytes and read errors.
 
 Readers never raise on bad data: a corrupt gzip, a broken JSON line or a missing text field
-becomes a document with `read_error` set, so the cleaning stage counts it in the rejection
+becomes a document with `read_error` set, so the cleaning step counts it in the rejection
 report. Every document id is `<name>#<offset>`: the file's location-free name (its path below the
 input root, see sources.py) and the byte offset of the line for JSONL, row index for Parquet, 0
 for a text file; stable across runs, machines and the folder the corpus lives in.

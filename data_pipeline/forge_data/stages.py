@@ -1,11 +1,11 @@
 """The pipeline's work on one work unit, as plain code that Ray only wires.
 
-`read_clean_unit` (stages 1-2): a unit's file parts -> its documents, cleaned, plus the hash of
+`read_clean_unit` (read, then clean): a unit's file parts -> its documents, cleaned, plus the hash of
 every byte range read. `ShardBuilder` (the Ray Data actor: it holds the SentencePiece processor)
 does a whole unit: read and clean, tokenize, weight long documents, pack, write shards, and
 returns one small JSON report.
 
-One stage, not a read task feeding a tokenize actor: text never leaves the process that read it.
+One Ray Data step, not a read task feeding a tokenize actor: text never leaves the process that read it.
 Shipping documents through the object store, and a second set of Ray workers competing for the
 cores, cost more than reading and cleaning themselves (measured on 2 cores: benchmarks/data).
 Shards are named by unit, so names and bytes do not depend on scheduling.
@@ -127,7 +127,7 @@ class ShardBuilder:
             "tokens_written": s.num_tokens_written, "tokens_truncated": s.num_tokens_truncated,
             "tokens_padding": s.num_tokens_padding, "rows": s.num_rows,
         }
-        # Seconds per stage, for benchmarks and progress only: build_manifest ignores them.
+        # Seconds per step, for benchmarks and progress only: build_manifest ignores them.
         timing = {"read_clean_s": t_read - t_start, "encode_s": t_encoded - t_read, "pack_s": t_packed - t_encoded,
                   "write_s": time.perf_counter() - t_packed}
         return {"unit_index": unit_index, "counts": counts,

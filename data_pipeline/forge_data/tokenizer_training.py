@@ -19,8 +19,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from forge_data.config import CleaningConfig, TokenizerConfig
-from forge_data.ray_utils import require_ray
+from forge_data.config import CleaningConfig, InputFormat, TokenizerConfig
 from forge_data.sources import decode_unit, encode_unit, input_root, list_input_files, plan_work_units
 from forge_data.stages import read_clean_unit
 from forge_data.tokenizer import MODEL_FILE, load_tokenizer, train_from_texts
@@ -57,13 +56,14 @@ def sample_units(batch: pa.Table, text_field: str, cleaning: CleaningConfig, rat
                      "text": pa.array(texts, pa.large_binary()).cast(pa.large_string())})
 
 
-def train_tokenizer(cfg: TokenizerConfig, inputs: list[str], out_dir: str, *, format: str = "auto",
+def train_tokenizer(cfg: TokenizerConfig, inputs: list[str], out_dir: str, *, format: InputFormat = "auto",
                     text_field: str = "text", include_suffixes: Optional[list[str]] = None,
                     cleaning: Optional[CleaningConfig] = None, work_unit_bytes: int = 8 << 20) -> str:
     """Train SentencePiece on a deterministic sample of `inputs`; returns the saved model's path.
 
     If `cfg.model_path` is set, nothing is trained: the existing model's path is returned, so
-    callers treat "train" and "load an existing tokenizer" the same way.
+    callers treat "train" and "load an existing tokenizer" the same way. Otherwise the sample is
+    drawn with the Ray the caller started (none is started here); `train_from_texts` needs none.
     """
     import ray
 
@@ -71,7 +71,10 @@ def train_tokenizer(cfg: TokenizerConfig, inputs: list[str], out_dir: str, *, fo
         path = os.path.join(cfg.model_path, MODEL_FILE) if os.path.isdir(cfg.model_path) else cfg.model_path
         load_tokenizer(path)  # fail here, loudly, if it is not a SentencePiece model
         return path
-    require_ray()
+    if not ray.is_initialized():
+        # forge_data never starts Ray: where and how is its caller's policy (forge_platform.cluster.ensure_ray).
+        raise RuntimeError("forge_data.train_tokenizer samples the corpus with Ray: start one first (forge_platform's "
+                           "jobs do; else ray.init(num_cpus=N)), or train without Ray: train_from_texts(cfg, texts)")
     cleaning = cleaning or CleaningConfig()
     files = list_input_files(inputs, format, list(include_suffixes or []))
     if not files:

@@ -1,10 +1,13 @@
 """Model configuration: nested dataclasses, one docstring per field, validated where born.
 
-Every field is a plain type (int / float / bool / str) or a nested dataclass with a default
-factory, so the platform's generic dict/TOML loader can build a `ModelConfig` from plain
-dicts and `dataclasses.replace` works at every level. Values that depend on other fields
-(e.g. the MLP width) use 0 as "derive from d_model" and are resolved by small properties,
-never by mutating the config.
+Every field is a plain type (int / float / bool / str), a `Literal` of fixed choices, or a nested
+dataclass with a default factory, so the platform's generic dict/TOML loader can build a
+`ModelConfig` from plain dicts and `dataclasses.replace` works at every level. Values that depend
+on other fields (e.g. the MLP width) use 0 as "derive from d_model" and are resolved by small
+properties, never by mutating the config.
+
+Errors name a field by its path in a job spec, whose `[model]` section holds this config
+(`model.mamba2.head_dim = 48: must be ...`, the same path as the `--model.mamba2.head_dim` override).
 """
 
 from __future__ import annotations
@@ -13,28 +16,28 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from forge_models.patterns import parse_pattern
+from forge_models.patterns import LAYER_SYMBOLS, parse_pattern
 
 KernelChoice = Literal["auto", "reference", "cuda"]
 Activation = Literal["gelu", "swiglu"]
 AttentionBackend = Literal["auto", "sdpa", "flex"]
 
 
-def _fail(name: str, value: object, allowed: str) -> None:
-    """Raise the one error shape of every config check (the platform's too): `field = value: must be ...`."""
-    raise ValueError(f"{name} = {value!r}: must be {allowed}")
+def _fail(path: str, value: object, allowed: str) -> None:
+    """Raise the one error shape of every config check (the platform's too): `section.field = value: must be ...`."""
+    raise ValueError(f"{path} = {value!r}: must be {allowed}")
 
 
-def _check_positive(name: str, value: int | float) -> None:
+def _check_positive(path: str, value: int | float) -> None:
     if value <= 0:
-        _fail(name, value, "> 0")
+        _fail(path, value, "> 0")
 
 
-def _check_choice(name: str, value: object, choices: object) -> None:
+def _check_choice(path: str, value: object, choices: object) -> None:
     """`choices` is a Literal type: its values are written once, in the field's annotation."""
     allowed = get_args(choices)
     if value not in allowed:
-        _fail(name, value, "one of " + ", ".join(repr(a) for a in allowed))
+        _fail(path, value, "one of " + ", ".join(repr(a) for a in allowed))
 
 
 @dataclass
@@ -70,11 +73,11 @@ class Mamba2Config:
 
     def __post_init__(self) -> None:
         for name in ("d_state", "d_conv", "expand", "head_dim", "ngroups", "chunk_size"):
-            _check_positive(f"mamba2.{name}", getattr(self, name))
+            _check_positive(f"model.mamba2.{name}", getattr(self, name))
         if not 0 < self.dt_min <= self.dt_max:
-            _fail("mamba2.dt_min", self.dt_min, f"in (0, dt_max = {self.dt_max}]")
+            _fail("model.mamba2.dt_min", self.dt_min, f"in (0, model.mamba2.dt_max = {self.dt_max}]")
         if not 0 < self.a_init_min <= self.a_init_max:
-            _fail("mamba2.a_init_min", self.a_init_min, f"in (0, a_init_max = {self.a_init_max}]")
+            _fail("model.mamba2.a_init_min", self.a_init_min, f"in (0, model.mamba2.a_init_max = {self.a_init_max}]")
 
 
 @dataclass
@@ -100,11 +103,11 @@ class MambaConfig:
 
     def __post_init__(self) -> None:
         for name in ("d_state", "d_conv", "expand"):
-            _check_positive(f"mamba.{name}", getattr(self, name))
+            _check_positive(f"model.mamba.{name}", getattr(self, name))
         if self.dt_rank < 0:
-            _fail("mamba.dt_rank", self.dt_rank, "0 (auto) or a positive int")
+            _fail("model.mamba.dt_rank", self.dt_rank, "0 (auto) or a positive int")
         if not 0 < self.dt_min <= self.dt_max:
-            _fail("mamba.dt_min", self.dt_min, f"in (0, dt_max = {self.dt_max}]")
+            _fail("model.mamba.dt_min", self.dt_min, f"in (0, model.mamba.dt_max = {self.dt_max}]")
 
 
 @dataclass
@@ -126,13 +129,14 @@ class AttentionConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_heads", "num_kv_groups", "head_dim"):
-            _check_positive(f"attention.{name}", getattr(self, name))
+            _check_positive(f"model.attention.{name}", getattr(self, name))
         if self.num_heads % self.num_kv_groups:
-            _fail("attention.num_kv_groups", self.num_kv_groups, f"a divisor of attention.num_heads = {self.num_heads}")
+            _fail("model.attention.num_kv_groups", self.num_kv_groups,
+                  f"a divisor of model.attention.num_heads = {self.num_heads}")
         if self.rope and self.head_dim % 2:
-            _fail("attention.head_dim", self.head_dim, "even when attention.rope is true")
-        _check_positive("attention.rope_base", self.rope_base)
-        _check_choice("attention.backend", self.backend, AttentionBackend)
+            _fail("model.attention.head_dim", self.head_dim, "even when model.attention.rope is true")
+        _check_positive("model.attention.rope_base", self.rope_base)
+        _check_choice("model.attention.backend", self.backend, AttentionBackend)
 
 
 @dataclass
@@ -145,9 +149,9 @@ class MLPConfig:
     """Inner width; 0 means 4 * d_model."""
 
     def __post_init__(self) -> None:
-        _check_choice("mlp.activation", self.activation, Activation)
+        _check_choice("model.mlp.activation", self.activation, Activation)
         if self.hidden_size < 0:
-            _fail("mlp.hidden_size", self.hidden_size, "0 (= 4 * d_model) or a positive int")
+            _fail("model.mlp.hidden_size", self.hidden_size, "0 (= 4 * d_model) or a positive int")
 
 
 @dataclass
@@ -188,26 +192,37 @@ class ModelConfig:
                           ("attention", AttentionConfig), ("mlp", MLPConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, cls(**getattr(self, name)))
-        _check_positive("vocab_size", self.vocab_size)
-        _check_positive("d_model", self.d_model)
-        _check_positive("norm_eps", self.norm_eps)
-        _check_positive("init_std", self.init_std)
-        _check_choice("kernels", self.kernels, KernelChoice)
+        _check_positive("model.vocab_size", self.vocab_size)
+        _check_positive("model.d_model", self.d_model)
+        _check_positive("model.norm_eps", self.norm_eps)
+        _check_positive("model.init_std", self.init_std)
+        _check_choice("model.kernels", self.kernels, KernelChoice)
+        self._check_pattern()
 
         kinds = {spec.kind for spec in parse_pattern(self.pattern)}
         if "mamba2" in kinds:
             self._check_mamba2()
         if "mamba" in kinds and self.mamba.d_conv < 1:
-            _fail("mamba.d_conv", self.mamba.d_conv, ">= 1")
+            _fail("model.mamba.d_conv", self.mamba.d_conv, ">= 1")
+
+    def _check_pattern(self) -> None:
+        # parse_pattern refuses the same patterns; checked here first to name the field the config's way.
+        symbols = ", ".join(f"{s!r} ({kind})" for s, kind in LAYER_SYMBOLS.items())
+        if not isinstance(self.pattern, str) or not self.pattern:
+            _fail("model.pattern", self.pattern, f"a non-empty string of the symbols {symbols}")
+        bad = next((c for c in self.pattern if c not in LAYER_SYMBOLS), None)
+        if bad is not None:
+            _fail("model.pattern", self.pattern,
+                  f"made of the symbols {symbols} ({bad!r} at position {self.pattern.index(bad)} is not one)")
 
     def _check_mamba2(self) -> None:
         m = self.mamba2
         d_inner = m.expand * self.d_model
         if d_inner % m.head_dim:
-            _fail("mamba2.head_dim", m.head_dim, f"a divisor of expand*d_model = {d_inner}")
+            _fail("model.mamba2.head_dim", m.head_dim, f"a divisor of model.mamba2.expand * model.d_model = {d_inner}")
         num_heads = d_inner // m.head_dim
         if num_heads % m.ngroups:
-            _fail("mamba2.ngroups", m.ngroups, f"a divisor of the number of heads ({num_heads})")
+            _fail("model.mamba2.ngroups", m.ngroups, f"a divisor of the number of heads ({num_heads})")
 
     # Derived sizes: read-only views so the config itself stays exactly what the user wrote.
     @property

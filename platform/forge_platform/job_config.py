@@ -157,7 +157,7 @@ class TrainConfig:
     "fp32" everywhere (CPU)."""
     zero_stage: Literal[0, 1, 2, 3] = 2
     """DeepSpeed ZeRO stage over the data-parallel group; with one data-parallel rank it runs as 0.
-    Stage 3 is tested through the trainer at tp 1 and, with DeepSpeed's engine, at tp 2 x dp 2."""
+    Every stage is tested through the trainer against one worker, stage 3 also under tensor parallelism."""
     activation_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass to save memory."""
     log_every: int = 1

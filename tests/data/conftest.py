@@ -24,11 +24,15 @@ from tests.data.corpora import make_text, stdlib_texts, write_bad_corpus  # noqa
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for every test that needs it (4 logical CPUs: 2 cores would hang actors)."""
+    """One local Ray for every test that runs the pipeline or trains a tokenizer with Ray (forge_data
+    never starts one). At least 4 logical CPUs: on 2 cores, actors holding every logical CPU leave
+    none for Ray Data's read tasks and the pipeline hangs. A Ray of our own (address="local"), never
+    one left running on this machine; token auth off for this local, dashboard-less instance."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,
+             ignore_reinit_error=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

@@ -9,23 +9,25 @@ from forge_data.config import CleaningConfig, DataPipelineConfig, LongContextCon
 
 
 @pytest.mark.parametrize("build, words", [
-    (lambda: PackingConfig(packer="first_fit"), ["packing.packer", "first_fit", "best_fit"]),
-    (lambda: PackingConfig(seq_len=1), ["packing.seq_len", "1"]),
-    (lambda: TokenizerConfig(model_type="wordpiece"), ["tokenizer.model_type", "wordpiece", "char"]),
-    (lambda: TokenizerConfig(vocab_size=300_000), ["tokenizer.vocab_size", "300000", "256000"]),
-    (lambda: TokenizerConfig(user_defined_symbols=["<a>", "<a>"]), ["tokenizer.user_defined_symbols"]),
-    (lambda: CleaningConfig(invalid_utf8="ignore"), ["cleaning.invalid_utf8", "ignore", "repair"]),
-    (lambda: LongContextConfig(upweight_factor=0), ["long_context.upweight_factor"]),
-    (lambda: DataPipelineConfig(format="csv"), ["data.format", "csv", "jsonl"]),
-    (lambda: DataPipelineConfig(shard_tokens=10, packing=PackingConfig(seq_len=64)), ["data.shard_tokens", "10"]),
+    (lambda: PackingConfig(packer="first_fit"), ["data.packing.packer = 'first_fit': must be one of", "best_fit"]),
+    (lambda: PackingConfig(seq_len=1), ["data.packing.seq_len = 1: must be >= 2"]),
+    (lambda: TokenizerConfig(model_type="wordpiece"), ["data.tokenizer.model_type = 'wordpiece'", "char"]),
+    (lambda: TokenizerConfig(vocab_size=300_000), ["data.tokenizer.vocab_size = 300000: must be in [2, 256000]"]),
+    (lambda: TokenizerConfig(user_defined_symbols=["<a>", "<a>"]),
+     ["data.tokenizer.user_defined_symbols = ['<a>', '<a>']"]),
+    (lambda: CleaningConfig(invalid_utf8="ignore"), ["data.cleaning.invalid_utf8 = 'ignore'", "repair"]),
+    (lambda: LongContextConfig(upweight_factor=0), ["data.long_context.upweight_factor = 0: must be in [1, 1000]"]),
+    (lambda: DataPipelineConfig(format="csv"), ["data.format = 'csv': must be one of", "jsonl"]),
+    (lambda: DataPipelineConfig(shard_tokens=10, packing=PackingConfig(seq_len=64)),
+     ["data.shard_tokens = 10: must be >= 64"]),
 ])
 def test_invalid_values_raise_naming_field_value_and_allowed(build, words):
     with pytest.raises(ValueError) as err:
         build()
     for word in words:
         assert word in str(err.value)
-    # the one error style of every package's config: `section.field = value: must be ...`
-    assert re.match(r"^[\w.]+ = .+: must be ", str(err.value)), str(err.value)
+    # the one error style of every package's config: `data.section.field = value: must be ...`
+    assert re.match(r"^data\.[\w.]+ = .+: must be ", str(err.value)), str(err.value)
 
 
 def test_config_rebuilds_from_plain_dicts():

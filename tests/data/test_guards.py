@@ -32,4 +32,15 @@ def test_the_pipeline_never_starts_ray_itself(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": str(PACKAGE.parent), "RAY_AUTH_MODE": "disabled"})
     assert out.returncode != 0
-    assert out.stderr.strip().splitlines()[-1].startswith("RuntimeError: forge_data needs a running Ray"), out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "RuntimeError: forge_data.run_pipeline needs a running Ray"), out.stderr
+
+
+def test_tokenizer_training_never_starts_ray_itself(tmp_path):
+    code = ("import ray, forge_data; from forge_data import TokenizerConfig; "
+            f"forge_data.train_tokenizer(TokenizerConfig(), ['{tmp_path}'], '{tmp_path / 'tok'}')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(PACKAGE.parent), "RAY_AUTH_MODE": "disabled"})
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "RuntimeError: forge_data.train_tokenizer samples the corpus with Ray"), out.stderr

@@ -13,11 +13,12 @@ from forge_models.config import AttentionConfig, Mamba2Config, MLPConfig
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"d_model": 0}, "d_model = 0"),
-        ({"pattern": "M?"}, "'\\?'"),
-        ({"kernels": "triton"}, "kernels = 'triton': must be one of .*auto"),
-        ({"d_model": 64, "pattern": "M", "mamba2": Mamba2Config(head_dim=48)}, "mamba2.head_dim = 48: must be"),
-        ({"d_model": 64, "pattern": "M", "mamba2": Mamba2Config(head_dim=16, ngroups=3)}, "mamba2.ngroups = 3: must be"),
+        ({"d_model": 0}, r"^model\.d_model = 0: must be > 0$"),
+        ({"pattern": "M?"}, r"^model\.pattern = 'M\?': must be .*'\?' at position 1"),
+        ({"kernels": "triton"}, "model.kernels = 'triton': must be one of .*auto"),
+        ({"d_model": 64, "pattern": "M", "mamba2": Mamba2Config(head_dim=48)}, "model.mamba2.head_dim = 48: must be"),
+        ({"d_model": 64, "pattern": "M", "mamba2": Mamba2Config(head_dim=16, ngroups=3)},
+         "model.mamba2.ngroups = 3: must be"),
     ],
 )
 def test_invalid_model_config(kwargs: dict, match: str) -> None:
@@ -28,10 +29,10 @@ def test_invalid_model_config(kwargs: dict, match: str) -> None:
 @pytest.mark.parametrize(
     ("build", "match"),
     [
-        (lambda: AttentionConfig(num_heads=6, num_kv_groups=4), "attention.num_kv_groups = 4: must be"),
-        (lambda: AttentionConfig(backend="xformers"), "attention.backend"),
-        (lambda: MLPConfig(activation="relu"), "mlp.activation = 'relu': must be one of"),
-        (lambda: Mamba2Config(dt_min=0.5, dt_max=0.1), "mamba2.dt_min"),
+        (lambda: AttentionConfig(num_heads=6, num_kv_groups=4), "model.attention.num_kv_groups = 4: must be"),
+        (lambda: AttentionConfig(backend="xformers"), "model.attention.backend = 'xformers': must be one of"),
+        (lambda: MLPConfig(activation="relu"), "model.mlp.activation = 'relu': must be one of"),
+        (lambda: Mamba2Config(dt_min=0.5, dt_max=0.1), "model.mamba2.dt_min = 0.5: must be"),
     ],
 )
 def test_invalid_section_config(build, match: str) -> None:  # noqa: ANN001

@@ -114,10 +114,14 @@ def test_data_parallel_stage_matches_one_worker_on_the_same_rows(short_docs_data
     assert read_meta(two.checkpoint_dir).samples_consumed == read_meta(one.checkpoint_dir).samples_consumed == 12
 
 
-def test_zero3_stage_matches_one_worker_on_the_same_rows(short_docs_data, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", [ParallelConfig(num_workers=2, peak_tflops=1.0),
+                                    ParallelConfig(num_workers=4, tensor_parallel=2, cpus_per_worker=0.5,
+                                                   peak_tflops=1.0)], ids=["dp2", "tp2xdp2"])
+def test_zero3_stage_matches_one_worker_on_the_same_rows(short_docs_data, tmp_path: Path,
+                                                        layout: ParallelConfig) -> None:
     """ZeRO-3 through the real trainer (parameters partitioned over the two data-parallel ranks and
     gathered by the modules' hooks; the model ties its LM head to the embedding, a parameter read
-    outside its own module) trains the same model as one worker on the same rows."""
+    outside its own module), alone and under TP=2, trains the same model as one worker on the same rows."""
     ensure_ray(4, workspace=tmp_path)
     tied = dataclasses.replace(stage_run(short_docs_data).model, tie_embeddings=True)
     train = {"steps": 3, "micro_batch_size": 2, "seed": 3}
@@ -126,13 +130,14 @@ def test_zero3_stage_matches_one_worker_on_the_same_rows(short_docs_data, tmp_pa
                               stage=dataclasses.replace(base, train=TrainConfig(grad_accum_steps=2, zero_stage=2,
                                                                                 **train))),
                     tmp_path / "storage", "zero3-ref")
-    three = run_stage(stage_run(short_docs_data, parallel=ParallelConfig(num_workers=2, peak_tflops=1.0), model=tied,
+    three = run_stage(stage_run(short_docs_data, parallel=layout, model=tied,
                                 stage=dataclasses.replace(base, train=TrainConfig(zero_stage=3, **train))),
                       tmp_path / "storage", "zero3")
     one_losses, three_losses = losses_by_step(one.raw), losses_by_step(three.raw)
     assert sorted(three_losses) == [1, 2, 3]
     for step, loss in one_losses.items():
         assert three_losses[step] == pytest.approx(loss, rel=2e-6), (step, one_losses, three_losses)
+    assert read_meta(three.checkpoint_dir).tensor_parallel == layout.tensor_parallel
 
 
 def test_a_rerun_with_other_settings_or_data_is_refused(packed_data, short_docs_data, tmp_path: Path) -> None:
