@@ -128,7 +128,10 @@ def _build(cls: type[T], data: Mapping[str, Any], presets: PresetResolvers, path
     try:
         return dataclasses.replace(base, **changes)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"{path or cls.__name__}: {_message(err)}") from None
+        message = _message(err)
+        if path and message.startswith(f"{path}."):  # the section already names the whole path
+            raise ConfigError(message) from None
+        raise ConfigError(f"{path or cls.__name__}: {message}") from None
 
 
 def _coerce(hint: Any, value: Any, path: str, presets: PresetResolvers, current: Any) -> Any:
