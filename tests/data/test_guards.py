@@ -25,22 +25,22 @@ def test_import_has_no_ray_or_torch_side_effects():
     assert out.stdout.strip() == "[]"
 
 
-def test_the_pipeline_never_starts_ray_itself(tmp_path):
-    """Where and how Ray starts is the caller's policy: without a running Ray, one clear error."""
-    code = ("import ray, forge_data; from forge_data import DataPipelineConfig; "
-            f"forge_data.run_pipeline(DataPipelineConfig(inputs=['{tmp_path}'], output_dir='{tmp_path / 'out'}'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+def last_error_line_without_ray(call: str) -> str:
+    """Run `call` (forge_data imported) in a fresh interpreter where no Ray was started; its error."""
+    out = subprocess.run([sys.executable, "-c", f"import ray, forge_data; {call}"], capture_output=True, text=True,
                          env={"PYTHONPATH": str(PACKAGE.parent), "RAY_AUTH_MODE": "disabled"})
     assert out.returncode != 0
-    assert out.stderr.strip().splitlines()[-1].startswith(
-        "RuntimeError: forge_data.run_pipeline needs a running Ray"), out.stderr
+    return out.stderr.strip().splitlines()[-1]
+
+
+def test_the_pipeline_never_starts_ray_itself(tmp_path):
+    """Where and how Ray starts is the caller's policy: without a running Ray, one clear error."""
+    line = last_error_line_without_ray(
+        f"forge_data.run_pipeline(forge_data.DataPipelineConfig(inputs=['{tmp_path}'], output_dir='{tmp_path / 'o'}'))")
+    assert line.startswith("RuntimeError: forge_data.run_pipeline needs a running Ray"), line
 
 
 def test_tokenizer_training_never_starts_ray_itself(tmp_path):
-    code = ("import ray, forge_data; from forge_data import TokenizerConfig; "
-            f"forge_data.train_tokenizer(TokenizerConfig(), ['{tmp_path}'], '{tmp_path / 'tok'}')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"PYTHONPATH": str(PACKAGE.parent), "RAY_AUTH_MODE": "disabled"})
-    assert out.returncode != 0
-    assert out.stderr.strip().splitlines()[-1].startswith(
-        "RuntimeError: forge_data.train_tokenizer samples the corpus with Ray"), out.stderr
+    line = last_error_line_without_ray(
+        f"forge_data.train_tokenizer(forge_data.TokenizerConfig(), ['{tmp_path}'], '{tmp_path / 'tok'}')")
+    assert line.startswith("RuntimeError: forge_data.train_tokenizer samples the corpus with Ray"), line
