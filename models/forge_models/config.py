@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from forge_models.patterns import LAYER_SYMBOLS, parse_pattern
+from forge_models.patterns import parse_pattern
 
 KernelChoice = Literal["auto", "reference", "cuda"]
 Activation = Literal["gelu", "swiglu"]
@@ -197,23 +197,14 @@ class ModelConfig:
         _check_positive("model.norm_eps", self.norm_eps)
         _check_positive("model.init_std", self.init_std)
         _check_choice("model.kernels", self.kernels, KernelChoice)
-        self._check_pattern()
-
-        kinds = {spec.kind for spec in parse_pattern(self.pattern)}
+        try:
+            kinds = {spec.kind for spec in parse_pattern(self.pattern)}
+        except ValueError as err:  # the one check of a pattern, named by its path in a job spec
+            raise ValueError(f"model.{err}") from None
         if "mamba2" in kinds:
             self._check_mamba2()
         if "mamba" in kinds and self.mamba.d_conv < 1:
             _fail("model.mamba.d_conv", self.mamba.d_conv, ">= 1")
-
-    def _check_pattern(self) -> None:
-        # parse_pattern refuses the same patterns; checked here first to name the field the config's way.
-        symbols = ", ".join(f"{s!r} ({kind})" for s, kind in LAYER_SYMBOLS.items())
-        if not isinstance(self.pattern, str) or not self.pattern:
-            _fail("model.pattern", self.pattern, f"a non-empty string of the symbols {symbols}")
-        bad = next((c for c in self.pattern if c not in LAYER_SYMBOLS), None)
-        if bad is not None:
-            _fail("model.pattern", self.pattern,
-                  f"made of the symbols {symbols} ({bad!r} at position {self.pattern.index(bad)} is not one)")
 
     def _check_mamba2(self) -> None:
         m = self.mamba2

@@ -33,15 +33,13 @@ class LayerSpec:
 
 def parse_pattern(pattern: str) -> list[LayerSpec]:
     """Turn a pattern string into layer specs; raise ValueError on an empty or unknown symbol."""
+    symbols = ", ".join(f"{s!r} ({kind})" for s, kind in LAYER_SYMBOLS.items())
     if not isinstance(pattern, str) or not pattern:
-        raise ValueError(f"pattern={pattern!r} is invalid: allowed a non-empty string of {''.join(LAYER_SYMBOLS)}")
-    bad = sorted({c for c in pattern if c not in LAYER_SYMBOLS})
-    if bad:
-        where = pattern.index(bad[0])
-        raise ValueError(
-            f"pattern={pattern!r} is invalid: symbol {bad[0]!r} at position {where}; "
-            f"allowed symbols {', '.join(f'{s!r} ({k})' for s, k in LAYER_SYMBOLS.items())}"
-        )
+        raise ValueError(f"pattern = {pattern!r}: must be a non-empty string of the symbols {symbols}")
+    bad = next((c for c in pattern if c not in LAYER_SYMBOLS), None)
+    if bad is not None:
+        raise ValueError(f"pattern = {pattern!r}: must be made of the symbols {symbols} "
+                         f"({bad!r} at position {pattern.index(bad)} is not one)")
     return [LayerSpec(i, c, LAYER_SYMBOLS[c]) for i, c in enumerate(pattern)]
 
 
