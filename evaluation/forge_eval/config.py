@@ -25,13 +25,17 @@ class EvalConfig:
     """Lookups per book size; 0 skips Phonebook."""
 
     def __post_init__(self) -> None:
+        # A TOML `suites = "validation"` would otherwise be read letter by letter.
+        if isinstance(self.suites, str) or not all(isinstance(name, str) for name in self.suites):
+            raise ValueError(f"eval.suites = {self.suites!r}: must be a list of suite names "
+                             f"({', '.join(sorted(SUITES))})")
         unknown = [name for name in self.suites if name not in SUITES]
         if unknown:
-            raise ValueError(f"eval.suites = {self.suites}: must name known suites ({', '.join(sorted(SUITES))}); "
+            raise ValueError(f"eval.suites = {self.suites!r}: must name known suites ({', '.join(sorted(SUITES))}); "
                              f"unknown: {', '.join(unknown)}")
         if self.val_batches < 1:
-            raise ValueError(f"eval.val_batches = {self.val_batches}: must be >= 1")
+            raise ValueError(f"eval.val_batches = {self.val_batches!r}: must be >= 1")
         if not all(n >= 1 for n in self.phonebook_entries):
-            raise ValueError(f"eval.phonebook_entries = {self.phonebook_entries}: must be >= 1 each")
+            raise ValueError(f"eval.phonebook_entries = {self.phonebook_entries!r}: must be >= 1 each")
         if self.phonebook_queries < 0:
-            raise ValueError(f"eval.phonebook_queries = {self.phonebook_queries}: must be >= 0")
+            raise ValueError(f"eval.phonebook_queries = {self.phonebook_queries!r}: must be >= 0")

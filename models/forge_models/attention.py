@@ -80,7 +80,9 @@ def doc_block_mask(seq_idx_BL: torch.Tensor, length: int, device: torch.device):
     def doc_causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         return (kv <= q) & (seq_idx_BL[b, q] == seq_idx_BL[b, kv])
 
-    mask = create_block_mask(doc_causal, seq_idx_BL.shape[0], None, length, length, device=device)
+    # _compile: built block by block, never as a dense (L, L) mask: 128 GiB at 128K tokens (it ran out
+    # of memory there). One compiled graph serves every batch (the mask reads seq_idx as an input).
+    mask = create_block_mask(doc_causal, seq_idx_BL.shape[0], None, length, length, device=device, _compile=True)
     _BLOCK_MASK_CACHE[:] = [(weakref.ref(seq_idx_BL), seq_idx_BL._version, (length, str(device)), mask)]
     return mask
 

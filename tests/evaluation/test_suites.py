@@ -18,29 +18,34 @@ HEAVY = ("ray", "deepspeed", "mlflow")
 
 PROBE = """
 import json, sys
-for name in sys.argv[1:]:
-    __import__(name)
-print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & {"ray", "deepspeed", "mlflow"})))
+exec(sys.argv[1])
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[2:]))))
 """
 
 
-def heavy_modules_after_importing(*modules: str) -> list[str]:
-    """Which of Ray, DeepSpeed and MLflow a fresh interpreter has loaded after importing `modules`."""
+def heavy_modules_after(code: str) -> list[str]:
+    """Which of Ray, DeepSpeed and MLflow (or their submodules) a fresh interpreter holds after `code`."""
     areas = os.pathsep.join(str(REPO / area) for area in ("evaluation", "models", "data_pipeline"))
-    out = subprocess.run([sys.executable, "-c", PROBE, *modules], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", PROBE, code, *HEAVY], capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=areas), cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_forge_eval_imports_no_ray_deepspeed_or_mlflow() -> None:
-    assert heavy_modules_after_importing("forge_eval", "forge_eval.suites") == []
-    # The probe sees them when they are there.
-    assert heavy_modules_after_importing("forge_eval", "ray") == ["ray"]
+    # Every module of the package, and forge_data's lazily loaded loader, which validation uses.
+    code = ("import forge_eval, forge_eval.config, forge_eval.suites, forge_eval.validation, forge_eval.phonebook\n"
+            "import forge_data; forge_data.PackedShardLoader")
+    assert heavy_modules_after(code) == []
+    # The probe sees them when they are there (forge_data.pipeline imports Ray only when run, so
+    # the positive control imports Ray itself).
+    assert heavy_modules_after("import forge_eval, ray") == ["ray"]
 
 
 def test_an_unknown_suite_is_refused_naming_the_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"eval.suites = \['validation', 'niah'\]: .*phonebook, validation.*niah"):
         EvalConfig(suites=["validation", "niah"])
+    with pytest.raises(ValueError, match=r"eval.suites = 'validation': must be a list of suite names"):
+        EvalConfig(suites="validation")  # type: ignore[arg-type]
     with pytest.raises(KeyError, match="the suites are: phonebook, validation"):
         get_suite("niah")
     assert set(SUITES) == {"validation", "phonebook"}
@@ -51,6 +56,8 @@ def test_config_values_are_checked_in_the_one_error_style() -> None:
         EvalConfig(val_batches=0)
     with pytest.raises(ValueError, match=r"eval.phonebook_entries = \[4, 0\]: must be >= 1"):
         EvalConfig(phonebook_entries=[4, 0])
+    with pytest.raises(ValueError, match=r"eval.phonebook_queries = -1: must be >= 0"):
+        EvalConfig(phonebook_queries=-1)
 
 
 def test_validation_and_phonebook_metrics(model, tokenizer_and_manifest) -> None:
@@ -75,5 +82,7 @@ def test_suites_run_as_named(model, tokenizer_and_manifest) -> None:
     no_queries = evaluate_model(model, EvalConfig(suites=["phonebook"], phonebook_queries=0),
                                 EvalInputs(tokenizer=tokenizer))
     assert no_queries == {}
+    # Without a tokenizer Phonebook is skipped, as the platform always did (shards made elsewhere).
+    assert evaluate_model(model, EvalConfig(suites=["phonebook"]), EvalInputs(val_manifest=manifest)) == {}
     with pytest.raises(ValueError, match="suite 'validation' needs held-out data"):
         evaluate_model(model, EvalConfig(suites=["validation"]), EvalInputs(tokenizer=tokenizer))
