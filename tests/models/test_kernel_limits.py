@@ -57,6 +57,41 @@ def test_the_plan_splits_exactly_the_calls_that_crashed(preset: str, batch: int,
         check_offsets("segment", zxbcdt[:1, :plan.segment_length], dt[:1, -plan.segment_length:])
 
 
+@pytest.mark.parametrize("preset", ["hybrid-2b-anchor", "hybrid-8b"])
+def test_the_plan_splits_a_call_exactly_when_its_projection_reaches_the_limit(preset: str) -> None:
+    """The whole grid 4K...128K x batch 1-4: a call is split iff batch x length x Z reaches 2**31
+    (the measured crash rule), the split is the largest that fits (whole batch, whole rows, then
+    segments), and every call it makes stays inside the limit on the real strides of its views."""
+    widths = preset_widths(preset)
+    assert widths.per_token() == widths.in_proj  # at these widths the projection is the widest tensor
+    split = set()
+    for length in (4 * K, 8 * K, 16 * K, 32 * K, 64 * K, 96 * K, 128 * K):
+        for batch in range(1, 5):
+            plan = plan_mamba2_calls(batch, length, widths)
+            zxbcdt = torch.empty(batch, length, widths.in_proj, device="meta")
+            reaches = largest_offset(zxbcdt) >= INT32_OFFSET_LIMIT
+            assert reaches == (batch * length * widths.in_proj > INT32_OFFSET_LIMIT)  # Z-1 + ... = B*L*Z - 1
+            if plan.single_call and plan.rows_per_call >= batch:
+                assert not reaches, (batch, length)
+                continue
+            assert reaches, (batch, length)
+            split.add((batch, length // K))
+            if plan.single_call:  # whole rows: as many as fit, and one more would not
+                rows = plan.rows_per_call
+                assert 1 <= rows < batch
+                check_offsets("rows", zxbcdt[:rows])
+                assert largest_offset(zxbcdt[:rows + 1]) >= INT32_OFFSET_LIMIT
+            else:  # one row is already too long: chunk-aligned segments, one chunk more would not fit
+                segment, q = plan.segment_length, widths.chunk_size
+                assert plan.rows_per_call == 1 and segment % q == 0 and segment < length
+                check_offsets("segment", zxbcdt[:1, :segment], zxbcdt[:1, -segment:, -widths.num_heads:])
+                assert largest_offset(zxbcdt[:1, :segment + q]) >= INT32_OFFSET_LIMIT
+    expected = {"hybrid-2b-anchor": {(2, 128), (3, 128), (4, 128), (3, 96), (4, 96), (4, 64)},
+                "hybrid-8b": {(1, 128), (2, 128), (3, 128), (4, 128), (2, 96), (3, 96), (4, 96), (2, 64),
+                              (3, 64), (4, 64), (4, 32)}}[preset]
+    assert split == expected
+
+
 def test_the_8b_row_at_128k_is_cut_into_chunk_aligned_segments() -> None:
     plan = plan_mamba2_calls(1, 128 * K, preset_widths("hybrid-8b"))
     assert plan.segment_length == 115_456  # 451 chunks of 256: the most that fit (18,560 elements a token)
