@@ -1,1 +1,2 @@
-"""Training one stage: the trainer every rank runs, the checkpoint manager and files, DeepSpeed and optimizer configs, the driver side (stage_runner), failure drills."""
+"""Training one stage: the trainer every rank runs, the checkpoint manager and files, the DeepSpeed
+and optimizer configs, the driver side (stage_runner) and failure drills."""
