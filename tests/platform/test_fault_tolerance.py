@@ -119,19 +119,20 @@ def test_data_parallel_stage_matches_one_worker_on_the_same_rows(short_docs_data
                                                    peak_tflops=1.0)], ids=["dp2", "tp2xdp2"])
 def test_zero3_stage_matches_one_worker_on_the_same_rows(short_docs_data, tmp_path: Path,
                                                         layout: ParallelConfig) -> None:
-    """ZeRO-3 through the real trainer (parameters partitioned over the two data-parallel ranks and
-    gathered by the modules' hooks; the model ties its LM head to the embedding, a parameter read
-    outside its own module), alone and under TP=2, trains the same model as one worker on the same rows."""
+    """ZeRO-3 through the real trainer, alone and under TP=2, trains the same model as one worker on the
+    same rows, with gradients accumulated over two micro-batches. The model is wide enough (d_model 256)
+    that DeepSpeed really partitions its weights (below 1e5 elements it keeps them whole), and it ties its
+    LM head to the embedding, a parameter read outside its own module."""
     ensure_ray(4, workspace=tmp_path)
-    tied = dataclasses.replace(stage_run(short_docs_data).model, tie_embeddings=True)
-    train = {"steps": 3, "micro_batch_size": 2, "seed": 3}
+    model = dataclasses.replace(stage_run(short_docs_data).model, d_model=256, tie_embeddings=True)
     base = stage_run(short_docs_data).stage
-    one = run_stage(stage_run(short_docs_data, parallel=ParallelConfig(num_workers=1, peak_tflops=1.0), model=tied,
-                              stage=dataclasses.replace(base, train=TrainConfig(grad_accum_steps=2, zero_stage=2,
-                                                                                **train))),
+    one = run_stage(stage_run(short_docs_data, parallel=ParallelConfig(num_workers=1, peak_tflops=1.0), model=model,
+                              stage=dataclasses.replace(base, train=TrainConfig(steps=3, micro_batch_size=2,
+                                                                                grad_accum_steps=2, seed=3))),
                     tmp_path / "storage", "zero3-ref")
-    three = run_stage(stage_run(short_docs_data, parallel=layout, model=tied,
-                                stage=dataclasses.replace(base, train=TrainConfig(zero_stage=3, **train))),
+    three = run_stage(stage_run(short_docs_data, parallel=layout, model=model,
+                                stage=dataclasses.replace(base, train=TrainConfig(
+                                    steps=3, micro_batch_size=1, grad_accum_steps=2, zero_stage=3, seed=3))),
                       tmp_path / "storage", "zero3")
     one_losses, three_losses = losses_by_step(one.raw), losses_by_step(three.raw)
     assert sorted(three_losses) == [1, 2, 3]

@@ -94,15 +94,21 @@ def parallelize_hybrid(model: LanguageModel, groups: ParallelGroups, stage: Stag
         if not hasattr(engine, "enable_backward_allreduce"):
             raise RuntimeError("this DeepSpeed has no engine.enable_backward_allreduce; check the pin in pyproject.toml")
         engine.enable_backward_allreduce = False
-    return ParallelModel(model, engine, groups, zero_stage, _build_batch_loss(model, groups, zero_stage))
+    return ParallelModel(model, engine, groups, zero_stage, _build_batch_loss(model, engine, groups, zero_stage))
 
 
-def _build_batch_loss(model: nn.Module, groups: ParallelGroups, zero_stage: int) -> Callable[[Batch], torch.Tensor]:
+def _build_batch_loss(model: nn.Module, engine: Any, groups: ParallelGroups,
+                      zero_stage: int) -> Callable[[Batch], torch.Tensor]:
     """The loss of one packed micro-batch, by the cheapest path the layout allows."""
     token_loss = build_loss_fn(groups)  # full cross-entropy at tp 1, vocab-parallel above
 
     def batch_loss(batch: Batch) -> torch.Tensor:
         ids, seq_idx, positions = batch["input_ids"], batch["seq_idx"], batch["position_ids"]
+        if zero_stage == 3:
+            # What DeepSpeed's engine.forward does first and a direct module call skips: at stage 3
+            # it advances the optimizer's micro-step, without which every micro-batch's gradient
+            # partition replaced the previous one (accumulation kept only the last micro-batch).
+            engine.optimizer.clear_backward_seen_flag()
         if groups.tp == 1 and zero_stage < 3:
             # Chunked LM head + cross-entropy: the (B, L, V) logits are never materialised. (Not
             # under ZeRO-3, whose partitioned LM head is only gathered by a module call.)
