@@ -4,7 +4,9 @@ Public surface (the contract with forge_platform):
 
 - configs: `DataPipelineConfig`, `TokenizerConfig`, `PackingConfig`, `CleaningConfig`, `LongContextConfig`
 - `train_tokenizer(cfg, inputs, out_dir) -> path`, `load_tokenizer(path) -> Tokenizer`
-- `run_pipeline(cfg) -> Manifest` (Ray Data), `pack_documents(token_lists, seq_len, ...)` (pure)
+- `run_pipeline(cfg) -> Manifest` (Ray Data): `tokenize_corpus(cfg, store_dir) -> TokenStore` (Ray Data,
+  once per corpus), then `pack_tokens(store, cfg) -> Manifest` (once per stage: seq_len, long-document policy)
+- `pack_documents(token_lists, seq_len, ...)` (pure)
 - `PackedShardLoader(manifest_path, micro_batch_size, dp_rank, dp_size, start_sample, shuffle_seed)`
 
 Importing this package starts nothing and imports neither Ray nor torch: Ray imports it on
@@ -22,20 +24,22 @@ from forge_data.config import (
 )
 from forge_data.manifest import Manifest
 from forge_data.packing import IGNORE_INDEX, PackedRows, PackStats, pack_documents, pack_flat
+from forge_data.token_store import TokenStore
 from forge_data.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
     "CleaningConfig", "DataPipelineConfig", "LongContextConfig", "PackingConfig", "TokenizerConfig",
     "Manifest", "IGNORE_INDEX", "PackedRows", "PackStats", "pack_documents", "pack_flat",
-    "Tokenizer", "load_tokenizer", "train_tokenizer", "run_pipeline", "PackedShardLoader",
+    "Tokenizer", "load_tokenizer", "train_tokenizer", "run_pipeline", "tokenize_corpus", "pack_tokens",
+    "TokenStore", "PackedShardLoader",
 ]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: these pull in Ray (pipeline, tokenizer training) or torch (loader).
-    if name == "run_pipeline":
-        from forge_data.pipeline import run_pipeline
-        return run_pipeline
+    if name in ("run_pipeline", "tokenize_corpus", "pack_tokens"):
+        from forge_data import pipeline
+        return getattr(pipeline, name)
     if name == "train_tokenizer":
         from forge_data.tokenizer_training import train_tokenizer
         return train_tokenizer

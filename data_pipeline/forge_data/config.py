@@ -144,19 +144,47 @@ class CleaningConfig:
 
 @dataclass
 class LongContextConfig:
-    """Selection and up-weighting of long documents for context-extension stages."""
+    """Which documents a stage packs, by their length in tokens: select, up-weight or mix long ones.
+
+    Applied in this order: select (`min_doc_tokens`), up-weight, then mix; documents left out are
+    counted in the manifest and the rejection report (reasons "long_context_filtered" and
+    "long_context_mixed_out"). The defaults pack every document once.
+    """
 
     min_doc_tokens: int = 0
-    """Keep only documents with at least this many tokens (0 keeps all); others are reported as filtered."""
+    """Select: keep only documents with at least this many tokens (0 keeps all); others are reported as filtered."""
     upweight_min_tokens: int = 0
-    """Documents with at least this many tokens are repeated `upweight_factor` times (0 disables)."""
+    """Up-weight: documents with at least this many tokens are repeated `upweight_factor` times (0 disables)."""
     upweight_factor: int = 1
     """How many copies of each long document are packed (1 = no up-weighting)."""
+    mix_min_tokens: int = 0
+    """Mix: documents with at least this many tokens are the long side of the mix (0 = no mix)."""
+    mix_long_share: float = 0.0
+    """Mix: share of the packed tokens that come from long documents (0 < share <= 1). The side with too
+    many tokens is subsampled, documents taken in a fixed order (a hash of their id), until the share is
+    reached; the base data is otherwise packed as it is. Needs the whole corpus's lengths, so it is
+    computed over every work unit before packing."""
+    previous_seq_len: int = 0
+    """The previous stage's row length: the manifest reports the share of packed tokens that sit in
+    documents longer than it (`long_doc_share`); 0 reports nothing. A campaign sets it per stage."""
 
     def __post_init__(self) -> None:
-        _check_range("data.long_context", "min_doc_tokens", self.min_doc_tokens, 0)
-        _check_range("data.long_context", "upweight_min_tokens", self.upweight_min_tokens, 0)
-        _check_range("data.long_context", "upweight_factor", self.upweight_factor, 1, 1000)
+        section = "data.long_context"
+        _check_range(section, "min_doc_tokens", self.min_doc_tokens, 0)
+        _check_range(section, "upweight_min_tokens", self.upweight_min_tokens, 0)
+        _check_range(section, "upweight_factor", self.upweight_factor, 1, 1000)
+        if self.upweight_factor > 1 and self.upweight_min_tokens == 0:
+            _fail(section, "upweight_min_tokens", 0, f">= 1 when upweight_factor = {self.upweight_factor} "
+                  "(which documents to repeat)")
+        _check_range(section, "mix_min_tokens", self.mix_min_tokens, 0)
+        _check_range(section, "mix_long_share", self.mix_long_share, 0.0, 1.0)
+        if (self.mix_min_tokens > 0) != (self.mix_long_share > 0):
+            _fail(section, "mix_long_share", self.mix_long_share,
+                  f"in (0, 1] with mix_min_tokens >= 1 (mix_min_tokens = {self.mix_min_tokens}), or 0 with 0")
+        if self.mix_long_share > 0 and self.min_doc_tokens > 0:
+            _fail(section, "mix_long_share", self.mix_long_share,
+                  f"0 when min_doc_tokens = {self.min_doc_tokens} (selecting drops the base data a mix needs)")
+        _check_range(section, "previous_seq_len", self.previous_seq_len, 0)
 
 
 @dataclass
@@ -181,7 +209,7 @@ class DataPipelineConfig:
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
     """Rejection and repair policies."""
     long_context: LongContextConfig = field(default_factory=LongContextConfig)
-    """Long-document selection for context-extension stages."""
+    """Long-document policy (select, up-weight, mix) and the long-document share to report."""
     shard_tokens: int = 1 << 24
     """Tokens (rows x seq_len) per Parquet shard; the loader holds one shard in memory per rank."""
     shard_compression: Compression = "none"

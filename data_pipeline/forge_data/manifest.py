@@ -5,6 +5,9 @@ manifest is deterministic too (no timestamps, sorted keys). The accounting invar
 
     docs_in   == docs_packed + docs_rejected          (long-context filtering counts as rejected)
     tokens_tokenized - tokens_filtered + tokens_repeated == tokens_written + tokens_truncated
+
+and, for an extension stage, how much of what it packs sits in documents longer than the previous
+stage's rows (`long_doc_share`): the point of extending is documents the last stage had to cut.
 """
 
 from __future__ import annotations
@@ -13,14 +16,14 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Optional
 
 MANIFEST_FILE = "manifest.json"
 REJECTIONS_FILE = "rejections.parquet"
 COUNT_KEYS = (
     "docs_in", "docs_packed", "docs_rejected", "docs_repaired", "docs_split", "docs_truncated",
     "docs_repeated", "tokens_tokenized", "tokens_filtered", "tokens_repeated", "tokens_written",
-    "tokens_truncated", "tokens_padding", "rows",
+    "tokens_truncated", "tokens_padding", "rows", "tokens_in_long_docs",
 )
 
 
@@ -55,9 +58,15 @@ class Manifest:
     padding_ratio: float = 0.0
     truncation_ratio: float = 0.0
     location: dict[str, Any] = field(default_factory=dict)
-    """{"input_root", "inputs", "output_dir", "tokenizer_path"} of this run: the only place-dependent field."""
-    version: int = 2
-    """2: location-free document ids and input names, places in `location` (1: absolute URIs)."""
+    """{"input_root", "inputs", "output_dir", "tokenizer_path", "token_store"} of this run: the only
+    place-dependent field."""
+    previous_seq_len: int = 0
+    """The previous stage's row length the long-document share is measured against (0: none)."""
+    long_doc_share: Optional[float] = None
+    """Share of the written tokens whose document (as tokenized, whole) has more than `previous_seq_len`
+    tokens: counts["tokens_in_long_docs"] / counts["tokens_written"]; None when previous_seq_len is 0."""
+    version: int = 3
+    """3: packed from a token store, long-document share (2: location-free ids and names; 1: absolute URIs)."""
     root: str = field(default="", compare=False)
     """Directory the manifest was loaded from (not saved)."""
 
@@ -107,8 +116,11 @@ def check_accounting(counts: dict[str, int]) -> None:
 
 def build_manifest(reports: list[dict[str, Any]], seq_len: int, inputs: list[dict[str, Any]],
                    tokenizer: dict[str, Any], config: dict[str, Any],
-                   location: dict[str, Any] | None = None) -> tuple[Manifest, list[dict[str, Any]]]:
+                   location: dict[str, Any] | None = None,
+                   previous_seq_len: int = 0) -> tuple[Manifest, list[dict[str, Any]]]:
     """Fold block reports (any order) into a manifest and the ordered list of rejection records.
+
+    `previous_seq_len` > 0: report the share of written tokens in documents longer than it.
 
     `inputs`: one {"name", ...} per input file (name as in the reports' parts); hashes are added.
     """
@@ -142,5 +154,8 @@ def build_manifest(reports: list[dict[str, Any]], seq_len: int, inputs: list[dic
         inputs=inputs, tokenizer=tokenizer, config=config, location=dict(location or {}),
         padding_ratio=counts_dict["tokens_padding"] / total if total else 0.0,
         truncation_ratio=counts_dict["tokens_truncated"] / to_pack if to_pack else 0.0,
+        previous_seq_len=previous_seq_len,
+        long_doc_share=(counts_dict["tokens_in_long_docs"] / counts_dict["tokens_written"]
+                        if previous_seq_len and counts_dict["tokens_written"] else None),
     )
     return manifest, records

@@ -1,4 +1,8 @@
-"""A campaign: corpus → tokenizer → packed shards → stages (pretrain, context extensions) → evaluation.
+"""A campaign: corpus → tokenizer → tokens (once) → per stage: packed shards → training → evaluation.
+
+The corpus is tokenized once into a token store per split (forge_data.tokenize_corpus); each stage
+packs those tokens at its own length under its own long-document policy (forge_data.pack_tokens)
+and says how much of its training data sits in documents longer than the previous stage's rows.
 
 Each step is a call into the package that owns it; this module only orders them and records them
 in MLflow: one parent run for the campaign and one child run per stage, with params, per-step
@@ -13,12 +17,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forge_data import load_tokenizer, run_pipeline, train_tokenizer
+from forge_data import (DataPipelineConfig, LongContextConfig, Manifest, TokenStore, load_tokenizer, pack_tokens,
+                        tokenize_corpus, train_tokenizer)
 from forge_data.manifest import MANIFEST_FILE
 
-from forge_platform.config_loader import config_hash, flatten
+from forge_platform.config_loader import ConfigError, config_hash, flatten
 from forge_platform.demo_corpus import prepare_demo_corpus
-from forge_platform.job_config import CampaignConfig
+from forge_platform.job_config import CampaignConfig, StageConfig
 from forge_platform.session import JobSession, banner, job_session
 from forge_platform.stage import StageOutcome, train_and_evaluate
 from forge_platform.tracking.mlflow_server import LocalMlflowServer
@@ -40,6 +45,7 @@ class CampaignOutcome:
 def run_campaign(cfg: CampaignConfig) -> CampaignOutcome:
     """Run every stage of `cfg` in order and return where everything went."""
     started = time.perf_counter()
+    check_long_document_settings(cfg)
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     banner(f"campaign {cfg.name!r}: starting Ray")
@@ -86,22 +92,20 @@ def _run_stages(cfg: CampaignConfig, out: Path, session: JobSession, parent: str
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
     print(f"vocabulary {tokenizer.vocab_size}; model pattern {model_cfg.pattern!r}", flush=True)
 
+    banner("tokenizing the corpus once (every stage packs these tokens)")
+    stores = {split: tokenize_split(cfg.data, split_inputs, str(tokenizer_path), out / "data" / "tokens" / split)
+              for split, split_inputs in inputs.items() if split_inputs}
+
     previous: Path | None = None
     for index, stage in enumerate(cfg.stages):
+        previous_seq_len = cfg.stages[index - 1].seq_len if index else 0
         banner(f"stage {index + 1}/{len(cfg.stages)} {stage.name!r}: packing data at {stage.seq_len} tokens")
-        manifests = {}
-        for split, split_inputs in inputs.items():
-            if not split_inputs:
-                continue
-            data_cfg = dataclasses.replace(
-                cfg.data,
-                inputs=split_inputs,
-                output_dir=str(out / "data" / stage.name / split),
-                tokenizer=dataclasses.replace(cfg.data.tokenizer, model_path=str(tokenizer_path)),
-                packing=dataclasses.replace(cfg.data.packing, seq_len=stage.seq_len),
-            )
-            run_pipeline(data_cfg)
-            manifests[split] = Path(data_cfg.output_dir) / MANIFEST_FILE
+        packed = pack_stage(cfg.data, stage, previous_seq_len, stores, out / "data" / stage.name)
+        print(describe_stage_data(stage, packed), flush=True)
+        if previous_seq_len:
+            runs.log_metrics(parent, {f"{stage.name}.{split}_long_doc_share": m.long_doc_share
+                                      for split, m in packed.items() if m.long_doc_share is not None})
+        manifests = {split: Path(m.root) / MANIFEST_FILE for split, m in packed.items()}
         outcome.stages.append(
             train_and_evaluate(
                 stage, model_cfg, cfg.parallel, manifests, tokenizer, session,
@@ -112,6 +116,59 @@ def _run_stages(cfg: CampaignConfig, out: Path, session: JobSession, parent: str
             )
         )
         previous = outcome.stages[-1].checkpoint_dir
+
+
+def check_long_document_settings(cfg: CampaignConfig) -> None:
+    """A campaign's long-document policy is per stage: refuse settings it would silently ignore."""
+    if cfg.data.long_context != LongContextConfig():
+        raise ConfigError(f"data.long_context = {cfg.data.long_context}: must be left at its defaults in a campaign "
+                          "(each stage has its own: stages.N.long_documents)")
+    for index, stage in enumerate(cfg.stages):
+        if stage.long_documents.previous_seq_len:
+            raise ConfigError(f"stages.{index}.long_documents.previous_seq_len = "
+                              f"{stage.long_documents.previous_seq_len}: must be 0 in a campaign "
+                              "(it is the previous stage's seq_len, filled in by the campaign)")
+
+
+def tokenize_split(data: DataPipelineConfig, inputs: list[str], tokenizer_path: str, store_dir: Path,
+                   use_ray: bool = True) -> TokenStore:
+    """Read, clean and tokenize one split's inputs once, into `store_dir`."""
+    cfg = dataclasses.replace(data, inputs=inputs, output_dir=str(store_dir),
+                              tokenizer=dataclasses.replace(data.tokenizer, model_path=tokenizer_path))
+    return tokenize_corpus(cfg, str(store_dir), use_ray=use_ray)
+
+
+def pack_stage(data: DataPipelineConfig, stage: StageConfig, previous_seq_len: int, stores: dict[str, TokenStore],
+               out_dir: Path) -> dict[str, Manifest]:
+    """Pack every split's tokens for one stage into `out_dir/<split>`: rows of the stage's seq_len; the
+    training split under the stage's long-document policy, held-out data whole (every stage is
+    evaluated on the same documents). Both report their share of tokens in documents longer than
+    `previous_seq_len` (the stage before's rows; 0 for the first stage: nothing to report)."""
+    manifests = {}
+    for split, store in stores.items():
+        policy = stage.long_documents if split == "train" else LongContextConfig()
+        cfg = dataclasses.replace(
+            data, output_dir=str(out_dir / split),
+            packing=dataclasses.replace(data.packing, seq_len=stage.seq_len),
+            long_context=dataclasses.replace(policy, previous_seq_len=previous_seq_len),
+        )
+        manifests[split] = pack_tokens(store, cfg)
+    return manifests
+
+
+def describe_stage_data(stage: StageConfig, manifests: dict[str, Manifest]) -> str:
+    """What a stage trains on, in a line per split: rows, documents, and the long-document share."""
+    lines = []
+    for split, m in manifests.items():
+        c = m.counts
+        line = (f"{stage.name} {split}: {m.num_rows} rows of {m.seq_len} tokens from {c['docs_packed']} documents "
+                f"({c['docs_repeated']} extra copies, {m.rejected_by_reason.get('long_context_filtered', 0)} "
+                f"filtered, {m.rejected_by_reason.get('long_context_mixed_out', 0)} mixed out)")
+        if m.long_doc_share is not None:
+            line += (f"; {m.long_doc_share:.1%} of its tokens sit in documents longer than {m.previous_seq_len} "
+                     "tokens (the previous stage's rows)")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def print_summary(cfg: CampaignConfig, outcome: CampaignOutcome, session: JobSession) -> None:

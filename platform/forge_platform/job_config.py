@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from forge_data.config import DataPipelineConfig
+from forge_data.config import DataPipelineConfig, LongContextConfig
 from forge_eval import EvalConfig
 from forge_models import ModelConfig, get_preset
 
@@ -205,6 +205,12 @@ class StageConfig:
     """Checkpoint cadence and retention."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation after the stage (forge_eval's suites)."""
+    long_documents: LongContextConfig = field(default_factory=LongContextConfig)
+    """Which training documents a campaign packs for this stage, by length in tokens: select
+    (`min_doc_tokens`), up-weight (`upweight_min_tokens`, `upweight_factor`) or mix
+    (`mix_min_tokens`, `mix_long_share`); held-out data is packed whole. The campaign fills in
+    `previous_seq_len` from the stage before, and the manifest reports the share of tokens in
+    documents longer than it. The defaults pack every document once."""
 
     def __post_init__(self) -> None:
         _require(bool(self.name) and "/" not in self.name,
@@ -253,8 +259,9 @@ class CampaignConfig(TrainingJobBase):
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     """The bundled demo corpus, used when `data.inputs` is empty."""
     data: DataPipelineConfig = field(default_factory=DataPipelineConfig)
-    """Tokenizer training, tokenizing and packing of `data.inputs` (training text); each stage packs
-    at its own seq_len, under the campaign's output_dir."""
+    """Tokenizer training, tokenizing and packing of `data.inputs` (training text). The corpus is
+    tokenized once; each stage packs those tokens at its own seq_len under its own
+    `long_documents` policy (so `data.packing.seq_len` and `data.long_context` are not used)."""
     val_inputs: list[str] = field(default_factory=list)
     """Held-out text for evaluation when `data.inputs` is given (the demo corpus brings its own)."""
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])

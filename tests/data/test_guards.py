@@ -37,7 +37,7 @@ def test_the_pipeline_never_starts_ray_itself(tmp_path):
     """Where and how Ray starts is the caller's policy: without a running Ray, one clear error."""
     line = last_error_line_without_ray(
         f"forge_data.run_pipeline(forge_data.DataPipelineConfig(inputs=['{tmp_path}'], output_dir='{tmp_path / 'o'}'))")
-    assert line.startswith("RuntimeError: forge_data.run_pipeline needs a running Ray"), line
+    assert line.startswith("RuntimeError: forge_data.tokenize_corpus needs a running Ray"), line
 
 
 def test_tokenizer_training_never_starts_ray_itself(tmp_path):
