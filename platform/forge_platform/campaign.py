@@ -24,6 +24,7 @@ from forge_data.manifest import MANIFEST_FILE
 from forge_platform.config_loader import ConfigError, config_hash, flatten
 from forge_platform.demo_corpus import prepare_demo_corpus
 from forge_platform.job_config import CampaignConfig, StageConfig
+from forge_platform.memory_plan import plan_for_job
 from forge_platform.session import JobSession, banner, job_session
 from forge_platform.stage import StageOutcome, train_and_evaluate
 from forge_platform.tracking.mlflow_server import LocalMlflowServer
@@ -46,6 +47,11 @@ def run_campaign(cfg: CampaignConfig) -> CampaignOutcome:
     """Run every stage of `cfg` in order and return where everything went."""
     started = time.perf_counter()
     check_long_document_settings(cfg)
+    # The memory plan: a stage that cannot fit is refused before any tokenizing. The model's
+    # vocabulary will be the tokenizer's, so the plan counts the tokenizer's size when one is trained.
+    planned = cfg.model if cfg.data.tokenizer.model_path else dataclasses.replace(
+        cfg.model, vocab_size=cfg.data.tokenizer.vocab_size)
+    cfg = dataclasses.replace(cfg, stages=plan_for_job(planned, cfg.stages, cfg.parallel))
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     banner(f"campaign {cfg.name!r}: starting Ray")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,3 +37,41 @@ def job_main(config_cls: type, run: Callable[[Any], Any], doc: str, argv: Sequen
         print(f"error: invalid job spec: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def plan_main(doc: str, argv: Sequence[str] | None = None) -> int:
+    """`python -m jobs.plan --config spec.toml [overrides]`: every stage's memory plan.
+
+    Exit 0 when every stage fits (or the GPU's memory is unknown), 1 when one does not, 2 on a bad spec."""
+    import tomllib
+
+    from forge_platform.job_config import CampaignConfig, PretrainConfig
+    from forge_platform.memory_plan import gpu_capacity, plan_stages, unfit_message
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args or "--config" not in args or args.index("--config") + 1 >= len(args):
+        print(doc.strip())
+        return 0 if ("-h" in args or "--help" in args) else 2
+    at = args.index("--config")
+    path = args[at + 1]
+    del args[at : at + 2]
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+        cls = CampaignConfig if "stages" in raw else PretrainConfig
+        cfg = load_job_config(cls, path, args)
+    except (ConfigError, OSError, tomllib.TOMLDecodeError) as err:
+        print(f"error: invalid job spec: {err}", file=sys.stderr)
+        return 2
+    model, stages = cfg.model, (cfg.stages if cls is CampaignConfig else [cfg.stage])
+    if cls is CampaignConfig and not cfg.data.tokenizer.model_path:  # the campaign's model takes the tokenizer's vocabulary
+        model = dataclasses.replace(model, vocab_size=cfg.data.tokenizer.vocab_size)
+    plans = plan_stages(model, stages, cfg.parallel, capacity=gpu_capacity(cfg.parallel))
+    dims = cfg.parallel.dims
+    print(f"memory plan of {path}: {cfg.parallel.num_workers} GPUs as TP {dims.tp} x DP {dims.dp}, per GPU")
+    for plan in plans:
+        print(plan.table())
+    unfit = [(s, p) for s, p in zip(stages, plans) if not p.fits]
+    for stage, plan in unfit:
+        print(unfit_message(model, stage, cfg.parallel, plan))
+    return 1 if unfit else 0

@@ -85,6 +85,9 @@ class ParallelConfig:
     """Logical CPUs Ray reserves per worker (keep Ray's CPU count above workers x this: see docs)."""
     max_failures: int = 0
     """Worker-group restarts Ray allows; each resumes from the last checkpoint."""
+    gpu_memory_gib: float = 0.0
+    """Memory of one GPU for the memory plan; 0 reads it from this machine's GPU (on a cluster
+    whose driver has none, set it: e.g. 79.1 for an H100 80GB), and leaves it unchecked if there is none."""
     peak_tflops: float = 0.0
     """Peak TFLOP/s of one device for MFU; 0 measures a dense matmul on the device at start."""
 
@@ -98,6 +101,7 @@ class ParallelConfig:
                              f"parallel.num_workers = {self.num_workers} ({err})") from None
         _require(self.cpus_per_worker > 0, f"parallel.cpus_per_worker = {self.cpus_per_worker}: must be > 0")
         _require(self.max_failures >= 0, f"parallel.max_failures = {self.max_failures}: must be >= 0")
+        _require(self.gpu_memory_gib >= 0, f"parallel.gpu_memory_gib = {self.gpu_memory_gib}: must be >= 0")
         _require(self.peak_tflops >= 0, f"parallel.peak_tflops = {self.peak_tflops}: must be >= 0")
 
     @property
@@ -158,8 +162,11 @@ class TrainConfig:
     zero_stage: Literal[0, 1, 2, 3] = 2
     """DeepSpeed ZeRO stage over the data-parallel group; with one data-parallel rank it runs as 0.
     Every stage is tested through the trainer against one worker, stage 3 also under tensor parallelism."""
-    activation_checkpointing: bool = False
-    """Recompute each layer's activations in the backward pass to save memory."""
+    recompute: Literal["auto", "none", "selective", "full"] = "auto"
+    """Activation recompute in the backward pass: none (fastest, most memory), selective (every
+    layer but attention, whose recompute would redo the quadratic scores while what it keeps is
+    small), full (every layer from its input), or auto: the fastest mode the memory plan says fits
+    the GPU (none on CPU workers). `python -m jobs.plan` prints the plan."""
     log_every: int = 1
     """Log metrics every this many steps."""
     seed: int = 0

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from forge_platform.cluster import ensure_ray
 from forge_platform.config_loader import ConfigError
 from forge_platform.evaluation import checkpoint_model_config, evaluate_checkpoint
 from forge_platform.job_config import EvaluateConfig, PretrainConfig, TokenizeConfig, require
+from forge_platform.memory_plan import plan_for_job
 from forge_platform.session import banner, job_session
 from forge_platform.stage import StageOutcome, train_and_evaluate
 
@@ -49,6 +51,7 @@ def run_pretrain(cfg: PretrainConfig) -> StageOutcome:
     """Train one stage on packed shards and evaluate it; a run of its own in MLflow."""
     require(cfg, "train_manifest")
     check_packed_length(cfg.stage.seq_len, cfg.train_manifest)
+    cfg = dataclasses.replace(cfg, stage=plan_for_job(cfg.model, [cfg.stage], cfg.parallel)[0])
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     if tokenizer is not None and tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.vocab_size = {cfg.model.vocab_size}: must be at least the tokenizer's "

@@ -7,8 +7,10 @@
    on every TP rank.
 2. Sequence / context parallelism: not yet (long-context part 2). It shards activations along
    the sequence inside the TP region, so it belongs after TP and before recompute.
-3. Activation recompute: each block's forward is wrapped so its activations are recomputed in
-   the backward pass. After TP, so the recomputed forward runs the TP hooks again.
+3. Activation recompute: the blocks the stage's mode recomputes (every block, or every block but
+   attention) are wrapped so their activations are recomputed in the backward pass. After TP,
+   so the recomputed forward runs the TP hooks again. The mode is concrete here: `auto` is
+   resolved by the memory plan before (memory_plan.py).
 4. Compilation: nothing to apply here. forge_models compiles its own pointwise kernels inside
    each module (`ModelConfig.compile_pointwise`), and a module that carries TP hooks calls its
    submodules instead of a fused kernel, so compiling never skips a collective.
@@ -31,7 +33,7 @@ from forge_models import LanguageModel
 from torch import nn
 
 from forge_platform.job_config import StageConfig
-from forge_platform.parallel.activation_checkpointing import apply_activation_checkpointing
+from forge_platform.parallel.recompute import apply_recompute
 from forge_platform.parallel.cross_entropy import build_loss_fn
 from forge_platform.parallel.groups import ParallelGroups
 from forge_platform.parallel.mpu import ModelParallelUnit
@@ -72,8 +74,7 @@ def parallelize_hybrid(model: LanguageModel, groups: ParallelGroups, stage: Stag
         parallelize_model(model, groups)
     # 2. (Sequence / context parallelism goes here.)
     # 3. Activation recompute.
-    if train.activation_checkpointing:
-        apply_activation_checkpointing(model)
+    apply_recompute(model, train.recompute)
     # 4. Compilation: inside forge_models (see the module docstring).
     # 5. Optimizer over the local slices, then the ZeRO engine.
     optimizer = build_optimizer(model, stage.optim)

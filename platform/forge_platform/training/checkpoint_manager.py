@@ -41,8 +41,11 @@ from forge_platform.training.checkpoint_files import (
 
 
 def training_hash(stage: StageConfig) -> str:
-    """Hash of what a resumed run must not change: sequence length, steps, batch shape, optimizer."""
-    return config_hash({"seq_len": stage.seq_len, "train": dataclasses.asdict(stage.train),
+    """Hash of what a resumed run must not change: sequence length, steps, batch shape, optimizer.
+    Not the recompute mode: it changes memory and speed, never the numbers (a rerun on another GPU
+    may resolve `auto` differently and still continue)."""
+    train = {k: v for k, v in dataclasses.asdict(stage.train).items() if k != "recompute"}
+    return config_hash({"seq_len": stage.seq_len, "train": train,
                         "optim": dataclasses.asdict(stage.optim)})
 
 

@@ -14,6 +14,7 @@ logs to the tracking backend.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import time
@@ -31,6 +32,7 @@ from forge_models.flops import training_flops_per_token
 
 from forge_platform.config_loader import config_hash
 from forge_platform.job_config import ParallelConfig, StageConfig, TrackingConfig
+from forge_platform.memory_plan import choose_recompute, gpu_capacity, resolve_recompute
 from forge_platform.parallel.batch import check_tp_batch
 from forge_platform.parallel.grad_norm import global_grad_norm
 from forge_platform.parallel.groups import ParallelGroups, build_process_groups
@@ -93,6 +95,9 @@ class Trainer:
     """One stage on one rank."""
 
     def __init__(self, run: StageRun) -> None:
+        if run.stage.train.recompute == "auto":  # jobs resolve it on the driver; a direct caller may not
+            plan = choose_recompute(run.model, run.stage, run.parallel, capacity=gpu_capacity(run.parallel))
+            run = dataclasses.replace(run, stage=resolve_recompute(run.stage, plan))
         self.run = run
         stage, train = run.stage, run.stage.train
         ctx = ray.train.get_context()
