@@ -60,7 +60,8 @@ def phonebook_accuracy(model: nn.Module, tokenizer: TextTokenizer, num_entries: 
         prompt_ids = tokenizer.encode(question.prompt)
         prompt_tokens = max(prompt_tokens, len(prompt_ids))
         budget = len(tokenizer.encode(" " + question.answer)) + 2
-        output = generate(model, torch.tensor([prompt_ids]), max_new_tokens=budget, temperature=0.0)
+        prompt = torch.tensor([prompt_ids], device=next(model.parameters()).device)
+        output = generate(model, prompt, max_new_tokens=budget, temperature=0.0)
         continuation = tokenizer.decode(output[0, len(prompt_ids):].tolist())
         correct += continuation.strip().startswith(question.answer)
     accuracy = correct / num_questions if num_questions else 0.0

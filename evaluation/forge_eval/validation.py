@@ -19,12 +19,13 @@ def validation_loss(model: nn.Module, manifest: str, num_batches: int, batch_siz
     more than full ones.
     """
     model.eval()
+    device = next(model.parameters()).device
     loader = PackedShardLoader(manifest, micro_batch_size=batch_size, dp_rank=0, dp_size=1, shuffle=False)
     # The loader wraps around epochs: never count a held-out row twice.
     num_batches = min(num_batches, loader.num_rows // batch_size)
     total_loss, total_tokens = 0.0, 0
     for _ in range(num_batches):
-        batch = loader.next_batch()
+        batch = {k: v.to(device) for k, v in loader.next_batch().items()}
         logits = model(batch["input_ids"], seq_idx=batch["seq_idx"], position_ids=batch["position_ids"])
         tokens = int((batch["labels"] != IGNORE_INDEX).sum())
         if tokens:

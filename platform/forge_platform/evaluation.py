@@ -19,10 +19,14 @@ from forge_platform.training.checkpoint_files import MODEL_CONFIG_FILE, Incompat
 
 def evaluate_checkpoint(checkpoint_dir: Path, model_cfg: ModelConfig, eval_cfg: EvalConfig,
                         val_manifest: str | None, tokenizer: TextTokenizer | None) -> dict[str, float]:
-    """Run `eval_cfg.suites` on the consolidated weights in `checkpoint_dir` (on this process's CPU)."""
+    """Run `eval_cfg.suites` on the consolidated weights in `checkpoint_dir`, in fp32, on this
+    process's GPU when it has one (a long-context stage's held-out rows are too long for the CPU's
+    reference path), else on its CPU."""
     torch.manual_seed(0)
     model = build_model(model_cfg)
     load_weights(model, checkpoint_dir)
+    if torch.cuda.is_available():
+        model = model.cuda()
     return evaluate_model(model, eval_cfg, EvalInputs(val_manifest=val_manifest, tokenizer=tokenizer))
 
 

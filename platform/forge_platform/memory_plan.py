@@ -287,9 +287,16 @@ def unfit_message(model: ModelConfig, stage: StageConfig, parallel: ParallelConf
     """One line: what does not fit, its biggest terms, and a change under which it would."""
     assert plan.capacity is not None
     fixes = suggestions(model, stage, parallel, plan.capacity, count_parameters(model))
-    hint = f"it would fit with {fixes[0]}" if fixes else (
-        "nothing tried on this layout fits (recompute, micro-batch, ZeRO stage, tensor parallelism): "
-        "it needs sequence or context parallelism, or GPUs with more memory")
+    if fixes:
+        hint = f"it would fit with {fixes[0]}"
+    else:
+        hint = ("nothing tried on this layout fits (recompute, micro-batch, ZeRO stage, tensor parallelism): "
+                "it needs sequence or context parallelism, or GPUs with more memory")
+        full = _with_train(stage, recompute="full", micro_batch_size=1)
+        cp = next((c for c in (2, 4, 8, 16, 32) if plan_stage(model, full, parallel, capacity=plan.capacity,
+                                                              cp=c).fits), None)
+        if cp is not None:
+            hint += f" (context parallelism of {cp} would fit, with full recompute: not built yet)"
     return (f"stages.{stage.name}: needs {plan.total / GiB:.1f} GiB per GPU, more than the GPU's "
             f"{plan.capacity / GiB:.1f} GiB (recompute {plan.recompute}; biggest, GiB: {plan.biggest()}); {hint} "
             "(python -m jobs.plan prints every term)")

@@ -19,6 +19,7 @@ SPECS = REPO / "jobs" / "specs"
 SPEC_JOBS = {
     "demo.toml": "campaign",
     "hybrid_8b_campaign.toml": "campaign",
+    "long_context_campaign.toml": "campaign",
     "pretrain.toml": "pretrain",
     "extend_context_16k.toml": "extend_context",
     "tokenize.toml": "tokenize",

@@ -124,7 +124,7 @@ def test_the_8b_campaign_says_its_128k_stage_needs_context_parallelism() -> None
     assert out.stdout.count("peak (predicted)") == 4
     verdicts = [line for line in out.stdout.splitlines() if "peak (predicted)" in line]
     assert [v.endswith("fits") for v in verdicts] == [True, True, True, False]
-    assert "stages.extend-128k: needs" in out.stdout and "context parallelism" in out.stdout
+    assert "stages.extend-128k: needs" in out.stdout and "context parallelism of 4 would fit" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "jobs.plan", "--config", "jobs/specs/hybrid_8b_campaign.toml",
                           "--stages.0.train.recompute", "some"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "recompute" in bad.stderr
