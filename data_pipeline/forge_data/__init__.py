@@ -8,6 +8,9 @@ Public surface (the contract with forge_platform):
   once per corpus), then `pack_tokens(store, cfg) -> Manifest` (once per stage: seq_len, long-document policy)
 - `pack_documents(token_lists, seq_len, ...)` (pure)
 - `PackedShardLoader(manifest_path, micro_batch_size, dp_rank, dp_size, start_sample, shuffle_seed)`
+- errors in the input, each one line and a ValueError: `manifest.TooMuchRejectedError` (more lost
+  than `data.max_rejected_share`), `shards.CorruptShardError` (a shard missing, truncated or not
+  its manifest's sha256), `loader.TokenIdRangeError` (an id outside the manifest's vocabulary)
 
 Importing this package starts nothing and imports neither Ray nor torch: Ray imports it on
 every worker, and the loader (torch) is loaded on first use.

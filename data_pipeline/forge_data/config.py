@@ -133,6 +133,12 @@ class CleaningConfig:
     """Documents with fewer bytes once surrounding whitespace is stripped are rejected as "empty"."""
     binary_sniff_bytes: int = 8192
     """A NUL byte within this many leading bytes marks a document as binary (rejected)."""
+    read_attempts: int = 3
+    """Tries at reading a file's bytes before its documents are rejected as "read_error:*". Only errors a
+    retry can fix are retried (I/O errors, an object store's timeouts); a missing file, a denied
+    permission, a corrupt archive or invalid JSON are rejected at once. 1 never retries."""
+    read_retry_wait_s: float = 1.0
+    """Wait before the second try; it doubles before each further one (1 s, 2 s with the defaults)."""
 
     def __post_init__(self) -> None:
         _check_choice("data.cleaning", "invalid_utf8", self.invalid_utf8, Utf8Policy)
@@ -140,6 +146,8 @@ class CleaningConfig:
         _check_range("data.cleaning", "max_doc_bytes", self.max_doc_bytes, 1)
         _check_range("data.cleaning", "min_doc_bytes", self.min_doc_bytes, 0)
         _check_range("data.cleaning", "binary_sniff_bytes", self.binary_sniff_bytes, 1)
+        _check_range("data.cleaning", "read_attempts", self.read_attempts, 1, 100)
+        _check_range("data.cleaning", "read_retry_wait_s", self.read_retry_wait_s, 0.0, 600.0)
 
 
 @dataclass
@@ -223,6 +231,15 @@ class DataPipelineConfig:
     """Logical CPUs per actor; fractional so actors never starve Ray Data's own tasks."""
     shuffle_seed: int = 0
     """Seed of the deterministic shuffle of work units (mixes sources before packing)."""
+    max_rejected_share: float = 0.05
+    """Largest share of the input that may be lost before packing fails (0..1). Lost: rejected while reading
+    or cleaning (read errors after `cleaning.read_attempts`, invalid JSON, binary, empty, oversize or invalid
+    UTF-8 under "reject"); documents the long-context policy leaves out on purpose (`long_context_filtered`,
+    `long_context_mixed_out`) are not lost. Measured two ways and both must stay within it: the share of
+    documents, and the share of bytes (a document's bytes as read; a file that could not be read or parsed
+    counts its stored size, so one lost file of a million documents weighs what it held). Beyond it,
+    `pack_tokens` writes manifest.json and rejections.parquet, then fails with the counts by reason.
+    1.0 never fails."""
 
     def __post_init__(self) -> None:
         section = "data"
@@ -232,5 +249,6 @@ class DataPipelineConfig:
         _check_range(section, "work_unit_bytes", self.work_unit_bytes, 1)
         _check_range(section, "num_tokenize_actors", self.num_tokenize_actors, 1)
         _check_range(section, "tokenize_actor_cpus", self.tokenize_actor_cpus, 0.01)
+        _check_range(section, "max_rejected_share", self.max_rejected_share, 0.0, 1.0)
         if not self.text_field:
             _fail(section, "text_field", self.text_field, "a non-empty field name")

@@ -15,19 +15,33 @@ Data-parallel rank r of D takes global samples r, r + D, r + 2D, ... so
   it in the checkpoint and resumes with `start_sample=` — nothing is repeated or skipped, and
   resuming with a different D works as long as the offset is divisible by it.
 
+Nothing reaches training unchecked. At construction every shard must exist with the size the
+manifest recorded (a stat each: a missing or truncated shard fails before step 1); when a shard is
+opened its sha256 is checked against the manifest, and every token id and label against the
+manifest's vocabulary ([0, vocab_size), labels also IGNORE_INDEX). Each failure is one line naming
+the shard and the manifest (`CorruptShardError`, `TokenIdRangeError`): under tensor parallelism
+an id past the vocabulary would otherwise embed to zeros and its target fall in no rank's slice,
+silently. Manifests older than version 4 carry no checksums: they load, with a warning, unverified.
+
 Legend: B micro batch size, L sequence length, N rows per epoch, D data-parallel size.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+import warnings
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
-from forge_data.manifest import Manifest
-from forge_data.shards import COLUMNS, read_shard
+from forge_data.manifest import MANIFEST_FILE, Manifest
+from forge_data.packing import IGNORE_INDEX
+from forge_data.shards import COLUMNS, CorruptShardError, read_shard
+
+
+class TokenIdRangeError(ValueError):
+    """A shard holds a token id (or label) outside the manifest's vocabulary."""
 
 
 class PackedShardLoader:
@@ -50,6 +64,10 @@ class PackedShardLoader:
         self.shuffle_window = shuffle_window
         self.manifest = Manifest.load(manifest_path)
         self.root = self.manifest.root
+        self.manifest_path = os.path.join(self.root, MANIFEST_FILE)
+        vocab_size = self.manifest.tokenizer.get("vocab_size")
+        self.vocab_size: Optional[int] = int(vocab_size) if vocab_size else None
+        self._check_shard_files()
         self.micro_batch_size = micro_batch_size
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.shuffle, self.shuffle_seed = shuffle, shuffle_seed
@@ -104,13 +122,54 @@ class PackedShardLoader:
             shards[k], rows[k] = shard_of[pos - cum[window]], row_of[pos - cum[window]]
         return shards, rows
 
+    # -- checking --------------------------------------------------------------------------
+    def _shard_name(self, shard: int) -> str:
+        return f"{self.manifest.shards[shard].path} of {self.manifest_path}"
+
+    def _check_shard_files(self) -> None:
+        """Every shard is there with its recorded size (cheap: one stat per shard, no reading)."""
+        unverified = 0
+        for k, info in enumerate(self.manifest.shards):
+            path = os.path.join(self.root, info.path)
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:
+                raise CorruptShardError(f"shard {self._shard_name(k)}: missing (the manifest lists it; "
+                                        "pack the data again)") from None
+            if info.num_bytes is not None and size != info.num_bytes:
+                raise CorruptShardError(f"shard {self._shard_name(k)}: {size} bytes, the manifest recorded "
+                                        f"{info.num_bytes} (truncated or overwritten; pack the data again)")
+            unverified += info.sha256 is None
+        if unverified:
+            warnings.warn(f"{self.manifest_path}: {unverified} of {len(self.manifest.shards)} shards have no checksum "
+                          f"(manifest version {self.manifest.version} < 4): they are read unverified; pack the data "
+                          "again to get checksums", stacklevel=3)
+
+    def _check_token_ids(self, shard: int, data: dict[str, np.ndarray]) -> None:
+        """Every input id in [0, vocab_size), every label too or IGNORE_INDEX: else one line naming shard, row and id."""
+        if self.vocab_size is None:
+            return
+        for column in ("input_ids", "labels"):
+            ids = data[column]
+            bad = (ids < 0) | (ids >= self.vocab_size)
+            if column == "labels":
+                bad &= ids != IGNORE_INDEX
+            if bad.any():
+                row, col = np.unravel_index(int(np.argmax(bad)), ids.shape)
+                raise TokenIdRangeError(
+                    f"shard {self._shard_name(shard)}: row {row} position {col} has {column} {int(ids[row, col])} "
+                    f"outside the vocabulary [0, {self.vocab_size}) ({int(bad.sum())} such values in the shard)")
+
     # -- reading ---------------------------------------------------------------------------
     def _shard(self, shard: int) -> dict[str, np.ndarray]:
         if shard not in self._shard_cache:
             if len(self._shard_cache) >= self.shuffle_window + 1:  # a window, plus the next at a boundary
                 self._shard_cache.pop(next(iter(self._shard_cache)))
-            path = os.path.join(self.root, self.manifest.shards[shard].path)
-            self._shard_cache[shard] = read_shard(path)
+            info = self.manifest.shards[shard]
+            data = read_shard(os.path.join(self.root, info.path), num_bytes=info.num_bytes, sha256=info.sha256,
+                              name=self._shard_name(shard))
+            self._check_token_ids(shard, data)
+            self._shard_cache[shard] = data
         return self._shard_cache[shard]
 
     def next_batch(self) -> dict[str, torch.Tensor]:

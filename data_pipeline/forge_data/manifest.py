@@ -8,6 +8,10 @@ manifest is deterministic too (no timestamps, sorted keys). The accounting invar
 
 and, for an extension stage, how much of what it packs sits in documents longer than the previous
 stage's rows (`long_doc_share`): the point of extending is documents the last stage had to cut.
+
+What was lost (`docs_lost`, `bytes_lost`: rejected while reading or cleaning; the long-document
+policy's left-outs are choices, not losses) is held against `data.max_rejected_share` by
+`check_rejected_share`, which fails the run in one line carrying the counts by reason.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
+from forge_data.long_context import FILTERED, MIXED_OUT
+
 MANIFEST_FILE = "manifest.json"
 REJECTIONS_FILE = "rejections.parquet"
 COUNT_KEYS = (
     "docs_in", "docs_packed", "docs_rejected", "docs_repaired", "docs_split", "docs_truncated",
     "docs_repeated", "tokens_tokenized", "tokens_filtered", "tokens_repeated", "tokens_written",
-    "tokens_truncated", "tokens_padding", "rows", "tokens_in_long_docs",
+    "tokens_truncated", "tokens_padding", "rows", "tokens_in_long_docs", "docs_lost", "bytes_lost", "bytes_in",
 )
 
 
@@ -35,6 +41,11 @@ class ShardInfo:
     num_rows: int
     num_tokens_written: int
     """Non-padding tokens in the shard."""
+    num_bytes: Optional[int] = None
+    """Size of the shard file (None in manifests before version 4: not checked)."""
+    sha256: Optional[str] = None
+    """sha256 of the shard file's bytes as written; the loader checks it when it opens the shard
+    (None in manifests before version 4: not checked)."""
 
 
 @dataclass
@@ -65,8 +76,9 @@ class Manifest:
     long_doc_share: Optional[float] = None
     """Share of the written tokens whose document (as tokenized, whole) has more than `previous_seq_len`
     tokens: counts["tokens_in_long_docs"] / counts["tokens_written"]; None when previous_seq_len is 0."""
-    version: int = 3
-    """3: packed from a token store, long-document share (2: location-free ids and names; 1: absolute URIs)."""
+    version: int = 4
+    """4: shard sizes and sha256, bytes in and lost (3: packed from a token store, long-document share;
+    2: location-free ids and names; 1: absolute URIs)."""
     root: str = field(default="", compare=False)
     """Directory the manifest was loaded from (not saved)."""
 
@@ -112,6 +124,36 @@ def check_accounting(counts: dict[str, int]) -> None:
     lhs = counts["tokens_tokenized"] - counts["tokens_filtered"] + counts["tokens_repeated"]
     rhs = counts["tokens_written"] + counts["tokens_truncated"]
     assert lhs == rhs, f"tokens in {lhs} != tokens written + truncated {rhs}"
+
+
+class TooMuchRejectedError(ValueError):
+    """More of the input was lost than `data.max_rejected_share` allows."""
+
+
+POLICY_REASONS = (FILTERED, MIXED_OUT)
+"""The long-document policy's left-outs: deliberate, so never counted as lost."""
+
+
+def check_rejected_share(manifest: Manifest, max_share: float, rejections_path: str) -> None:
+    """Raise `TooMuchRejectedError` (one line) when the share of documents or of bytes lost exceeds `max_share`.
+
+    A manifest without byte counts (packed from a store written before they were kept) is
+    judged by documents alone.
+    """
+    c = manifest.counts
+    docs_in, docs_lost = c.get("docs_in", 0), c.get("docs_lost", 0)
+    bytes_in, bytes_lost = c.get("bytes_in", 0), c.get("bytes_lost", 0)
+    doc_share = docs_lost / docs_in if docs_in else 0.0
+    byte_share = bytes_lost / bytes_in if bytes_in else 0.0
+    if doc_share <= max_share and byte_share <= max_share:
+        return
+    reasons = ", ".join(f"{reason} {n}" for reason, n in manifest.rejected_by_reason.items()
+                        if reason not in POLICY_REASONS)
+    bytes_part = f" and {byte_share:.3f} of bytes ({bytes_lost} of {bytes_in})" if bytes_in else ""
+    raise TooMuchRejectedError(
+        f"data.max_rejected_share = {max_share}: must be >= the share of the input lost, {doc_share:.3f} of documents "
+        f"({docs_lost} of {docs_in}){bytes_part}; rejected by reason: {reasons}; every document with its reason in "
+        f"{rejections_path}")
 
 
 def build_manifest(reports: list[dict[str, Any]], seq_len: int, inputs: list[dict[str, Any]],

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from forge_data.config import DataPipelineConfig
 from forge_data.long_context import document_weights, mix_weights
-from forge_data.manifest import MANIFEST_FILE, REJECTIONS_FILE, Manifest, build_manifest
+from forge_data.manifest import MANIFEST_FILE, REJECTIONS_FILE, Manifest, build_manifest, check_rejected_share
 from forge_data.sources import (decode_unit, encode_unit, input_root, list_input_files, plan_work_units,
                                 resolve_filesystem)
 from forge_data.stages import SHARD_DIR, UnitTokenizer, pack_unit
@@ -48,7 +48,7 @@ REJECTIONS_SCHEMA = pa.schema([("doc_id", pa.string()), ("reason", pa.string()),
 TOKENS_DIR = "tokens"
 """run_pipeline's token store, inside its output folder."""
 # What packing decides: the rest of the data config is the store's (how the tokens were made).
-PACKING_FIELDS = ("packing", "long_context", "shard_tokens", "shard_compression")
+PACKING_FIELDS = ("packing", "long_context", "shard_tokens", "shard_compression", "max_rejected_share")
 
 
 def resolve_pad_id(cfg: DataPipelineConfig, pad_id: int, eos_id: int) -> int:
@@ -184,9 +184,11 @@ def pack_tokens(store: TokenStore, cfg: DataPipelineConfig,
     """Pack a token store into `cfg.output_dir`: shards, manifest.json, rejections.parquet.
 
     Only the packing fields of `cfg` are read (packing, long_context, shard_tokens,
-    shard_compression, output_dir); the manifest's other config fields are the store's. Every
-    document the store was made from is counted: packed, rejected while cleaning, or left out by
-    the long-document policy.
+    shard_compression, max_rejected_share, output_dir); the manifest's other config fields are the
+    store's. Every document the store was made from is counted: packed, rejected while cleaning, or
+    left out by the long-document policy. When more was lost than `cfg.max_rejected_share` allows,
+    raises `TooMuchRejectedError` after writing manifest.json and rejections.parquet (the error
+    names the latter and carries the counts by reason).
     """
     if not cfg.output_dir:
         raise ValueError(f"data.output_dir = {cfg.output_dir!r}: must be set")
@@ -221,6 +223,7 @@ def pack_tokens(store: TokenStore, cfg: DataPipelineConfig,
     with fs.open_output_stream(posixpath.join(out_dir, MANIFEST_FILE)) as sink:
         sink.write(manifest.to_json().encode())
     manifest.root = cfg.output_dir
+    check_rejected_share(manifest, cfg.max_rejected_share, posixpath.join(cfg.output_dir, REJECTIONS_FILE))
     return manifest
 
 

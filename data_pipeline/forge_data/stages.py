@@ -36,7 +36,7 @@ from forge_data.long_context import FILTERED, MIXED_OUT, document_weights, repea
 from forge_data.malloc_tuning import keep_freed_memory
 from forge_data.packing import pack_flat
 from forge_data.readers import read_file_part
-from forge_data.shards import segments_table, write_shard
+from forge_data.shards import segments_table, write_shard_checked
 from forge_data.sources import FilePart, decode_unit, resolve_filesystem
 from forge_data.token_store import UnitTokens, write_unit_tokens
 from forge_data.tokenizer import Tokenizer
@@ -62,13 +62,14 @@ def read_clean_unit(parts: list[FilePart], text_field: str, cleaning: CleaningCo
     """Read and clean the file parts of one work unit."""
     out = UnitDocuments()
     for part in parts:
-        read = read_file_part(part, text_field)
+        read = read_file_part(part, text_field, cleaning.read_attempts, cleaning.read_retry_wait_s)
         cleaned = clean_documents(read.raws, read.read_errors, cleaning)
         out.doc_ids += read.doc_ids
         out.texts += cleaned.texts
         out.reasons += cleaned.reasons
         out.actions += cleaned.actions
-        out.num_bytes += cleaned.num_bytes
+        # A failed read has no bytes of its own: it weighs what it stood for (readers.ReadResult.lost_bytes).
+        out.num_bytes += [lost or n for lost, n in zip(read.lost_bytes, cleaned.num_bytes)]
         out.parts.append({"name": part.doc_id_prefix, "start": part.start, "end": part.end, "sha256": read.part_sha256})
     return out
 
@@ -90,7 +91,7 @@ def tokenize_unit(tokenizer: Tokenizer, cfg: DataPipelineConfig, unit_index: int
     flat, offsets = tokenizer.encode_flat(texts, cfg.tokenizer.add_bos, cfg.tokenizer.add_eos)
     tokens = UnitTokens([docs.doc_ids[i] for i in kept], flat, offsets,
                         np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)))
-    entry = {"unit_index": unit_index, "docs_in": len(docs.doc_ids), "num_docs": len(kept),
+    entry = {"unit_index": unit_index, "docs_in": len(docs.doc_ids), "bytes_in": sum(docs.num_bytes), "num_docs": len(kept),
              "num_tokens": int(offsets[-1]), "records": records, "parts": docs.parts,
              "timing": {"read_clean_s": t_read - t_start, "encode_s": time.perf_counter() - t_read}}
     return tokens, entry
@@ -120,9 +121,12 @@ def pack_unit(tokens: UnitTokens, entry: dict[str, Any], cfg: DataPipelineConfig
     shards = _write_shards(cfg, packed, [tokens.doc_ids[i] for i in doc_index], entry["unit_index"])
 
     s = packed.stats
+    lost = [r for r in entry["records"] if r["action"] == ACTION_REJECTED]  # the policy's left-outs are not lost
     counts = {
         "docs_in": entry["docs_in"],
         "docs_rejected": sum(1 for r in records if r["action"] == ACTION_REJECTED),
+        "docs_lost": len(lost), "bytes_lost": sum(r["num_bytes"] for r in lost),
+        "bytes_in": entry.get("bytes_in", 0),  # 0: a store written before bytes were counted
         "docs_repaired": sum(1 for r in records if r["action"] != ACTION_REJECTED),
         "docs_packed": int((weights > 0).sum()),
         "docs_split": s.num_docs_split, "docs_truncated": s.num_docs_truncated,
@@ -154,12 +158,13 @@ def _write_shards(cfg: DataPipelineConfig, packed: Any, doc_ids: list[str], unit
         rows = slice(start, min(num_rows, start + rows_per_shard))
         name = f"shard-{unit_index:06d}-{k:04d}"
         with fs.open_output_stream(posixpath.join(shard_dir, name + ".parquet")) as sink:
-            write_shard(sink, packed, rows, cfg.shard_compression)
+            num_bytes, sha256 = write_shard_checked(sink, packed, rows, cfg.shard_compression)
         segments = segments_table(packed, rows, doc_ids)
         with fs.open_output_stream(posixpath.join(shard_dir, name + ".segments.parquet")) as sink:
             pq.write_table(segments, sink, compression="zstd")
         infos.append({"path": f"{SHARD_DIR}/{name}.parquet", "num_rows": rows.stop - rows.start,
-                      "num_tokens_written": int(segments.column("num_tokens").to_numpy().sum())})
+                      "num_tokens_written": int(segments.column("num_tokens").to_numpy().sum()),
+                      "num_bytes": num_bytes, "sha256": sha256})
     return infos
 
 

@@ -15,6 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
+BAD_CORPUS_MAX_REJECTED = 0.8
+"""`data.max_rejected_share` for a run over `write_bad_corpus`, which loses on purpose up to 8 of its 53
+documents and, with its oversize file rejected, three quarters of its bytes."""
 
 
 def stdlib_texts(subdir: str = "json") -> list[str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.data.corpora import write_bad_corpus
+from tests.data.corpora import BAD_CORPUS_MAX_REJECTED, write_bad_corpus
 from forge_data import IGNORE_INDEX, DataPipelineConfig, PackedShardLoader, PackingConfig, TokenizerConfig, run_pipeline
 
 
@@ -19,7 +19,7 @@ def dataset(tmp_path_factory, small_tokenizer):
     tok_dir = small_tokenizer.save(str(root / "tok"))
     cfg = DataPipelineConfig(inputs=[str(root / "corpus")], output_dir=str(root / "out"), work_unit_bytes=4000,
                              shard_tokens=64 * 8, packing=PackingConfig(seq_len=64),
-                             tokenizer=TokenizerConfig(model_path=tok_dir))
+                             tokenizer=TokenizerConfig(model_path=tok_dir), max_rejected_share=BAD_CORPUS_MAX_REJECTED)
     manifest = run_pipeline(cfg, use_ray=False)
     assert len(manifest.shards) > 3 and manifest.num_rows > 40
     return str(root / "out" / "manifest.json"), manifest.num_rows

@@ -13,7 +13,7 @@ from forge_data import DataPipelineConfig, PackingConfig, TokenizerConfig, run_p
 from forge_data.config import CleaningConfig
 from forge_data.memoized_bpe import MemoizedBpeEncoder, unsupported_reason
 from forge_data.tokenizer import Tokenizer, train_from_texts
-from tests.data.corpora import make_text, stdlib_texts, write_bad_corpus
+from tests.data.corpora import BAD_CORPUS_MAX_REJECTED, make_text, stdlib_texts, write_bad_corpus
 
 TRICKY = [
     "", " ", "   ", "a", " a", "a ", "a  b", "  leading spaces", "trailing spaces  ", "\n", " \n ",
@@ -130,7 +130,8 @@ def test_pipeline_shards_are_identical_with_and_without_the_cache(tmp_path):
         out = tmp_path / f"out_{memoize}"
         cfg = DataPipelineConfig(inputs=[str(root)], output_dir=str(out), work_unit_bytes=10_000, shard_tokens=64 * 16,
                                  cleaning=CleaningConfig(max_doc_bytes=50_000), packing=PackingConfig(seq_len=64),
-                                 tokenizer=TokenizerConfig(model_path=tok_dir, memoize_words=memoize))
+                                 tokenizer=TokenizerConfig(model_path=tok_dir, memoize_words=memoize),
+                                 max_rejected_share=BAD_CORPUS_MAX_REJECTED)
         manifests.append(run_pipeline(cfg, use_ray=False))
     on, off = tmp_path / "out_True", tmp_path / "out_False"
     shards = sorted(p.relative_to(on) for p in (on / "shards").iterdir())

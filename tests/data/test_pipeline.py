@@ -16,6 +16,7 @@ from forge_data.cleaning import clean_documents
 from forge_data.readers import read_file_part
 from forge_data.shards import read_shard
 from forge_data.sources import list_input_files, plan_work_units
+from tests.data.corpora import BAD_CORPUS_MAX_REJECTED
 
 pytestmark = pytest.mark.slow
 CLEANING = CleaningConfig(max_doc_bytes=50_000)
@@ -63,7 +64,8 @@ def config(corpus, tokenizer_dir, out, **kw):
     packing = kw.pop("packing", PackingConfig(seq_len=64))
     return DataPipelineConfig(inputs=[str(corpus[0])], output_dir=str(out), work_unit_bytes=10_000,
                               shard_tokens=64 * 16, num_tokenize_actors=kw.pop("num_tokenize_actors", 1), cleaning=CLEANING, packing=packing,
-                              tokenizer=TokenizerConfig(model_path=tokenizer_dir), **kw)
+                              tokenizer=TokenizerConfig(model_path=tokenizer_dir), max_rejected_share=BAD_CORPUS_MAX_REJECTED,
+                              **kw)
 
 
 def expected_documents(cfg):
@@ -147,7 +149,8 @@ def test_same_corpus_in_two_folders_gives_identical_outputs(ray_session, corpus,
     for copy, out in zip(copies, outs):
         shutil.copytree(corpus[0], copy)
         cfg = DataPipelineConfig(inputs=[str(copy)], output_dir=str(out), work_unit_bytes=10_000, shard_tokens=64 * 16,
-                                 cleaning=CLEANING, packing=PackingConfig(seq_len=64), tokenizer=TOKENIZER)
+                                 cleaning=CLEANING, packing=PackingConfig(seq_len=64), tokenizer=TOKENIZER,
+                                 max_rejected_share=BAD_CORPUS_MAX_REJECTED)
         manifests.append(run_pipeline(cfg))
     files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*") if p.is_file())

@@ -23,6 +23,7 @@ from forge_data.shards import read_shard
 from forge_data.sources import list_input_files, plan_work_units
 from forge_data.stages import ShardBuilder, read_clean_unit
 from forge_data.token_store import UnitTokens, write_unit_tokens
+from tests.data.corpora import BAD_CORPUS_MAX_REJECTED
 
 EOS = 1
 
@@ -53,7 +54,8 @@ UNITS = [[300, 40, 40], [1000, 5]]  # 1385 tokens; 1300 of them in documents lon
 
 def pack(store: TokenStore, out: Path, seq_len: int = 512, **policy) -> Manifest:
     packing = PackingConfig(seq_len=seq_len, long_doc_policy=policy.pop("long_doc_policy", "split"))
-    cfg = DataPipelineConfig(output_dir=str(out), packing=packing, shard_tokens=seq_len * 4,
+    # The hand-made stores lose a document a unit on purpose (test_data_loss.py tests the limit).
+    cfg = DataPipelineConfig(output_dir=str(out), packing=packing, shard_tokens=seq_len * 4, max_rejected_share=1.0,
                              long_context=LongContextConfig(**policy))
     return pack_tokens(store, cfg)
 
@@ -174,7 +176,7 @@ def corpus_config(corpus: Path, out: Path, tokenizer_path: str, **kw) -> DataPip
     packing = kw.pop("packing", PackingConfig(seq_len=64))
     return DataPipelineConfig(inputs=[str(corpus)], output_dir=str(out), work_unit_bytes=10_000, shard_tokens=64 * 16,
                               cleaning=CLEANING, tokenizer=TokenizerConfig(model_path=tokenizer_path), packing=packing,
-                              **kw)
+                              max_rejected_share=BAD_CORPUS_MAX_REJECTED, **kw)
 
 
 def test_tokenized_once_then_packed_at_two_lengths_without_text_or_tokenizer(bad_corpus, tokenizer_path, small_tokenizer,
