@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from forge_eval.phonebook import name_pool_size
 from forge_eval.suites import SUITES
 
 
@@ -35,7 +36,9 @@ class EvalConfig:
                              f"unknown: {', '.join(unknown)}")
         if self.val_batches < 1:
             raise ValueError(f"eval.val_batches = {self.val_batches!r}: must be >= 1")
-        if not all(n >= 1 for n in self.phonebook_entries):
-            raise ValueError(f"eval.phonebook_entries = {self.phonebook_entries!r}: must be >= 1 each")
+        pool = name_pool_size()
+        if not all(1 <= n <= pool for n in self.phonebook_entries):
+            raise ValueError(f"eval.phonebook_entries = {self.phonebook_entries!r}: must each be in [1, {pool}] "
+                             "(the distinct names a book can hold)")
         if self.phonebook_queries < 0:
             raise ValueError(f"eval.phonebook_queries = {self.phonebook_queries!r}: must be >= 0")

@@ -36,6 +36,11 @@ class PhonebookQuestion:
     answer: str
 
 
+def name_pool_size() -> int:
+    """How many distinct names a book can hold (first x last names)."""
+    return len(FIRST_NAMES) * len(LAST_NAMES)
+
+
 def make_questions(num_entries: int, num_questions: int, seed: int = 0) -> list[PhonebookQuestion]:
     """`num_questions` books of `num_entries` distinct names each, one question per book."""
     rng = random.Random(f"phonebook-{num_entries}-{seed}")

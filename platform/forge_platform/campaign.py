@@ -13,6 +13,8 @@ plot of the loss of every stage.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from forge_platform.session import JobSession, banner, job_session
 from forge_platform.stage import StageOutcome, train_and_evaluate
 from forge_platform.tracking.mlflow_server import LocalMlflowServer
 from forge_platform.tracking.plots import plot_loss_per_stage
+from forge_platform.training.checkpoint_files import write_json
 
 @dataclass
 class CampaignOutcome:
@@ -102,8 +105,19 @@ def _run_stages(cfg: CampaignConfig, out: Path, session: JobSession, parent: str
     stores = {split: tokenize_split(cfg.data, split_inputs, str(tokenizer_path), out / "data" / "tokens" / split)
               for split, split_inputs in inputs.items() if split_inputs}
 
+    progress = CampaignProgress(out / PROGRESS_FILE)
+    key = config_hash({"corpus": cfg.corpus, "data": cfg.data, "inputs": inputs, "model": model_cfg,
+                       "parallel": cfg.parallel.dims, "tokenizer": file_sha256(tokenizer_path)})
     previous: Path | None = None
     for index, stage in enumerate(cfg.stages):
+        key = config_hash({"before": key, "stage": stage})  # chained: a changed earlier stage re-runs the later ones
+        done = progress.finished(stage.name, key)
+        if done is not None:
+            banner(f"stage {index + 1}/{len(cfg.stages)} {stage.name!r}: finished in an earlier run of this "
+                   f"campaign with the same settings and data; skipped (checkpoint {done.checkpoint_dir})")
+            outcome.stages.append(done)
+            previous = done.checkpoint_dir
+            continue
         previous_seq_len = cfg.stages[index - 1].seq_len if index else 0
         banner(f"stage {index + 1}/{len(cfg.stages)} {stage.name!r}: packing data at {stage.seq_len} tokens")
         packed = pack_stage(cfg.data, stage, previous_seq_len, stores, out / "data" / stage.name)
@@ -121,7 +135,42 @@ def _run_stages(cfg: CampaignConfig, out: Path, session: JobSession, parent: str
                 ray_name=f"{cfg.name}-{stage.name}",
             )
         )
+        progress.record(outcome.stages[-1], key)
         previous = outcome.stages[-1].checkpoint_dir
+
+
+PROGRESS_FILE = "campaign_progress.json"
+
+
+class CampaignProgress:
+    """Which stages of this campaign (its output_dir) finished, under which settings and data.
+
+    Re-running a campaign's command after its driver died skips the stages that finished, if
+    nothing they depend on changed (the key chains the corpus, data, tokenizer, model, layout and
+    every stage before), and the unfinished stage resumes from its last checkpoint (Ray Train
+    hands a rerun of a stage its latest checkpoint; the checkpoint manager checks it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stages: dict[str, dict] = json.loads(path.read_text())["stages"] if path.exists() else {}
+
+    def finished(self, name: str, key: str) -> StageOutcome | None:
+        record = self.stages.get(name)
+        if record is None or record["key"] != key or not Path(record["checkpoint_dir"]).is_dir():
+            return None
+        return StageOutcome(name, record["run_id"], Path(record["checkpoint_dir"]), record["final_loss"],
+                            record["eval_metrics"])
+
+    def record(self, stage: StageOutcome, key: str) -> None:
+        if stage.checkpoint_dir is None:  # nothing to start the next stage from: not resumable
+            return
+        self.stages[stage.name] = {"key": key, "checkpoint_dir": str(stage.checkpoint_dir), "run_id": stage.run_id,
+                                   "final_loss": stage.final_loss, "eval_metrics": stage.eval_metrics}
+        write_json(self.path, {"stages": self.stages})
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_long_document_settings(cfg: CampaignConfig) -> None:

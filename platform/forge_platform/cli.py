@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from forge_platform.config_loader import ConfigError, describe
+from forge_platform.input_errors import INPUT_ERRORS
 from forge_platform.job_config import load_job_config
 
 
@@ -32,9 +33,16 @@ def job_main(config_cls: type, run: Callable[[Any], Any], doc: str, argv: Sequen
         del args[at : at + 2]
     try:
         cfg = load_job_config(config_cls, path, args)
-        run(cfg)
     except ConfigError as err:
         print(f"error: invalid job spec: {err}", file=sys.stderr)
+        return 2
+    try:
+        run(cfg)
+    except ConfigError as err:  # checks that need the inputs (manifests, checkpoints, the GPU's memory)
+        print(f"error: invalid job spec: {err}", file=sys.stderr)
+        return 2
+    except INPUT_ERRORS as err:  # the data or a checkpoint (input_errors.py): no traceback, exit 2
+        print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import ray
@@ -75,20 +76,29 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def check_resources(parallel: ParallelConfig) -> None:
-    """Refuse a worker group that this Ray can never place (it would retry forever).
+def check_resources(parallel: ParallelConfig, *, on_cluster: bool | None = None, poll_s: float = 5.0) -> None:
+    """Refuse a worker group that this Ray cannot place (Ray Train would wait for it forever).
 
-    Skipped on a cluster (RAY_ADDRESS set), where an autoscaler may add the nodes.
+    A local Ray is checked once: it never grows. On a cluster (RAY_ADDRESS set) an autoscaler may
+    add nodes, so the check waits up to `parallel.placement_timeout_s` for the cluster to hold the
+    resources, then fails naming what was asked and what the cluster has.
     """
-    if os.environ.get("RAY_ADDRESS"):
-        return
-    have = ray.cluster_resources()
+    on_cluster = bool(os.environ.get("RAY_ADDRESS")) if on_cluster is None else on_cluster
     need = {"CPU": parallel.num_workers * parallel.cpus_per_worker, "GPU": parallel.num_workers * parallel.use_gpu}
-    short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0)}
+    deadline = time.monotonic() + (parallel.placement_timeout_s if on_cluster else 0.0)
+    while True:
+        have = ray.cluster_resources()
+        short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0)}
+        if not short or time.monotonic() >= deadline:
+            break
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
     if short:
-        detail = ", ".join(f"{k}: {v:g} needed, {h:g} in this Ray" for k, (v, h) in short.items())
+        where = (f"in the cluster after waiting {parallel.placement_timeout_s:g} s for the autoscaler"
+                 if on_cluster else "in this Ray")
+        detail = ", ".join(f"{k}: {v:g} needed, {h:g} {where}" for k, (v, h) in short.items())
+        fix = ("add nodes, raise parallel.placement_timeout_s, or lower parallel.num_workers / cpus_per_worker"
+               if on_cluster else "raise ray_num_cpus or lower parallel.cpus_per_worker / num_workers")
         raise ValueError(
             f"parallel: {parallel.num_workers} workers x {parallel.cpus_per_worker:g} CPU"
-            f"{' + 1 GPU' if parallel.use_gpu else ''} cannot be placed ({detail}); "
-            "raise ray_num_cpus or lower parallel.cpus_per_worker / num_workers"
+            f"{' + 1 GPU' if parallel.use_gpu else ''} cannot be placed ({detail}); {fix}"
         )

@@ -13,6 +13,7 @@ local Ray size, tracking) and `TrainingJobBase` (adds the model and the parallel
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from typing import Any, Literal
 from forge_data.config import DataPipelineConfig, LongContextConfig
 from forge_eval import EvalConfig
 from forge_models import ModelConfig, get_preset
+from forge_models.tp_plan import check_tensor_parallel
 
 from forge_platform.config_loader import ConfigError, load_config
 from forge_platform.parallel.dims import ParallelDims
@@ -84,7 +86,12 @@ class ParallelConfig:
     cpus_per_worker: float = 1.0
     """Logical CPUs Ray reserves per worker (keep Ray's CPU count above workers x this: see docs)."""
     max_failures: int = 0
-    """Worker-group restarts Ray allows; each resumes from the last checkpoint."""
+    """Worker-group restarts Ray allows; each resumes from the last checkpoint. A failure on the
+    user's input (a checkpoint or data that does not fit the spec) is not worth a restart: the
+    restarts stop at once and the job exits 2 with that error's line."""
+    placement_timeout_s: float = 600.0
+    """On a cluster, how long a stage waits for the autoscaler to bring the workers' resources
+    before it fails naming what it asked and what the cluster has (a local Ray is checked at once)."""
     gpu_memory_gib: float = 0.0
     """Memory of one GPU for the memory plan; 0 reads it from this machine's GPU (on a cluster
     whose driver has none, set it: e.g. 79.1 for an H100 80GB), and leaves it unchecked if there is none."""
@@ -101,6 +108,8 @@ class ParallelConfig:
                              f"parallel.num_workers = {self.num_workers} ({err})") from None
         _require(self.cpus_per_worker > 0, f"parallel.cpus_per_worker = {self.cpus_per_worker}: must be > 0")
         _require(self.max_failures >= 0, f"parallel.max_failures = {self.max_failures}: must be >= 0")
+        _require(self.placement_timeout_s >= 0,
+                 f"parallel.placement_timeout_s = {self.placement_timeout_s}: must be >= 0")
         _require(self.gpu_memory_gib >= 0, f"parallel.gpu_memory_gib = {self.gpu_memory_gib}: must be >= 0")
         _require(self.peak_tflops >= 0, f"parallel.peak_tflops = {self.peak_tflops}: must be >= 0")
 
@@ -253,6 +262,19 @@ class TrainingJobBase(JobBase):
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """Workers and parallel layout."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_layout(self.model, self.parallel)
+
+
+def check_layout(model: ModelConfig, parallel: ParallelConfig) -> None:
+    """Refuse, when the spec loads, a model the tensor-parallel degree cannot split (it would
+    otherwise fail inside every worker, once per retry)."""
+    try:
+        check_tensor_parallel(model, parallel.tensor_parallel)
+    except ValueError as err:
+        raise ValueError(f"parallel.tensor_parallel = {parallel.tensor_parallel}: {err}") from None
+
 
 # --- The jobs ---------------------------------------------------------------------------------------
 @dataclass
@@ -276,6 +298,8 @@ class CampaignConfig(TrainingJobBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.data.tokenizer.model_path:  # the model will take the trained tokenizer's vocabulary
+            check_layout(dataclasses.replace(self.model, vocab_size=self.data.tokenizer.vocab_size), self.parallel)
         _require(bool(self.stages), "stages = []: must hold at least one stage")
         _require(not self.stages[0].init_from_previous,
                  f"stages.0.init_from_previous = true ({self.stages[0].name}): must be false, "

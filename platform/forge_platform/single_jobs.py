@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from forge_data import Manifest, load_tokenizer, run_pipeline
+from forge_models import build_model
 
 from forge_platform.cluster import ensure_ray
 from forge_platform.config_loader import ConfigError
@@ -20,6 +21,7 @@ from forge_platform.job_config import EvaluateConfig, PretrainConfig, TokenizeCo
 from forge_platform.memory_plan import plan_for_job
 from forge_platform.session import banner, job_session
 from forge_platform.stage import StageOutcome, train_and_evaluate
+from forge_platform.training.checkpoint_files import IncompatibleCheckpointError, check_weights_fit
 
 
 def run_tokenize(cfg: TokenizeConfig) -> Any:
@@ -33,12 +35,18 @@ def run_tokenize(cfg: TokenizeConfig) -> Any:
     return manifest
 
 
-def check_packed_length(seq_len: int, manifest_path: str) -> None:
-    """Refuse, before anything starts, training rows packed at another length than the stage's."""
+def check_packed_length(seq_len: int, manifest_path: str, model_vocab: int | None = None) -> None:
+    """Refuse, before anything starts, training rows packed at another length than the stage's, or
+    with token ids the model's embedding cannot hold."""
     try:
         manifest = Manifest.load(manifest_path)
     except FileNotFoundError:
         raise ConfigError(f"train_manifest = {manifest_path!r}: must exist (python -m jobs.tokenize writes it)") from None
+    data_vocab = int(manifest.tokenizer.get("vocab_size") or 0)
+    if model_vocab is not None and data_vocab > model_vocab:
+        raise ConfigError(
+            f"model.vocab_size = {model_vocab}: must be at least the training data's vocabulary ({data_vocab}, "
+            f"the tokenizer recorded in {manifest_path}); pass --model.vocab_size {data_vocab}")
     if manifest.seq_len != seq_len:
         raise ConfigError(
             f"stage.seq_len = {seq_len}: must be the length the training data was packed at ({manifest.seq_len} in "
@@ -47,10 +55,23 @@ def check_packed_length(seq_len: int, manifest_path: str) -> None:
         )
 
 
+def check_inputs_exist(cfg: PretrainConfig) -> None:
+    """Refuse, before Ray starts, a tokenizer that is not there and weights of another model
+    (inside the workers each would fail once per retry, reloading everything each time)."""
+    if cfg.tokenizer and not Path(cfg.tokenizer).is_file():
+        raise ConfigError(f"tokenizer = {cfg.tokenizer!r}: must be an existing SentencePiece model file")
+    if cfg.init_weights:
+        try:
+            check_weights_fit(build_model(cfg.model, device="meta"), cfg.init_weights)
+        except IncompatibleCheckpointError as err:
+            raise ConfigError(f"init_weights = {cfg.init_weights!r}: {err}") from None
+
+
 def run_pretrain(cfg: PretrainConfig) -> StageOutcome:
     """Train one stage on packed shards and evaluate it; a run of its own in MLflow."""
     require(cfg, "train_manifest")
-    check_packed_length(cfg.stage.seq_len, cfg.train_manifest)
+    check_packed_length(cfg.stage.seq_len, cfg.train_manifest, cfg.model.vocab_size)
+    check_inputs_exist(cfg)
     cfg = dataclasses.replace(cfg, stage=plan_for_job(cfg.model, [cfg.stage], cfg.parallel)[0])
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     if tokenizer is not None and tokenizer.vocab_size > cfg.model.vocab_size:

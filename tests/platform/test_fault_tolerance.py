@@ -4,14 +4,16 @@ checkpoint, and the loss curve equals the uninterrupted run's step for step, bit
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 from forge_models import get_preset
-from forge_platform.cluster import ensure_ray
+from forge_platform.cluster import check_resources, ensure_ray
 from forge_platform.training.checkpoint_files import read_meta
 from forge_platform.training.stage_runner import run_stage
-from forge_platform.training.trainer import StageRun
+from forge_platform.training.trainer import INPUT_ERROR_FILE, StageRun
+from forge_platform.input_errors import StageInputError
 from forge_platform.job_config import (
     CheckpointConfig,
     OptimConfig,
@@ -145,7 +147,7 @@ def test_a_rerun_with_other_settings_or_data_is_refused(packed_data, short_docs_
     """Ray Train hands a rerun of a stage (same name, same storage) its latest checkpoint; the
     checkpoint manager continues it only with the training settings and data it was written with."""
     ensure_ray(4, workspace=tmp_path)
-    one = ParallelConfig(num_workers=1, peak_tflops=1.0)
+    one = ParallelConfig(num_workers=1, peak_tflops=1.0, max_failures=1)
 
     def rerun(data, steps: int):
         stage = dataclasses.replace(stage_run(data).stage, train=TrainConfig(steps=steps, micro_batch_size=2, seed=3))
@@ -153,12 +155,13 @@ def test_a_rerun_with_other_settings_or_data_is_refused(packed_data, short_docs_
 
     first = rerun(packed_data, steps=2)
     assert read_meta(first.checkpoint_dir).data["dataset_sha256"]  # the loader's state is kept
-    with pytest.raises(RuntimeError, match="stage 'drill' failed") as more_steps:
+    marker = tmp_path / "storage" / "rerun" / INPUT_ERROR_FILE
+    # The user's input is wrong: one line for the job's exit code 2, and Ray's retry stops at once.
+    with pytest.raises(StageInputError, match="^stage 'drill': .*trained with other settings[^\n]*$"):
         rerun(packed_data, steps=4)  # would reshape the learning-rate schedule mid-run
-    assert "trained with other settings" in str(more_steps.value.__cause__)
-    with pytest.raises(RuntimeError, match="stage 'drill' failed") as other_data:
+    assert json.loads(marker.read_text())["retries_refused"] == 1
+    with pytest.raises(StageInputError, match="^stage 'drill': .*trained on other data"):
         rerun(short_docs_data, steps=2)
-    assert "trained on other data" in str(other_data.value.__cause__)
     again = rerun(packed_data, steps=2)  # the same run again: continued (here: already done), not refused
     assert read_meta(again.checkpoint_dir).step == 2
 
@@ -169,6 +172,22 @@ def test_a_worker_group_ray_cannot_place_is_refused_at_once(packed_data, tmp_pat
     too_big = stage_run(packed_data, parallel=ParallelConfig(num_workers=2, cpus_per_worker=4.0))
     with pytest.raises(ValueError, match=r"2 workers x 4 CPU cannot be placed \(CPU: 8 needed, 4 in this Ray\)"):
         run_stage(too_big, tmp_path / "storage", "too-big")
+
+
+def test_on_a_cluster_an_unplaceable_group_fails_after_the_placement_timeout(tmp_path: Path) -> None:
+    """On a cluster the autoscaler may still add nodes: the check waits, then names the shortfall."""
+    import time
+
+    ensure_ray(4, workspace=tmp_path)
+    fits = ParallelConfig(num_workers=2, cpus_per_worker=1.0, placement_timeout_s=30.0)
+    started = time.monotonic()
+    check_resources(fits, on_cluster=True, poll_s=0.1)
+    assert time.monotonic() - started < 1.0  # what fits is not waited for
+    too_big = ParallelConfig(num_workers=2, cpus_per_worker=4.0, placement_timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"CPU: 8 needed, 4 in the cluster after waiting 1 s for the autoscaler\); add nodes"):
+        check_resources(too_big, on_cluster=True, poll_s=0.1)
+    assert 1.0 <= time.monotonic() - started < 5.0
 
 
 def test_a_stage_without_a_final_checkpoint_still_reports_its_final_loss(packed_data, tmp_path: Path) -> None:

@@ -53,8 +53,8 @@ def test_demo_spec_is_a_two_stage_extension_on_two_cpu_workers() -> None:
     assert cfg.ray_num_cpus > cfg.parallel.num_workers * cfg.parallel.cpus_per_worker
 
 
-def run_job(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+def run_job(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_refuses_a_typo_with_exit_code_2() -> None:
@@ -86,3 +86,42 @@ def test_jobs_are_thin() -> None:
         code = [line for line in job.read_text().splitlines() if line.strip() and not line.startswith((" ", '"""'))]
         assert len(job.read_text().splitlines()) < 40, f"{job.name} holds logic: move it into a package"
         assert not any(line.startswith(("def ", "class ")) for line in code), job.name
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--parallel.num_workers", "3", "--parallel.tensor_parallel", "3"),
+     "parallel.tensor_parallel = 3: cannot split the model tp=3 ways; not divisible by 3: vocab_size="),
+    (("--model.preset", "mamba-debug", "--parallel.tensor_parallel", "2"),
+     "parallel.tensor_parallel = 2: cannot split the model tp=2 ways; not divisible by 2: pattern has Mamba-1 layers"),
+    (("--stage.eval.phonebook_entries", "[4, 481]",),
+     "eval.phonebook_entries = [4, 481]: must each be in [1, 480] (the distinct names a book can hold)"),
+])
+def test_a_spec_workers_would_fail_on_is_refused_when_it_loads(args: tuple[str, ...], message: str) -> None:
+    """Checks that can run at config load run there: one line, exit 2, no Ray, no worker retries."""
+    out = run_job("jobs.pretrain", "--train_manifest", "unused/manifest.json", *args)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_missing_tokenizer_and_weights_of_another_model_are_refused_before_ray(packed_data, tmp_path) -> None:
+    import torch
+    from forge_models import build_model, get_preset
+
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.save(build_model(get_preset("transformer-debug")).state_dict(), other / "model.pt")
+    base = ("jobs.pretrain", "--config", "jobs/specs/pretrain.toml", "--train_manifest", str(packed_data.manifest),
+            "--stage.seq_len", "64")
+    missing = run_job(*base, "--tokenizer", str(tmp_path / "nope.model"))
+    assert missing.returncode == 2
+    assert f"error: invalid job spec: tokenizer = '{tmp_path / 'nope.model'}': must be an existing" in missing.stderr
+    small = run_job(*base, "--model.vocab_size", "256")  # the data's tokenizer has 512 pieces
+    assert small.returncode == 2
+    assert (f"error: invalid job spec: model.vocab_size = 256: must be at least the training data's vocabulary "
+            f"(512, the tokenizer recorded in {packed_data.manifest}); pass --model.vocab_size 512") in small.stderr
+    wrong = run_job(*base, "--init_weights", str(other))
+    assert wrong.returncode == 2, wrong.stderr[-2000:]
+    errors = [line for line in wrong.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"init_weights = '{other}': weights at {other / 'model.pt'} belong to another model" in errors[0]
+    assert "Started a local Ray instance" not in wrong.stdout + wrong.stderr

@@ -100,14 +100,26 @@ def read_meta(folder: Path) -> CheckpointMeta:
     return CheckpointMeta(**json.loads(path.read_text()))
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load consolidated weights into `model`, naming every missing, unexpected or misshapen tensor."""
+def check_weights_fit(model: nn.Module, path: str | Path) -> None:
+    """`load_weights`'s checks without reading the tensors' data (memory-mapped; `model` may be on
+    the meta device): a job refuses weights of another model before anything starts."""
+    path, state = _read_weights(path, mmap=True)
+    _check_same_tensors(model, state, path)
+
+
+def _read_weights(path: str | Path, mmap: bool) -> tuple[Path, dict[str, torch.Tensor]]:
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_FILE
     if not path.exists():
         raise IncompatibleCheckpointError(f"no model weights at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return path, torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (RuntimeError, EOFError, OSError) as err:
+        raise IncompatibleCheckpointError(f"weights at {path} cannot be read: {err}") from None
+
+
+def _check_same_tensors(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -122,4 +134,10 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in misshapen[:5]]
             details.append(f"shape mismatch {shapes}")
         raise IncompatibleCheckpointError(f"weights at {path} belong to another model: {'; '.join(details)}")
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load consolidated weights into `model`, naming every missing, unexpected or misshapen tensor."""
+    path, state = _read_weights(path, mmap=False)
+    _check_same_tensors(model, state, path)
     model.load_state_dict(state)

@@ -11,8 +11,9 @@ from ray.train import FailureConfig, Result, RunConfig, ScalingConfig, TrainingF
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from forge_platform.cluster import check_resources
+from forge_platform.input_errors import StageInputError
 from forge_platform.training.checkpoint_manager import ray_checkpoint_config
-from forge_platform.training.trainer import FINAL_METRICS_FILE, StageRun, train_stage_worker
+from forge_platform.training.trainer import FINAL_METRICS_FILE, INPUT_ERROR_FILE, StageRun, train_stage_worker
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
     run = dataclasses.replace(run, checkpoint_root=str(storage / name))
     final_metrics = Path(run.checkpoint_root) / FINAL_METRICS_FILE
     final_metrics.unlink(missing_ok=True)  # an earlier run's ending is not this one's
+    input_error = Path(run.checkpoint_root) / INPUT_ERROR_FILE
+    input_error.unlink(missing_ok=True)  # nor its input's error
     trainer = TorchTrainer(
         train_stage_worker,
         train_loop_config={"run": run},
@@ -53,6 +56,9 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
     try:
         result = trainer.fit()
     except TrainingFailedError as err:  # Ray Train raises what its workers raised (after max_failures)
+        if input_error.exists():  # the user's input: one line, exit code 2 (cli.job_main)
+            message = json.loads(input_error.read_text())["message"]
+            raise StageInputError(f"stage {run.stage.name!r}: {message}") from err
         raise RuntimeError(f"stage {run.stage.name!r} failed: {err}") from err
     if result.error is not None:
         raise RuntimeError(f"stage {run.stage.name!r} failed") from result.error

@@ -31,6 +31,7 @@ from forge_models import ModelConfig, build_model
 from forge_models.flops import training_flops_per_token
 
 from forge_platform.config_loader import config_hash
+from forge_platform.input_errors import INPUT_ERRORS
 from forge_platform.job_config import ParallelConfig, StageConfig, TrackingConfig
 from forge_platform.memory_plan import choose_recompute, gpu_capacity, resolve_recompute
 from forge_platform.parallel.batch import check_tp_batch
@@ -86,9 +87,33 @@ class StepResult:
 FINAL_METRICS_FILE = "final_metrics.json"
 
 
+INPUT_ERROR_FILE = "input_error.json"
+
+
+class InputError(RuntimeError):
+    """An earlier attempt of this stage failed on its input; raised at once by every retry."""
+
+
 def train_stage_worker(config: dict[str, Any]) -> None:
-    """Ray Train's `train_loop_per_worker`: `config["run"]` is a `StageRun`."""
-    Trainer(config["run"]).fit()
+    """Ray Train's `train_loop_per_worker`: `config["run"]` is a `StageRun`.
+
+    Ray Train retries every worker failure up to `max_failures` times (its failure policy has no
+    hook for the kind of error). A failure on the user's input is recorded in the stage's folder;
+    the retries Ray then makes stop at once, before loading anything, and the driver reports the
+    recorded error as one line (`stage_runner.run_stage`)."""
+    run: StageRun = config["run"]
+    marker = Path(run.checkpoint_root) / INPUT_ERROR_FILE
+    if marker.exists():
+        record = json.loads(marker.read_text())
+        record["retries_refused"] = record.get("retries_refused", 0) + 1
+        replace_atomically(marker, lambda tmp: tmp.write_text(json.dumps(record)))
+        raise InputError(record["message"])
+    try:
+        Trainer(run).fit()
+    except INPUT_ERRORS as err:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(marker, lambda tmp: tmp.write_text(json.dumps({"message": str(err)})))
+        raise
 
 
 class Trainer:
@@ -123,6 +148,8 @@ class Trainer:
         self.checkpoints = CheckpointManager(stage.checkpoint, Path(run.checkpoint_root), run.identity,
                                              train.steps, run.model)
         self.start_step = self.checkpoints.restore(self.parallel, self.loader)
+        if self.start_step and self.rank == 0:
+            print(f"[{stage.name}] resumed at step {self.start_step} from its last checkpoint", flush=True)
         self.logger = build_logger(run.tracking, self.rank, run.run_id, prefix=f"[{stage.name}] ")
         self.flops_per_step = training_flops_per_token(run.model, stage.seq_len) * self.tokens_per_step
         self.peak_flops = run.parallel.peak_tflops * 1e12 or measure_matmul_flops(self.device)
