@@ -50,10 +50,24 @@ class TrackingConfig:
     """Seconds between samples of CPU, memory, disk, network and GPU use (GPU needs nvidia-ml-py,
     in the `cuda` extra) that rank 0 logs as MLflow `system/*` metrics during training; 0 turns
     them off."""
+    on_unreachable: Literal["continue", "refuse"] = "continue"
+    """What a job does when the tracking server does not answer at start: continue (say so in one
+    line, keep everything in `spill_dir` and send it when the server answers) or refuse (exit 2)."""
+    max_buffered_metrics: int = 10_000
+    """Metric points rank 0 holds in memory while the server is slow or down; beyond this they are
+    written to a file in `spill_dir` and replayed later (never dropped)."""
+    spill_dir: str = ""
+    """Folder for what could not be sent yet (JSON lines: rank 0's metrics, the driver's calls);
+    empty is `<output_dir>/tracking` (set by the job's session). Workers write there too, so on a
+    cluster it must be a filesystem the driver can read, like the checkpoints'."""
 
     def __post_init__(self) -> None:
         _require(self.system_metrics_interval_s >= 0,
                  f"tracking.system_metrics_interval_s = {self.system_metrics_interval_s}: must be >= 0")
+        _require(self.on_unreachable in ("continue", "refuse"),
+                 f"tracking.on_unreachable = {self.on_unreachable!r}: must be 'continue' or 'refuse'")
+        _require(self.max_buffered_metrics >= 1,
+                 f"tracking.max_buffered_metrics = {self.max_buffered_metrics}: must be >= 1")
 
 
 @dataclass

@@ -68,8 +68,12 @@ def train_and_evaluate(
             runs.log_metrics(run_id, metrics, step=stage.train.steps)
             print("  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
     except BaseException:
+        runs.send_spilled(run_id)
         runs.finish(run_id, ok=False)
         raise
+    # Every tracking call here is absorbed by `runs` when the server is down (queued, sent later):
+    # an outage never fails a stage that trained.
+    runs.send_spilled(run_id)  # rank 0's metrics the server did not take while the stage ran
     runs.finish(run_id)
     final_loss = float(result.metrics.get("loss", float("nan")))
     return StageOutcome(stage.name, run_id, result.checkpoint_dir, final_loss, metrics)

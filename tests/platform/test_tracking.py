@@ -1,7 +1,9 @@
-"""Tracking against a real local MLflow server: nested runs, step metrics, artifacts, buffering."""
+"""Tracking against a real local MLflow server: nested runs, step metrics, artifacts, buffering,
+long params. (A server that dies mid-run: test_tracking_outage.py.)"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ from forge_platform.job_config import TrackingConfig
 from forge_platform.tracking.loggers import ConsoleLogger, MlflowLogger, NullLogger, build_logger
 from forge_platform.tracking.mlflow_server import free_port, local_mlflow_server
 from forge_platform.tracking.plots import plot_loss_per_stage
-from forge_platform.tracking.runs import MlflowRuns
+from forge_platform.tracking.runs import MAX_PARAM_CHARS, MlflowRuns
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -46,23 +48,36 @@ def test_nested_runs_metrics_and_artifacts_round_trip(server, tmp_path: Path) ->
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_metrics_are_buffered_while_the_server_is_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+def test_metrics_logged_while_the_server_is_down_are_sent_when_it_returns(tmp_path: Path) -> None:
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     with local_mlflow_server(tmp_path / "first", port=port) as server:
-        run_id = MlflowRuns(server.uri, "e").start("r", {})
-    logger = MlflowLogger(uri, run_id)  # the server is gone now
-    with pytest.warns(UserWarning, match="MLflow unreachable"):
-        logger.log({"loss": 1.5}, step=1)
+        run_id = MlflowRuns(server.uri, "e", tmp_path / "spill").start("r", {})
+    logger = MlflowLogger(uri, run_id, tmp_path / "spill" / "r.jsonl", max_backoff_s=0.2)  # the server is gone now
+    logger.log({"loss": 1.5}, step=1)
     logger.log({"loss": 1.25}, step=2)
-    assert logger.pending == 2
+    time.sleep(0.5)
+    assert logger.queue.server_down and logger.pending == 2
     with local_mlflow_server(tmp_path / "first", port=port):  # back, same store
-        assert logger.flush()
+        logger.close()
         assert logger.pending == 0
         history = MlflowClient(uri).get_metric_history(run_id, "loss")
         assert [(m.step, m.value) for m in history] == [(1, 1.5), (2, 1.25)]
+
+
+def test_a_param_longer_than_mlflows_limit_is_an_artifact_not_cut(server, tmp_path: Path) -> None:
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    assert MAX_PARAM_CHARS == MAX_PARAM_VAL_LENGTH  # the limit of the MLflow installed
+    long_value = "".join(f"{i}," for i in range(2000))  # 8,890 characters
+    runs = MlflowRuns(server.uri, "long-params", tmp_path / "spill")
+    run_id = runs.start("r", {"data.inputs": long_value, "train.steps": 3})
+    client = MlflowClient(server.uri)
+    params = client.get_run(run_id).data.params
+    assert params["train.steps"] == "3"
+    assert params["data.inputs"] == f"<{len(long_value)} characters: artifact params/data.inputs.txt>"
+    kept = Path(client.download_artifacts(run_id, "params/data.inputs.txt", str(tmp_path)))
+    assert kept.read_text() == long_value
 
 
 def test_only_rank_zero_logs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -85,8 +100,6 @@ def test_a_restarted_job_continues_its_unfinished_run(server) -> None:
 
 def test_rank_zero_samples_system_metrics_into_its_run(server) -> None:
     """MLflow's system-metrics sampler runs beside the step metrics and stops with the logger."""
-    import time
-
     runs = MlflowRuns(server.uri, "test-system-metrics")
     run_id = runs.start("pretrain", {})
     logger = build_logger(TrackingConfig(uri=server.uri, system_metrics_interval_s=0.5), rank=0, run_id=run_id)

@@ -1,16 +1,21 @@
 """A tiny metric-logger interface with one class per backend (MLflow, console, null).
 
 Which rank logs is decided in one place, `build_logger`: rank 0 gets the real backend, every other
-rank a `NullLogger`, so training code calls `logger.log(...)` unconditionally.
+rank a `NullLogger`, so training code calls `logger.log(...)` unconditionally. The MLflow logger
+sends from a background thread and never makes a step wait (`metric_queue`).
 """
 
 from __future__ import annotations
 
 import sys
-import time
-import warnings
+import tempfile
+import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from forge_platform.tracking.metric_queue import MetricQueue
+from forge_platform.tracking.transport import PENDING_RUN_PREFIX, MetricSender
 
 if TYPE_CHECKING:
     from forge_platform.job_config import TrackingConfig
@@ -49,25 +54,24 @@ class ConsoleLogger:
 
 
 class MlflowLogger:
-    """Logs step metrics to an existing MLflow run, buffering them while the server is unreachable.
+    """Logs step metrics to an MLflow run from a background thread: `log` never waits on the server.
 
-    Training must never stop because tracking is down: a failed write keeps the metrics in the
-    buffer, warns once, and is retried at the next call and at `close()`.
+    Training must never wait for tracking: points go to a bounded buffer that a sender thread empties
+    (`metric_queue.MetricQueue`); while the server is down the buffer fills, then spills to
+    `spill_path`, which is replayed when the server answers or, if it is still down at `close()`,
+    by the driver at the end of the stage.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, flush_every: int = 1,
-                 system_metrics_interval_s: float = 0.0) -> None:
-        # Imported here: GPU images without MLflow still train with the console logger.
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri)
+    def __init__(self, tracking_uri: str, run_id: str, spill_path: str | Path | None = None,
+                 max_buffered: int = 10_000, system_metrics_interval_s: float = 0.0,
+                 request_timeout_s: float = 5.0, max_backoff_s: float = 5.0, drain_timeout_s: float = 30.0) -> None:
         self.run_id = run_id
-        self.flush_every = flush_every
-        self._buffer: list[Any] = []  # mlflow.entities.Metric
-        self._calls = 0
-        self._warned = False
+        spill = Path(spill_path) if spill_path else Path(tempfile.gettempdir()) / "forge-tracking" / spill_name(run_id)
+        self.queue = MetricQueue(MetricSender(tracking_uri, request_timeout_s), run_id, spill, max_buffered,
+                                 max_backoff_s=max_backoff_s, drain_timeout_s=drain_timeout_s,
+                                 offline=run_id.startswith(PENDING_RUN_PREFIX))
         self._system_monitor = None
-        if system_metrics_interval_s > 0:
+        if system_metrics_interval_s > 0 and not self.queue.offline:
             # MLflow's own sampler (a thread in this process: CPU, memory, disk, network, and GPUs
             # through nvidia-ml-py), logging `system/*` metrics into the same run. It stops by
             # itself, with a warning, if the server goes away; training does not notice.
@@ -78,42 +82,30 @@ class MlflowLogger:
             self._system_monitor.start()
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self._buffer.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
-        self._calls += 1
-        if self._calls % self.flush_every == 0:
-            self.flush()
-
-    def flush(self) -> bool:
-        """Send the buffer; returns False (and keeps it) if the server did not take it."""
-        while self._buffer:
-            batch = self._buffer[:1000]  # MLflow's log_batch limit
-            try:
-                self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
-            except Exception as err:  # noqa: BLE001 - any transport error must not stop training
-                if not self._warned:
-                    warnings.warn(f"MLflow unreachable ({err}); buffering metrics and retrying", stacklevel=2)
-                    self._warned = True
-                return False
-            del self._buffer[: len(batch)]
-        return True
+        self.queue.put(metrics, step)
 
     @property
     def pending(self) -> int:
-        """Metrics waiting to be sent."""
-        return len(self._buffer)
+        """Points held in memory, not yet sent."""
+        return self.queue.pending
 
     def close(self) -> None:
         if self._system_monitor is not None:
-            self._system_monitor.finish()
+            # Its last flush goes through MLflow's client, retries and all: give it a few seconds
+            # on a thread of its own rather than hold up the end of the stage.
+            stopper = threading.Thread(target=self._system_monitor.finish, daemon=True)
+            stopper.start()
+            stopper.join(timeout=5.0)
             self._system_monitor = None
-        for _ in range(3):
-            if self.flush():
-                return
-            time.sleep(1.0)
-        print(f"warning: {self.pending} metrics could not be sent to MLflow", file=sys.stderr)
+        left = self.queue.close()
+        if left is not None:
+            print(f"tracking: metrics not yet in MLflow are kept in {left}; the driver sends them at the end "
+                  "of the stage", file=sys.stderr, flush=True)
+
+
+def spill_name(run_id: str) -> str:
+    """The spill file of a run's step metrics, inside `tracking.spill_dir`."""
+    return f"{run_id}.metrics.jsonl"
 
 
 def build_logger(tracking: TrackingConfig, rank: int, run_id: str = "", prefix: str = "") -> MetricLogger:
@@ -125,7 +117,9 @@ def build_logger(tracking: TrackingConfig, rank: int, run_id: str = "", prefix: 
     if tracking.backend == "mlflow":
         if not (tracking.uri and run_id):
             raise ValueError("the mlflow logger needs a tracking URI and a run id")
-        return _Tee(MlflowLogger(tracking.uri, run_id, system_metrics_interval_s=tracking.system_metrics_interval_s),
+        spill = Path(tracking.spill_dir) / spill_name(run_id) if tracking.spill_dir else None
+        return _Tee(MlflowLogger(tracking.uri, run_id, spill, max_buffered=tracking.max_buffered_metrics,
+                                 system_metrics_interval_s=tracking.system_metrics_interval_s),
                     ConsoleLogger(prefix))
     raise ValueError(f"tracking.backend = {tracking.backend!r}: must be one of 'mlflow', 'console', 'null'")
 

@@ -27,6 +27,8 @@ class LocalMlflowServer:
     """The tracking URI, `http://127.0.0.1:PORT`."""
     root: Path
     """The folder that holds the SQLite database and the artifact store."""
+    pid: int = 0
+    """The server's process id, also its process group's (outage drills kill the group)."""
 
     @property
     def ui_command(self) -> str:
@@ -61,7 +63,7 @@ def local_mlflow_server(root: str | Path, port: int = 0, timeout_s: float = 90.0
     uri = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(uri, proc, timeout_s, root / "server.log")
-        yield LocalMlflowServer(uri=uri, root=root)
+        yield LocalMlflowServer(uri=uri, root=root, pid=proc.pid)
     finally:
         proc.terminate()
         try:
