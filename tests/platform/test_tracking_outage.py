@@ -20,6 +20,7 @@ from forge_platform.session import check_tracking_server
 from forge_platform.tracking.journal import JOURNAL_FILE
 from forge_platform.tracking.loggers import MlflowLogger
 from forge_platform.tracking.mlflow_server import free_port, local_mlflow_server
+from forge_platform.tracking.replay import main as replay_main
 from forge_platform.tracking.runs import MlflowRuns
 from forge_platform.tracking.transport import PENDING_RUN_PREFIX, unreachable_reason
 from mlflow.tracking import MlflowClient
@@ -103,7 +104,7 @@ def test_metrics_left_at_close_are_kept_and_sent_by_the_driver(tmp_path: Path) -
     assert queued == ["send_spilled", "set_tag", "log_metrics", "log_artifact", "start", "log_metrics", "finish",
                       "finish"]
     with local_mlflow_server(tmp_path / "store", port=port):
-        MlflowRuns(uri, "outage", folder)  # the next job using the folder sends what is queued
+        assert replay_main([str(folder), "--uri", uri]) == 0  # the command the log names
         assert not (folder / JOURNAL_FILE).exists()
         client = MlflowClient(uri)
         run = client.get_run(run_id)
