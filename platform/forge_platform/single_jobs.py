@@ -42,17 +42,17 @@ def check_packed_length(seq_len: int, manifest_path: str, model_vocab: int | Non
         manifest = Manifest.load(manifest_path)
     except FileNotFoundError:
         raise ConfigError(f"train_manifest = {manifest_path!r}: must exist (python -m jobs.tokenize writes it)") from None
-    data_vocab = int(manifest.tokenizer.get("vocab_size") or 0)
-    if model_vocab is not None and data_vocab > model_vocab:
-        raise ConfigError(
-            f"model.vocab_size = {model_vocab}: must be at least the training data's vocabulary ({data_vocab}, "
-            f"the tokenizer recorded in {manifest_path}); pass --model.vocab_size {data_vocab}")
     if manifest.seq_len != seq_len:
         raise ConfigError(
             f"stage.seq_len = {seq_len}: must be the length the training data was packed at ({manifest.seq_len} in "
             f"{manifest_path}); pass --stage.seq_len {manifest.seq_len}, or pack the data again with "
             f"--data.packing.seq_len {seq_len}"
         )
+    data_vocab = int(manifest.tokenizer.get("vocab_size") or 0)
+    if model_vocab is not None and data_vocab > model_vocab:
+        raise ConfigError(
+            f"model.vocab_size = {model_vocab}: must be at least the training data's vocabulary ({data_vocab}, "
+            f"the tokenizer recorded in {manifest_path}); pass --model.vocab_size {data_vocab}")
 
 
 def check_inputs_exist(cfg: PretrainConfig) -> None:
