@@ -50,11 +50,8 @@ def run_campaign(cfg: CampaignConfig) -> CampaignOutcome:
     """Run every stage of `cfg` in order and return where everything went."""
     started = time.perf_counter()
     check_long_document_settings(cfg)
-    # The memory plan: a stage that cannot fit is refused before any tokenizing. The model's
-    # vocabulary will be the tokenizer's, so the plan counts the tokenizer's size when one is trained.
-    planned = cfg.model if cfg.data.tokenizer.model_path else dataclasses.replace(
-        cfg.model, vocab_size=cfg.data.tokenizer.vocab_size)
-    cfg = dataclasses.replace(cfg, stages=plan_for_job(planned, cfg.stages, cfg.parallel))
+    # The memory plan: a stage that cannot fit is refused before any tokenizing.
+    cfg = dataclasses.replace(cfg, stages=plan_for_job(cfg.planned_model, cfg.stages, cfg.parallel))
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     banner(f"campaign {cfg.name!r}: starting Ray")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -71,9 +70,7 @@ def plan_main(doc: str, argv: Sequence[str] | None = None) -> int:
     except (ConfigError, OSError, tomllib.TOMLDecodeError) as err:
         print(f"error: invalid job spec: {err}", file=sys.stderr)
         return 2
-    model, stages = cfg.model, (cfg.stages if cls is CampaignConfig else [cfg.stage])
-    if cls is CampaignConfig and not cfg.data.tokenizer.model_path:  # the campaign's model takes the tokenizer's vocabulary
-        model = dataclasses.replace(model, vocab_size=cfg.data.tokenizer.vocab_size)
+    model, stages = (cfg.planned_model, cfg.stages) if cls is CampaignConfig else (cfg.model, [cfg.stage])
     plans = plan_stages(model, stages, cfg.parallel, capacity=gpu_capacity(cfg.parallel))
     dims = cfg.parallel.dims
     print(f"memory plan of {path}: {cfg.parallel.num_workers} GPUs as TP {dims.tp} x DP {dims.dp}, per GPU")

@@ -312,14 +312,22 @@ class CampaignConfig(TrainingJobBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.data.tokenizer.model_path:  # the model will take the trained tokenizer's vocabulary
-            check_layout(dataclasses.replace(self.model, vocab_size=self.data.tokenizer.vocab_size), self.parallel)
+        if not self.data.tokenizer.model_path:
+            check_layout(self.planned_model, self.parallel)
         _require(bool(self.stages), "stages = []: must hold at least one stage")
         _require(not self.stages[0].init_from_previous,
                  f"stages.0.init_from_previous = true ({self.stages[0].name}): must be false, "
                  "the first stage has no previous stage")
         names = [s.name for s in self.stages]
         _require(len(set(names)) == len(names), f"stages.*.name = {names}: must be unique")
+
+    @property
+    def planned_model(self) -> ModelConfig:
+        """The model as the campaign will build it: with the vocabulary of the tokenizer it trains
+        (before the tokenizer exists, for checks and the memory plan)."""
+        if self.data.tokenizer.model_path:
+            return self.model
+        return dataclasses.replace(self.model, vocab_size=self.data.tokenizer.vocab_size)
 
 
 @dataclass

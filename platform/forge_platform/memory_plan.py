@@ -262,8 +262,7 @@ def suggestions(model: ModelConfig, stage: StageConfig, parallel: ParallelConfig
                        dataclasses.replace(parallel, tensor_parallel=tp))
     for label, s, p in tries():
         try:
-            plan = plan_stage(model, s, p, capacity=capacity, recompute=s.train.recompute
-                              if s.train.recompute != "auto" else "full", params=params)
+            plan = plan_stage(model, s, p, capacity=capacity, params=params)  # every try recomputes fully
         except ValueError:
             continue
         if plan.fits:
