@@ -6,13 +6,9 @@
 # On the device machine, from the repo root, after `bash ../shared/device/prepare_carry.sh` here:
 #     source .carry/bootstrap.sh && bash benchmarks/platform/gpu_overhead.sh
 set -euo pipefail
-export FORGE_SRC_ROOTS=models:platform:data_pipeline:evaluation
-export PYTHONPATH="$PWD/models:$PWD/platform:$PWD/data_pipeline:$PWD/evaluation:$PWD:${PYTHONPATH:-}"
-export RAY_AUTH_MODE=disabled PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_extensions
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-out=${OUT:-/tmp/forge-out}
+source benchmarks/platform/gpu_env.sh
 work=/tmp/forge-gpu
-mkdir -p "$out" "$work"
+mkdir -p "$work"
 steps=${STEPS:-12}
 
 if [ ! -f "$work/data/manifest.json" ]; then

@@ -5,12 +5,9 @@
 # On a 2-GPU device machine, from the repo root, after `bash ../shared/device/prepare_carry.sh` here:
 #     source .carry/bootstrap.sh && bash benchmarks/platform/gpu_scaling.sh
 set -euo pipefail
-export PYTHONPATH="$PWD/models:$PWD/platform:$PWD/data_pipeline:$PWD/evaluation:$PWD:${PYTHONPATH:-}"
-export RAY_AUTH_MODE=disabled PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_extensions
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True NCCL_NVLS_ENABLE=0
-out=${OUT:-/tmp/forge-out}
+source benchmarks/platform/gpu_env.sh
 work=/tmp/forge-gpu
-mkdir -p "$out" "$work"
+mkdir -p "$work"
 preset=${PRESET:-hybrid-2b-anchor}
 steps=${STEPS:-8}
 # EXTRA_ARGS: more job overrides, e.g. a small learning rate for a loss-agreement run:
