@@ -8,8 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from forge_eval.phonebook import name_pool_size
+from forge_eval.answering import ANSWER_MODES
+from forge_eval.names import name_pool_size
+from forge_eval.phonebook import FORMATS
+from forge_eval.haystack import HAYSTACKS
+from forge_eval.ruler import TASKS
 from forge_eval.suites import SUITES
+
+MAX_LENGTH = 1 << 20
+"""Longest prompt or document any suite builds (tokens): 4x the 256K the suites must reach."""
+
+
+def _fail(name: str, value: object, must: str) -> None:
+    raise ValueError(f"eval.{name} = {value!r}: must {must}")
 
 
 @dataclass
@@ -17,28 +28,99 @@ class EvalConfig:
     """Which suites run after a stage, and how much each one measures."""
 
     suites: list[str] = field(default_factory=lambda: ["validation", "phonebook"])
-    """Suites to run, in order (names from `forge_eval.SUITES`: validation, phonebook)."""
+    """Suites to run, in order (names from `forge_eval.SUITES`: validation, phonebook, ruler, ppl)."""
     val_batches: int = 8
     """Held-out packed sequences (batches of one) averaged into the validation loss."""
+    answer_mode: str = "generate"
+    """How Phonebook and RULER ask for answers: `generate` (greedy decoding) or `teacher_forcing` (the
+    model's top token at each answer position in one forward pass: same exact match, far cheaper)."""
+    batch_tokens: int = 16384
+    """Tokens per forward pass when prompts are batched (rows x length); a longer prompt runs alone."""
+    seed: int = 0
+    """Seed of every generated book, haystack and question: each stage sees the same ones."""
+
     phonebook_entries: list[int] = field(default_factory=lambda: [4, 16])
-    """Phonebook sizes (names in the book) at which lookup accuracy is measured by greedy generation."""
+    """Phonebook sizes in names (metrics `phonebook_<n>_*`, standard format)."""
+    phonebook_lengths: list[int] = field(default_factory=list)
+    """Phonebook sizes in tokens of the run's tokenizer: the largest book whose prompt fits
+    (metrics `phonebook_<format>_<tokens>_*`)."""
+    phonebook_formats: list[str] = field(default_factory=lambda: ["standard"])
+    """Formats measured at `phonebook_lengths`: standard (book, examples, query), reversed (query first)."""
     phonebook_queries: int = 8
     """Lookups per book size; 0 skips Phonebook."""
+    phonebook_examples: int = 2
+    """In-context example questions (answered from the book) before the query."""
+    phonebook_depth: float | None = None
+    """Where the queried line sits (0 first line .. 1 last); none spreads the queries evenly over the book."""
+
+    ruler_tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    """RULER-style tasks (forge_eval.ruler.TASKS)."""
+    ruler_lengths: list[int] = field(default_factory=lambda: [1024])
+    """Prompt lengths (tokens) every RULER task is built at."""
+    ruler_depths: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    """Needle depths swept by the single-needle task (0 top .. 1 bottom of the haystack)."""
+    ruler_samples: int = 4
+    """Samples per task, length (and depth for the single needle)."""
+    ruler_haystacks: list[str] = field(default_factory=lambda: ["filler"])
+    """Haystacks: `filler` (one sentence repeated) and/or `text` (the bundled tiny Shakespeare)."""
+
+    ppl_bucket: int = 1024
+    """Width (tokens) of the position buckets of perplexity by position."""
+    ppl_max_position: int = 8192
+    """Positions past this are not measured (set it to 2x the trained length)."""
+    ppl_rows: int = 8
+    """Held-out packed rows read for perplexity by position."""
 
     def __post_init__(self) -> None:
         # A TOML `suites = "validation"` would otherwise be read letter by letter.
         if isinstance(self.suites, str) or not all(isinstance(name, str) for name in self.suites):
-            raise ValueError(f"eval.suites = {self.suites!r}: must be a list of suite names "
-                             f"({', '.join(sorted(SUITES))})")
+            _fail("suites", self.suites, f"be a list of suite names ({', '.join(sorted(SUITES))})")
         unknown = [name for name in self.suites if name not in SUITES]
         if unknown:
-            raise ValueError(f"eval.suites = {self.suites!r}: must name known suites ({', '.join(sorted(SUITES))}); "
-                             f"unknown: {', '.join(unknown)}")
+            _fail("suites", self.suites, f"name known suites ({', '.join(sorted(SUITES))}); unknown: {', '.join(unknown)}")
         if self.val_batches < 1:
-            raise ValueError(f"eval.val_batches = {self.val_batches!r}: must be >= 1")
+            _fail("val_batches", self.val_batches, "be >= 1")
+        if self.answer_mode not in ANSWER_MODES:
+            _fail("answer_mode", self.answer_mode, f"be one of {', '.join(ANSWER_MODES)}")
+        if self.batch_tokens < 1:
+            _fail("batch_tokens", self.batch_tokens, "be >= 1")
         pool = name_pool_size()
         if not all(1 <= n <= pool for n in self.phonebook_entries):
-            raise ValueError(f"eval.phonebook_entries = {self.phonebook_entries!r}: must each be in [1, {pool}] "
-                             "(the distinct names a book can hold)")
+            _fail("phonebook_entries", self.phonebook_entries,
+                  f"each be in [1, {pool}] (the distinct names a book can hold)")
+        for name in ("phonebook_lengths", "ruler_lengths"):
+            lengths = getattr(self, name)
+            if not all(64 <= n <= MAX_LENGTH for n in lengths):
+                _fail(name, lengths, f"each be in [64, {MAX_LENGTH}] tokens")
+        for name, allowed in (("phonebook_formats", FORMATS), ("ruler_tasks", TASKS), ("ruler_haystacks", HAYSTACKS)):
+            values = getattr(self, name)
+            if isinstance(values, str) or not all(v in allowed for v in values):
+                _fail(name, values, f"be a list of {', '.join(allowed)}")
         if self.phonebook_queries < 0:
-            raise ValueError(f"eval.phonebook_queries = {self.phonebook_queries!r}: must be >= 0")
+            _fail("phonebook_queries", self.phonebook_queries, "be >= 0")
+        if self.phonebook_examples < 0:
+            _fail("phonebook_examples", self.phonebook_examples, "be >= 0")
+        if self.phonebook_depth is not None and not 0.0 <= self.phonebook_depth <= 1.0:
+            _fail("phonebook_depth", self.phonebook_depth, "be in [0, 1] or none")
+        if not all(0.0 <= d <= 1.0 for d in self.ruler_depths):
+            _fail("ruler_depths", self.ruler_depths, "each be in [0, 1]")
+        if self.ruler_samples < 1:
+            _fail("ruler_samples", self.ruler_samples, "be >= 1")
+        if self.ppl_bucket < 1:
+            _fail("ppl_bucket", self.ppl_bucket, "be >= 1")
+        if not self.ppl_bucket <= self.ppl_max_position <= MAX_LENGTH:
+            _fail("ppl_max_position", self.ppl_max_position, f"be in [ppl_bucket = {self.ppl_bucket}, {MAX_LENGTH}]")
+        if self.ppl_rows < 1:
+            _fail("ppl_rows", self.ppl_rows, "be >= 1")
+
+    @property
+    def longest_prompt(self) -> int:
+        """The longest prompt the configured suites build (tokens), for the model's limits."""
+        lengths = [0]
+        if "phonebook" in self.suites:
+            lengths += self.phonebook_lengths
+        if "ruler" in self.suites:
+            lengths += self.ruler_lengths
+        if "ppl" in self.suites:
+            lengths.append(self.ppl_max_position)
+        return max(lengths)

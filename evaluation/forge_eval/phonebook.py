@@ -1,8 +1,16 @@
-"""Phonebook: the paper's long-context lookup task, measured by greedy generation.
+"""Phonebook: the paper's long-context lookup task (Waleffe et al. 2024, Section 4.3 and Figure 7).
 
-A book of `num_entries` "Name: number" lines is followed by a question about one name; the
-answer is correct when the generated continuation begins with that name's number. Books are
-generated from a seed, so every evaluation of every stage sees the same questions.
+A book of "Name: number" lines holds one line per made-up name (forge_eval.names: unique within
+any book up to 256K tokens and beyond). Two formats, as in the paper:
+
+- standard: the book, then in-context example questions answered from the book, then the query;
+- reversed: the query first ("find the number of ..."), then the book, then the same examples and
+  the query's answer slot: the model must hold the question while reading the book.
+
+A book is sized either by entries or by tokens of the run's tokenizer (the largest book whose whole
+prompt fits). The queried line sits at a chosen depth (0 = first line, 1 = last). Answers are scored
+by exact match of the number and by per-digit accuracy (the paper's "fuzzy" recall); random digits
+score 0 and 0.1. Everything is generated from a seed: every stage sees the same questions.
 """
 
 from __future__ import annotations
@@ -10,64 +18,122 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-import torch
-from forge_models import generate
-from torch import nn
+from forge_eval.names import name_pool_size, sample_names
+from forge_eval.prompts import TextTokenizer, grow_to_length
 
-FIRST_NAMES = ("Ada", "Ben", "Cleo", "Dara", "Emil", "Fay", "Gus", "Hana", "Ivo", "Juno", "Kai", "Lena",
-               "Milo", "Nia", "Otto", "Pia", "Quin", "Rosa", "Sami", "Tova", "Ugo", "Vera", "Wes", "Yara")
-LAST_NAMES = ("Abbott", "Bishop", "Carver", "Dunn", "Ellis", "Frost", "Grant", "Hale", "Ives", "Jonas",
-              "Keller", "Lowe", "Marsh", "Noble", "Olsen", "Pike", "Quill", "Reyes", "Stone", "Tate")
-
-
-class TextTokenizer(Protocol):
-    """What Phonebook needs of a tokenizer (forge_data's `Tokenizer` is one)."""
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: Sequence[int]) -> str: ...
+FORMATS = ("standard", "reversed")
+TOKENS_PER_ENTRY_GUESS = 12.0  # only the first guess of the book's size; measured lengths correct it
 
 
 @dataclass(frozen=True)
 class PhonebookQuestion:
+    """One prompt and the number that answers it."""
+
     prompt: str
     answer: str
+    num_entries: int = 0
+    """Lines in the book."""
+    depth: float = 0.0
+    """Where the queried line sits: its index / (num_entries - 1)."""
 
 
-def name_pool_size() -> int:
-    """How many distinct names a book can hold (first x last names)."""
-    return len(FIRST_NAMES) * len(LAST_NAMES)
+def _number(rng: random.Random) -> str:
+    return f"{rng.randrange(200, 1000)}-{rng.randrange(100, 1000)}-{rng.randrange(1000, 10000)}"
 
 
-def make_questions(num_entries: int, num_questions: int, seed: int = 0) -> list[PhonebookQuestion]:
-    """`num_questions` books of `num_entries` distinct names each, one question per book."""
+@dataclass(frozen=True)
+class _Book:
+    names: list[str]
+    numbers: list[str]
+
+    @classmethod
+    def draw(cls, rng: random.Random, size: int) -> "_Book":
+        names = sample_names(rng, size)
+        return cls(names, [_number(rng) for _ in names])
+
+    def prompt(self, num_entries: int, target: int, examples: Sequence[int], fmt: str) -> str:
+        lines = "\n".join(f"{self.names[i]}: {self.numbers[i]}" for i in range(num_entries))
+        shots = "".join(f"Question: what is the phone number of {self.names[i]}?\nAnswer: {self.names[i]}: "
+                        f"{self.numbers[i]}\n\n" for i in examples)
+        name = self.names[target]
+        query = f"Question: what is the phone number of {name}?\nAnswer: {name}:"
+        if fmt == "reversed":
+            return f"Find the phone number of {name} in this phonebook.\n\nPhonebook:\n{lines}\n\n{shots}{query}"
+        return f"Phonebook:\n{lines}\n\n{shots}{query}"
+
+
+def _check(fmt: str, depth: float | None) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"phonebook format {fmt!r}: must be one of {', '.join(FORMATS)}")
+    if depth is not None and not 0.0 <= depth <= 1.0:
+        raise ValueError(f"phonebook depth {depth!r}: must be in [0, 1]")
+
+
+def _depth_of(question: int, num_questions: int, depth: float | None) -> float:
+    """A fixed depth, or depths spread evenly over the book (first question at the top)."""
+    if depth is not None:
+        return depth
+    return question / (num_questions - 1) if num_questions > 1 else 0.5
+
+
+def _pick(rng: random.Random, num_entries: int, depth: float, num_examples: int) -> tuple[int, list[int]]:
+    target = round(depth * (num_entries - 1))
+    others = [i for i in range(num_entries) if i != target]
+    return target, rng.sample(others, min(num_examples, len(others)))
+
+
+def make_questions(num_entries: int, num_questions: int, seed: int = 0, fmt: str = "standard",
+                   num_examples: int = 2, depth: float | None = None) -> list[PhonebookQuestion]:
+    """`num_questions` books of `num_entries` distinct names each, one query per book."""
+    _check(fmt, depth)
+    if not 1 <= num_entries <= name_pool_size():
+        raise ValueError(f"phonebook entries {num_entries}: must be in [1, {name_pool_size()}]")
     rng = random.Random(f"phonebook-{num_entries}-{seed}")
     questions = []
-    for _ in range(num_questions):
-        names = rng.sample([f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES], num_entries)
-        numbers = [f"{rng.randrange(200, 999)}-{rng.randrange(1000, 9999)}" for _ in names]
-        book = "\n".join(f"{name}: {number}" for name, number in zip(names, numbers))
-        target = rng.randrange(num_entries)
-        prompt = f"Phonebook:\n{book}\n\nQuestion: what is the number of {names[target]}?\nAnswer: {names[target]}:"
-        questions.append(PhonebookQuestion(prompt=prompt, answer=numbers[target]))
+    for q in range(num_questions):
+        book = _Book.draw(rng, num_entries)
+        where = _depth_of(q, num_questions, depth)
+        target, examples = _pick(rng, num_entries, where, num_examples)
+        questions.append(PhonebookQuestion(book.prompt(num_entries, target, examples, fmt), book.numbers[target],
+                                           num_entries, target / max(num_entries - 1, 1)))
     return questions
 
 
-@torch.no_grad()
-def phonebook_accuracy(model: nn.Module, tokenizer: TextTokenizer, num_entries: int, num_questions: int,
-                       seed: int = 0) -> dict[str, float]:
-    """Fraction of questions whose greedy answer starts with the right number, and the book's length."""
-    model.eval()
-    correct, prompt_tokens = 0, 0
-    for question in make_questions(num_entries, num_questions, seed):
-        prompt_ids = tokenizer.encode(question.prompt)
-        prompt_tokens = max(prompt_tokens, len(prompt_ids))
-        budget = len(tokenizer.encode(" " + question.answer)) + 2
-        prompt = torch.tensor([prompt_ids], device=next(model.parameters()).device)
-        output = generate(model, prompt, max_new_tokens=budget, temperature=0.0)
-        continuation = tokenizer.decode(output[0, len(prompt_ids):].tolist())
-        correct += continuation.strip().startswith(question.answer)
-    accuracy = correct / num_questions if num_questions else 0.0
-    return {f"phonebook_{num_entries}_accuracy": accuracy, f"phonebook_{num_entries}_prompt_tokens": float(prompt_tokens)}
+def questions_of_length(tokenizer: TextTokenizer, length: int, num_questions: int, seed: int = 0,
+                        fmt: str = "standard", num_examples: int = 2,
+                        depth: float | None = None) -> list[PhonebookQuestion]:
+    """Books whose whole prompt is at most `length` tokens of `tokenizer` (the largest that fits)."""
+    _check(fmt, depth)
+    rng = random.Random(f"phonebook-len{length}-{fmt}-{seed}")
+    questions = []
+    count_tokens = lambda text: len(tokenizer.encode(text))  # noqa: E731
+    capacity = int(length / 4) + 8  # no entry is shorter than ~4 tokens: enough names for any fit
+    for q in range(num_questions):
+        book = _Book.draw(rng, capacity)
+        where = _depth_of(q, num_questions, depth)
+        # The examples and the target are fixed by depth once the size is known: size first, with
+        # the same examples' names as a stand-in for the final ones (they are all similar in length).
+        sub = random.Random(rng.random())
+
+        def build(n: int) -> str:
+            target, examples = _pick(random.Random(0), n, where, num_examples)
+            return book.prompt(n, target, examples, fmt)
+
+        n, _, _ = grow_to_length(build, count_tokens, length, TOKENS_PER_ENTRY_GUESS, minimum=min(2, capacity))
+        target, examples = _pick(sub, n, where, num_examples)
+        prompt = book.prompt(n, target, examples, fmt)
+        while count_tokens(prompt) > length and n > 2:  # other examples may be a few tokens longer
+            n -= 1
+            target, examples = _pick(sub, n, where, num_examples)
+            prompt = book.prompt(n, target, examples, fmt)
+        questions.append(PhonebookQuestion(prompt, book.numbers[target], n, target / max(n - 1, 1)))
+    return questions
+
+
+def score_number(prediction: str, answer: str) -> tuple[bool, float]:
+    """(exact: the prediction starts with the number, share of the number's digits right in place)."""
+    predicted = prediction.strip()
+    digits = [i for i, c in enumerate(answer) if c.isdigit()]
+    right = sum(1 for i in digits if i < len(predicted) and predicted[i] == answer[i])
+    return predicted.startswith(answer), right / len(digits) if digits else float(predicted.startswith(answer))

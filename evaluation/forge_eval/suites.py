@@ -2,18 +2,36 @@
 
 A suite is a plain function `(model, cfg, inputs) -> {metric name: value}`. The registry is a
 plain dict; an unknown name fails loudly with the valid ones. Suites run in the order the config
-lists them, on the model as given (the caller builds it and loads its weights).
+lists them, on the model as given (the caller builds it and loads its weights). Suites that ask
+for answers do so through `inputs.scorer` (forge_eval.scoring.Scorer), built from the model when
+the caller gives none: a faster decoder is one argument away.
+
+Metric names (docs/configuration.md, section Evaluation):
+- validation: `val_loss`, `val_perplexity`, `val_tokens`;
+- phonebook: `phonebook_<n>_{accuracy,digit_accuracy,prompt_tokens}` per book of n names, and
+  `phonebook_<format>_<tokens>_{accuracy,digit_accuracy,entries}` per book length in tokens;
+- ruler: `ruler_<task>_<haystack>_<tokens>_score` (cwe and fwe have no haystack:
+  `ruler_<task>_<tokens>_score`), `ruler_niah_single_<haystack>_<tokens>_depth<percent>_score` per
+  needle depth, and `ruler_<tokens>_score`, the mean over tasks;
+- ppl: `pos_<start>_<end>_{loss,ppl,tokens}` per position bucket and `pos_max_position`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import mean
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from forge_eval.phonebook import TextTokenizer, phonebook_accuracy
+from forge_eval.answering import predict
+from forge_eval.phonebook import make_questions, questions_of_length, score_number
+from forge_eval.position_loss import loss_by_position
+from forge_eval.prompts import TextTokenizer, check_encodable, fill_token
+from forge_eval.ruler import HAYSTACK_TASKS, make_samples, string_match_all
+from forge_eval.scoring import ModelScorer, Scorer
 from forge_eval.validation import validation_loss
 
 if TYPE_CHECKING:  # the config validates its suite names against this registry
@@ -25,9 +43,13 @@ class EvalInputs:
     """What the suites read besides the model."""
 
     val_manifest: str | None = None
-    """manifest.json of held-out packed shards (the validation suite needs it)."""
+    """manifest.json of held-out packed shards (validation and ppl need it)."""
     tokenizer: TextTokenizer | None = None
-    """The tokenizer the model was trained with (Phonebook needs it)."""
+    """The tokenizer the model was trained with (Phonebook and RULER need it)."""
+    scorer: Scorer | None = None
+    """How answers are asked for; None: `ModelScorer` over the model (reference generation)."""
+    progress: bool = True
+    """Progress bars on the long loops."""
 
 
 Suite = Callable[[nn.Module, "EvalConfig", EvalInputs], dict[str, float]]
@@ -40,8 +62,14 @@ def _validation(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[s
     return validation_loss(model, inputs.val_manifest, cfg.val_batches)
 
 
+def _ask(cfg: EvalConfig, inputs: EvalInputs, prompts: list[str], answers: list[str], desc: str) -> list[str]:
+    assert inputs.tokenizer is not None and inputs.scorer is not None
+    check_encodable(inputs.tokenizer, prompts[0] + answers[0], desc.split()[0])
+    return predict(inputs.scorer, inputs.tokenizer, prompts, answers, cfg.answer_mode, desc)
+
+
 def _phonebook(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, float]:
-    """Lookup accuracy per book size (`phonebook_{n}_accuracy`, `phonebook_{n}_prompt_tokens`).
+    """Lookup accuracy per book size in names and per book length in tokens (see the module docstring).
 
     Skipped (no metrics) without a tokenizer or with `phonebook_queries = 0`: a stage trained on
     shards made elsewhere may not have its tokenizer at hand.
@@ -49,12 +77,71 @@ def _phonebook(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[st
     metrics: dict[str, float] = {}
     if inputs.tokenizer is None or not cfg.phonebook_queries:
         return metrics
+    tokenizer = inputs.tokenizer
+
+    def measure(questions: list, prefix: str) -> None:
+        answers = [" " + q.answer for q in questions]
+        predictions = _ask(cfg, inputs, [q.prompt for q in questions], answers, f"phonebook {prefix}")
+        scores = [score_number(p, q.answer) for p, q in zip(predictions, questions)]
+        metrics[f"{prefix}_accuracy"] = mean(float(exact) for exact, _ in scores)
+        metrics[f"{prefix}_digit_accuracy"] = mean(digits for _, digits in scores)
+
     for entries in cfg.phonebook_entries:
-        metrics.update(phonebook_accuracy(model, inputs.tokenizer, entries, cfg.phonebook_queries))
+        questions = make_questions(entries, cfg.phonebook_queries, cfg.seed, num_examples=cfg.phonebook_examples,
+                                   depth=cfg.phonebook_depth)
+        measure(questions, f"phonebook_{entries}")
+        metrics[f"phonebook_{entries}_prompt_tokens"] = float(max(len(tokenizer.encode(q.prompt)) for q in questions))
+    for fmt in cfg.phonebook_formats:
+        for length in cfg.phonebook_lengths:
+            questions = questions_of_length(tokenizer, length, cfg.phonebook_queries, cfg.seed, fmt,
+                                            cfg.phonebook_examples, cfg.phonebook_depth)
+            measure(questions, f"phonebook_{fmt}_{length}")
+            metrics[f"phonebook_{fmt}_{length}_entries"] = float(mean(q.num_entries for q in questions))
     return metrics
 
 
-SUITES: dict[str, Suite] = {"validation": _validation, "phonebook": _phonebook}
+def _ruler(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, float]:
+    """RULER-style tasks at every length, haystack and (single needle) depth; string-match scores."""
+    if inputs.tokenizer is None:
+        raise ValueError("suite 'ruler' needs the model's tokenizer: none was given")
+    metrics: dict[str, float] = {}
+
+    def measure(samples: list, name: str) -> float:
+        predictions = _ask(cfg, inputs, [s.prompt for s in samples], [s.target for s in samples], name)
+        metrics[f"{name}_score"] = string_match_all(predictions, [s.answers for s in samples])
+        return metrics[f"{name}_score"]
+
+    for length in cfg.ruler_lengths:
+        per_task = []
+        for task in cfg.ruler_tasks:
+            haystacks = cfg.ruler_haystacks if task in HAYSTACK_TASKS else [None]
+            for haystack in haystacks:
+                name = f"ruler_{task}_{haystack}_{length}" if haystack else f"ruler_{task}_{length}"
+                if task == "niah_single":  # the depth x length sweep
+                    samples = []
+                    for depth in cfg.ruler_depths:
+                        at_depth = make_samples(task, inputs.tokenizer, length, cfg.ruler_samples, haystack,
+                                                depth, cfg.seed)
+                        measure(at_depth, f"{name}_depth{round(depth * 100)}")
+                        samples += at_depth
+                    per_task.append(measure(samples, name))
+                else:
+                    samples = make_samples(task, inputs.tokenizer, length, cfg.ruler_samples, haystack or "filler",
+                                           None, cfg.seed)
+                    per_task.append(measure(samples, name))
+        metrics[f"ruler_{length}_score"] = mean(per_task)
+    return metrics
+
+
+def _ppl(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, float]:
+    """Held-out loss by position bucket, up to `cfg.ppl_max_position`."""
+    if not inputs.val_manifest:
+        raise ValueError("suite 'ppl' needs held-out data: no val_manifest was given")
+    return loss_by_position(model, inputs.val_manifest, cfg.ppl_rows, cfg.ppl_bucket, cfg.ppl_max_position,
+                            progress=inputs.progress)
+
+
+SUITES: dict[str, Suite] = {"validation": _validation, "phonebook": _phonebook, "ruler": _ruler, "ppl": _ppl}
 
 
 def get_suite(name: str) -> Suite:
@@ -66,6 +153,9 @@ def get_suite(name: str) -> Suite:
 
 def evaluate_model(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, float]:
     """Run `cfg.suites` in order on `model` and merge their metrics."""
+    if inputs.scorer is None:
+        fill = fill_token(inputs.tokenizer) if inputs.tokenizer is not None else None
+        inputs = dataclasses.replace(inputs, scorer=ModelScorer(model, cfg.batch_tokens, fill, inputs.progress))
     metrics: dict[str, float] = {}
     for name in cfg.suites:
         metrics.update(get_suite(name)(model, cfg, inputs))

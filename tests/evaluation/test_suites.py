@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from forge_eval import SUITES, EvalConfig, EvalInputs, evaluate_model, get_suite
+from forge_eval.names import name_pool_size
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("ray", "deepspeed", "mlflow")
@@ -34,6 +35,7 @@ def heavy_modules_after(code: str) -> list[str]:
 def test_forge_eval_imports_no_ray_deepspeed_or_mlflow() -> None:
     # Every module of the package, and forge_data's lazily loaded loader, which validation uses.
     code = ("import forge_eval, forge_eval.config, forge_eval.suites, forge_eval.validation, forge_eval.phonebook\n"
+            "import forge_eval.ruler, forge_eval.position_loss, forge_eval.scoring, forge_eval.haystack\n"
             "import forge_data; forge_data.PackedShardLoader")
     assert heavy_modules_after(code) == []
     # The probe sees them when they are there (forge_data.pipeline imports Ray only when run, so
@@ -42,20 +44,30 @@ def test_forge_eval_imports_no_ray_deepspeed_or_mlflow() -> None:
 
 
 def test_an_unknown_suite_is_refused_naming_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"eval.suites = \['validation', 'niah'\]: .*phonebook, validation.*niah"):
+    with pytest.raises(ValueError, match=r"eval.suites = \['validation', 'niah'\]: .*phonebook, ppl, ruler, validation.*niah"):
         EvalConfig(suites=["validation", "niah"])
     with pytest.raises(ValueError, match=r"eval.suites = 'validation': must be a list of suite names"):
         EvalConfig(suites="validation")  # type: ignore[arg-type]
-    with pytest.raises(KeyError, match="the suites are: phonebook, validation"):
+    with pytest.raises(KeyError, match="the suites are: phonebook, ppl, ruler, validation"):
         get_suite("niah")
-    assert set(SUITES) == {"validation", "phonebook"}
+    assert set(SUITES) == {"validation", "phonebook", "ruler", "ppl"}
 
 
 def test_config_values_are_checked_in_the_one_error_style() -> None:
     with pytest.raises(ValueError, match=r"eval.val_batches = 0: must be >= 1"):
         EvalConfig(val_batches=0)
-    with pytest.raises(ValueError, match=r"eval.phonebook_entries = \[4, 0\]: must each be in \[1, 480\]"):
+    pool = name_pool_size()
+    with pytest.raises(ValueError, match=rf"eval.phonebook_entries = \[4, 0\]: must each be in \[1, {pool}\]"):
         EvalConfig(phonebook_entries=[4, 0])
+    EvalConfig(phonebook_entries=[481, 30_000])  # past the old 480-name pool: a 256K-token book's worth
+    with pytest.raises(ValueError, match=r"eval.phonebook_lengths = \[1024, 2000000\]: must each be in \[64, 1048576\]"):
+        EvalConfig(phonebook_lengths=[1024, 2_000_000])
+    with pytest.raises(ValueError, match=r"eval.ruler_tasks = \['niah_double'\]: must be a list of niah_single"):
+        EvalConfig(ruler_tasks=["niah_double"])
+    with pytest.raises(ValueError, match=r"eval.answer_mode = 'beam': must be one of generate, teacher_forcing"):
+        EvalConfig(answer_mode="beam")
+    with pytest.raises(ValueError, match=r"eval.ruler_depths = \[1.5\]: must each be in \[0, 1\]"):
+        EvalConfig(ruler_depths=[1.5])
     with pytest.raises(ValueError, match=r"eval.phonebook_queries = -1: must be >= 0"):
         EvalConfig(phonebook_queries=-1)
 
@@ -65,7 +77,7 @@ def test_validation_and_phonebook_metrics(model, tokenizer_and_manifest) -> None
     cfg = EvalConfig(val_batches=3, phonebook_entries=[2], phonebook_queries=2)
     metrics = evaluate_model(model, cfg, EvalInputs(val_manifest=manifest, tokenizer=tokenizer))
     assert set(metrics) == {"val_loss", "val_perplexity", "val_tokens", "phonebook_2_accuracy",
-                            "phonebook_2_prompt_tokens"}
+                            "phonebook_2_digit_accuracy", "phonebook_2_prompt_tokens"}
     # An untrained model over V pieces scores about ln V nats per token.
     assert abs(metrics["val_loss"] - math.log(tokenizer.vocab_size)) < 1.0
     assert metrics["val_perplexity"] == pytest.approx(math.exp(metrics["val_loss"]))

@@ -93,8 +93,8 @@ def test_jobs_are_thin() -> None:
      "parallel.tensor_parallel = 3: cannot split the model tp=3 ways; not divisible by 3: vocab_size="),
     (("--model.preset", "mamba-debug", "--parallel.tensor_parallel", "2"),
      "parallel.tensor_parallel = 2: cannot split the model tp=2 ways; not divisible by 2: pattern has Mamba-1 layers"),
-    (("--stage.eval.phonebook_entries", "[4, 481]",),
-     "eval.phonebook_entries = [4, 481]: must each be in [1, 480] (the distinct names a book can hold)"),
+    (("--stage.eval.phonebook_entries", "[4, 32262064129]",),
+     "eval.phonebook_entries = [4, 32262064129]: must each be in [1, 32262064128] (the distinct names a book can hold)"),
 ])
 def test_a_spec_workers_would_fail_on_is_refused_when_it_loads(args: tuple[str, ...], message: str) -> None:
     """Checks that can run at config load run there: one line, exit 2, no Ray, no worker retries."""
