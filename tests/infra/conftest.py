@@ -1,0 +1,13 @@
+"""Fixtures for the deployment tests: each overlay rendered once per session."""
+
+from __future__ import annotations
+
+import pytest
+from infra_layout import CLOUDS, KUBERNETES
+from kustomize_lite import Manifest, render
+
+
+@pytest.fixture(scope="session")
+def rendered() -> dict[str, list[Manifest]]:
+    """Each overlay rendered once (tests that break manifests deep-copy them first)."""
+    return {cloud: render(KUBERNETES / "overlays" / cloud) for cloud in CLOUDS}
