@@ -153,7 +153,8 @@ def _mlp(w: _Weights, ours: str, theirs: str, gated: bool) -> StateDict:
 
 def convert_state_dict(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> StateDict:
     """Our consolidated weights (`LanguageModel.state_dict()` names) -> the transformers class's names
-    and shapes. ValueError when the weights do not belong to `cfg` (a missing or an extra tensor)."""
+    and shapes. Fused tensors are new; renamed ones are the input tensors themselves. ValueError when
+    the weights do not belong to `cfg` (a missing or an extra tensor)."""
     target = hf_target(cfg)
     w = _Weights(state)
     gated = cfg.mlp.activation == "swiglu"
@@ -190,8 +191,9 @@ def convert_state_dict(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> S
         extra = w.left()
         raise ValueError(f"the weights hold tensors the model config has no place for: {extra[:5]}"
                          f"{' ...' if len(extra) > 5 else ''}")
-    # Own, contiguous storage for each tensor: safetensors refuses views and shared memory.
-    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+    # Renamed tensors are the input's own (no copy: an 8B checkpoint is memory-mapped, not read
+    # twice); no two outputs share memory, which safetensors would refuse.
+    return {k: v.detach().contiguous() for k, v in out.items()}
 
 
 def to_hf(cfg: ModelConfig, state: Mapping[str, torch.Tensor],
