@@ -21,7 +21,8 @@ def test_overlay_renders_valid_manifests(cloud: str, rendered: dict[str, list[Ma
     assert [e for m in manifests for e in schema_errors(m)] == []
 
 
-@pytest.mark.parametrize("folder", [KUBERNETES / "base", MLFLOW], ids=["kubernetes-base", "mlflow"])
+@pytest.mark.parametrize("folder", [KUBERNETES / "base", KUBERNETES / "campaign", MLFLOW],
+                         ids=["kubernetes-base", "campaign", "mlflow"])
 def test_bases_alone_are_valid(folder: Any) -> None:
     assert [e for m in render(folder) for e in schema_errors(m)] == []
 
