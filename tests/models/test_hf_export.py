@@ -8,6 +8,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -177,18 +178,50 @@ def test_matching_preset_ignores_vocabulary_and_run_time_switches() -> None:
     assert matching_preset(dataclasses.replace(cfg, pattern="MM")) is None
 
 
-def test_tokenizer_ships_beside_the_weights_with_its_special_ids(tmp_path: Path) -> None:
+def _train_tokenizer(tmp_path: Path, model_type: str) -> Path:
+    """A small SentencePiece model trained with forge_data's own trainer arguments."""
     spm = pytest.importorskip("sentencepiece")
-    text = tmp_path / "text.txt"
-    text.write_text("\n".join(f"line {i} of a tiny corpus with words" for i in range(200)))
-    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "sp"), vocab_size=VOCAB,
-                                   model_type="bpe", minloglevel=2)
+    from forge_data.config import TokenizerConfig
+    from forge_data.tokenizer import sentencepiece_trainer_args
+
+    args = sentencepiece_trainer_args(TokenizerConfig(model_type=model_type, vocab_size=1000, show_progress=False))
+    lines = [line for text in _SAMPLE_TEXTS for line in text.splitlines() if line]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / model_type), **args)
+    return tmp_path / f"{model_type}.model"
+
+
+# Python sources (indentation, runs of symbols, digits) and a few mixed scripts, special pieces
+# written as text, and whitespace at the edges.
+_STDLIB = Path(sysconfig.get_paths()["stdlib"])
+_SAMPLE_TEXTS = [(_STDLIB / name).read_text() for name in ("textwrap.py", "shlex.py", "fnmatch.py")] + [
+    "héllo wörld — 日本語 ☃ 🙂 </s> <s> <unk> <pad>", "  two leading, two trailing  ", "a\tb\n\nc 12345 67.89"]
+
+
+def test_bpe_tokenizer_is_exported_exactly(tmp_path: Path) -> None:
+    spm = pytest.importorskip("sentencepiece")
+    model_file = _train_tokenizer(tmp_path, "bpe")
     cfg = _tiny("mamba2")
-    folder = write_hf_folder(cfg, build_model(cfg).state_dict(), tmp_path / "out", tokenizer_model=tmp_path / "sp.model")
-    assert (folder / "tokenizer.model").read_bytes() == (tmp_path / "sp.model").read_bytes()
+    folder = write_hf_folder(cfg, build_model(cfg).state_dict(), tmp_path / "out", tokenizer_model=model_file)
+    assert (folder / "tokenizer.model").read_bytes() == model_file.read_bytes()
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    theirs = transformers.AutoTokenizer.from_pretrained(folder)
+    texts = [p for text in _SAMPLE_TEXTS for p in text.split("\n\n")]
+    mismatched = [t for t in texts if theirs(t, add_special_tokens=False)["input_ids"] != sp.encode(t)]
+    assert not mismatched, mismatched[:3]
+    assert all(theirs.decode(sp.encode(t)) == sp.decode(sp.encode(t)) for t in texts)
     config = json.loads((folder / "config.json").read_text())
-    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-    assert (config["bos_token_id"], config["eos_token_id"]) == (sp.bos_id(), sp.eos_id())
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == \
+        (sp.bos_id(), sp.eos_id(), sp.pad_id()) == (theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id)
+
+
+def test_unigram_tokenizer_ships_unconverted_with_the_reason(tmp_path: Path) -> None:
+    model_file = _train_tokenizer(tmp_path, "unigram")
+    cfg = _tiny("mamba2")
+    folder = write_hf_folder(cfg, build_model(cfg).state_dict(), tmp_path / "out", tokenizer_model=model_file)
+    assert (folder / "tokenizer.model").read_bytes() == model_file.read_bytes()
+    assert not (folder / "tokenizer.json").exists()
+    notes = json.loads((folder / "forge_export.json").read_text())["notes"]
+    assert any("not converted" in note and "unigram" in note for note in notes), notes
 
 
 def test_forge_models_imports_no_transformers() -> None:

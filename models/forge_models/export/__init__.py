@@ -6,6 +6,7 @@ Importing this package never imports transformers; only `write_hf_folder` does, 
 
 from forge_models.export.convert import convert_state_dict, hf_config_dict, model_config_from_hf, to_hf
 from forge_models.export.folder import write_hf_folder
+from forge_models.export.tokenizer import conversion_blocker, write_hf_tokenizer
 from forge_models.export.targets import (
     ExportUnsupportedError,
     HFTarget,
@@ -18,6 +19,7 @@ from forge_models.export.targets import (
 __all__ = [
     "ExportUnsupportedError",
     "HFTarget",
+    "conversion_blocker",
     "convert_state_dict",
     "describe_model",
     "hf_config_dict",
@@ -27,4 +29,5 @@ __all__ = [
     "to_hf",
     "unsupported_reason",
     "write_hf_folder",
+    "write_hf_tokenizer",
 ]

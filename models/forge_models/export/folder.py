@@ -2,13 +2,13 @@
 
     config.json          the transformers config (written by its own config class, so it validates)
     model.safetensors    the converted weights, in the dtypes they came in
-    tokenizer.model      the SentencePiece model, when one is given, copied as is (see below)
+    tokenizer.model      the SentencePiece model, when one is given, copied as is
+    tokenizer.json       the same as a transformers tokenizer (with tokenizer_config.json), only
+                         where the conversion is exact (tokenizer.py: BPE with identity
+                         normalization); otherwise the reason is among the notes
     forge_export.json    where it came from: our model config, the preset, the target class, notes
 
-The tokenizer is not converted to a transformers tokenizer: ours are SentencePiece models whose
-normalizer and byte fallback a converted `tokenizer.json` would have to reproduce exactly, and we
-have no test that proves it does. The `.model` file ships beside the weights for
-`sentencepiece.SentencePieceProcessor`, and its special ids are written into config.json.
+The tokenizer's bos / eos / pad ids are written into config.json either way.
 
 transformers, safetensors and sentencepiece are imported inside the functions: importing
 forge_models never imports them.
@@ -27,14 +27,15 @@ import torch
 from forge_models.config import ModelConfig
 from forge_models.export.convert import DEFAULT_MAX_POSITIONS, to_hf
 from forge_models.export.targets import describe_model, hf_target, matching_preset
+from forge_models.export.tokenizer import conversion_blocker, write_hf_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.model"
 PROVENANCE_FILE = "forge_export.json"
 
-TOKENIZER_NOTE = ("tokenizer.model is the SentencePiece model the weights were trained with, not converted to a "
-                  "transformers tokenizer; load it with sentencepiece.SentencePieceProcessor(model_file=...)")
+TOKENIZER_NOT_CONVERTED = ("tokenizer.model (SentencePiece, load it with sentencepiece.SentencePieceProcessor) is "
+                           "not converted to a transformers tokenizer: {reason}")
 
 
 def special_token_ids(tokenizer_model: str | Path) -> dict[str, int | None]:
@@ -74,7 +75,11 @@ def write_hf_folder(cfg: ModelConfig, state: Mapping[str, torch.Tensor], out_dir
     notes = [target.note] if target.note else []
     if tokenizer_model is not None:
         shutil.copyfile(tokenizer_model, out / TOKENIZER_FILE)
-        notes.append(TOKENIZER_NOTE)
+        reason = conversion_blocker(tokenizer_model)
+        if reason is None:
+            write_hf_tokenizer(tokenizer_model, out)
+        else:
+            notes.append(TOKENIZER_NOT_CONVERTED.format(reason=reason))
     provenance = {"forge_model_config": dataclasses.asdict(cfg), "preset": matching_preset(cfg),
                   "model": describe_model(cfg), "architecture": target.architecture, "notes": notes}
     (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True))
