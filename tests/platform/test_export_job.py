@@ -37,6 +37,17 @@ def test_export_job_writes_a_folder_transformers_loads(tmp_path: Path) -> None:
         assert (model(ids) - hf(ids).logits).abs().max().item() < 1e-4
 
 
+def test_a_missing_tokenizer_file_is_one_line(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(get_preset("mamba-debug"), vocab_size=97)
+    (tmp_path / "ckpt").mkdir()
+    save_rank_zero_files(tmp_path / "ckpt", _meta(cfg), cfg, build_model(cfg).state_dict(), export_bf16=False)
+    out = run_job("jobs.export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf"),
+                  "--tokenizer", str(tmp_path / "nope.model"))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: invalid job spec: tokenizer = '{tmp_path / 'nope.model'}': no such file"]
+
+
 def test_a_preset_no_class_reproduces_is_one_line_naming_preset_and_value(tmp_path: Path) -> None:
     # The refusal comes before the weights are read: the 2.2B model's config alone is enough.
     cfg = get_preset("hybrid-2b-anchor")
