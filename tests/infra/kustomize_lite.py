@@ -19,7 +19,6 @@ Transformers run in kustomize's order: patches, then namespace, then images.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +197,3 @@ def _check_unique(manifests: list[Manifest], path: Path) -> None:
             raise KustomizeError(f"{path}: {key} defined twice (kustomize refuses an id conflict)")
         seen.add(key)
 
-
-def deep_copy(manifests: list[Manifest]) -> list[Manifest]:
-    """A copy the tests may break without touching the rendered originals."""
-    return copy.deepcopy(manifests)
