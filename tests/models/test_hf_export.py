@@ -37,12 +37,14 @@ CASES = {
     "nemotron_h": lambda: dataclasses.replace(get_preset("hybrid-debug"), pattern="M*+M+*M+"),
     "nemotron_h_tied": lambda: dataclasses.replace(get_preset("hybrid-debug"), tie_embeddings=True),
     "mamba2": lambda: get_preset("mamba2-debug"),
+    "mamba2_no_conv_bias": lambda: dataclasses.replace(
+        get_preset("mamba2-debug"), mamba2=dataclasses.replace(get_preset("mamba2-debug").mamba2, conv_bias=False)),
     "mamba": lambda: get_preset("mamba-debug"),
     "llama": lambda: get_preset("transformer-debug"),
     "llama_tied": lambda: dataclasses.replace(get_preset("transformer-debug"), tie_embeddings=True),
 }
 CLASSES = {"nemotron_h": "NemotronHForCausalLM", "nemotron_h_tied": "NemotronHForCausalLM",
-           "mamba2": "Mamba2ForCausalLM", "mamba": "MambaForCausalLM", "llama": "LlamaForCausalLM",
+           "mamba2": "Mamba2ForCausalLM", "mamba2_no_conv_bias": "Mamba2ForCausalLM", "mamba": "MambaForCausalLM", "llama": "LlamaForCausalLM",
            "llama_tied": "LlamaForCausalLM"}
 
 
