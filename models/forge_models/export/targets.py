@@ -49,9 +49,13 @@ class HFTarget:
 MAMBA = HFTarget("mamba", "MambaForCausalLM")
 MAMBA2 = HFTarget("mamba2", "Mamba2ForCausalLM")
 LLAMA = HFTarget("llama", "LlamaForCausalLM")
-NEMOTRON_H = HFTarget("nemotron_h", "NemotronHForCausalLM")
+NEMOTRON_H = HFTarget(
+    "nemotron_h", "NemotronHForCausalLM",
+    note="time_step_min is 0 (NemotronH clamps dt from below at it; ours never clamps): the config loads these "
+         "weights, but a fresh NemotronH built from it fails to initialise dt (log 0); set it > 0 to train anew")
 NEMOTRON_H_UNTIED = dataclasses.replace(
-    NEMOTRON_H, note="tied embeddings exported as an lm_head equal to the embedding: NemotronH has no weight tying")
+    NEMOTRON_H, note=NEMOTRON_H.note + "; tied embeddings exported as an lm_head equal to the embedding: "
+                                       "NemotronH has no weight tying")
 
 # Fields that change how a model is trained or run, never the function it computes; two configs
 # equal but for these (and the vocabulary, which the tokenizer sets) are the same architecture.
