@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,23 @@ def test_the_overlays_patches_change_the_base() -> None:
 ])
 def test_split_image(reference: str, parts: tuple) -> None:
     assert split_image(reference) == parts
+
+
+KUBECTL = shutil.which("kubectl")
+
+
+@pytest.mark.parametrize("overlay", ["gke", "gke/campaign", "eks", "eks/campaign"])
+def test_renders_what_kubectl_kustomize_renders(overlay: str) -> None:
+    # The machine image ships kubectl (kustomize v5 inside it): the real renderer is the reference.
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed: nothing to compare kustomize_lite against")
+    folder = KUBERNETES / "overlays" / overlay
+    result = subprocess.run([KUBECTL, "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    real = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+    def key(manifest: dict) -> tuple:
+        return manifest["kind"], manifest["metadata"].get("namespace"), manifest["metadata"]["name"]
+
+    assert sorted(map(key, real)) == sorted(map(key, render(folder)))
+    assert {key(m): m for m in real} == {key(m): m for m in render(folder)}
