@@ -4,7 +4,8 @@
         --out runs/demo/hf/demo-extend-1024 --tokenizer runs/demo/tokenizer/tokenizer.model
 
     # then, anywhere with transformers installed (CPU is enough):
-    python -c "from transformers import AutoModelForCausalLM as A; print(A.from_pretrained('runs/demo/hf/demo-extend-1024'))"
+    python -c "from transformers import AutoModelForCausalLM as A, AutoTokenizer as T; d = 'runs/demo/hf/demo-extend-1024'; \
+        t = T.from_pretrained(d); print(t.decode(A.from_pretrained(d).generate(**t('ROMEO:', return_tensors='pt'))[0]))"
 
 The same command on one node or a cluster's head node: export reads one folder and writes one, on
 CPU, in the checkpoint's fp32 (`model.pt`). The model is exported to the transformers class that

@@ -34,7 +34,8 @@ class ExportConfig:
     out: str = ""
     """The folder to write config.json, model.safetensors (and tokenizer.model) into; created."""
     tokenizer: str = ""
-    """The SentencePiece model the checkpoint's data was tokenized with; copied beside the weights."""
+    """The SentencePiece model the checkpoint's data was tokenized with; copied beside the weights, and
+    written as a transformers tokenizer too where that is exact (BPE, identity normalization)."""
 
 
 def run_export(cfg: ExportConfig) -> Path:
