@@ -1,15 +1,22 @@
-"""Evaluate a checkpoint: held-out loss and Phonebook accuracy through real generation.
+"""Evaluate a checkpoint: held-out loss, Phonebook, RULER, perplexity by position, lm-eval tasks.
 
-    python -m jobs.evaluate --checkpoint runs/demo/checkpoints/demo-extend-1024/checkpoint_... \
+    # laptop (CPU, reference path); the tokenizer is found in the campaign folder above the checkpoint
+    python -m jobs.evaluate --checkpoint runs/demo/checkpoints/demo-extend-1024/checkpoint_000000 \
         --val_manifest runs/demo/data/extend-1024/val/manifest.json \
-        --tokenizer runs/demo/tokenizer/tokenizer.model --eval.phonebook_entries 4,16,64
+        --suites validation,phonebook,ruler,ppl,lm-eval:forge_phonebook \
+        --eval.phonebook_lengths 512,1024 --eval.ruler_lengths 1024 --eval.ppl_max_position 2048
+
+    # one node with a GPU: the same command runs there on the kernel path (bf16)
+    # a cluster: `ray job submit --working-dir . -- python -m jobs.evaluate ...` runs the evaluation
+    # as a Ray task that takes one GPU
+
+Bad input (no tokenizer, an unknown suite or task, a length the memory cannot hold, characters the
+tokenizer cannot encode) is one line on stderr and exit code 2. `--help` lists every field.
 """
 
 import sys
 
-from forge_platform.cli import job_main
-from forge_platform.job_config import EvaluateConfig
-from forge_platform.single_jobs import run_evaluate
+from forge_platform.evaluation import evaluate_main
 
 if __name__ == "__main__":
-    sys.exit(job_main(EvaluateConfig, run_evaluate, __doc__))
+    sys.exit(evaluate_main(__doc__))

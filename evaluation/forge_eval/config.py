@@ -12,6 +12,7 @@ from forge_eval.answering import ANSWER_MODES
 from forge_eval.names import name_pool_size
 from forge_eval.phonebook import FORMATS
 from forge_eval.haystack import HAYSTACKS
+from forge_eval.lm_eval_suite import lm_eval_task
 from forge_eval.ruler import TASKS
 from forge_eval.suites import SUITES
 
@@ -28,7 +29,8 @@ class EvalConfig:
     """Which suites run after a stage, and how much each one measures."""
 
     suites: list[str] = field(default_factory=lambda: ["validation", "phonebook"])
-    """Suites to run, in order (names from `forge_eval.SUITES`: validation, phonebook, ruler, ppl)."""
+    """Suites to run, in order: names from `forge_eval.SUITES` (validation, phonebook, ruler, ppl) or
+    `lm-eval:<task>`, an lm-evaluation-harness task (ours: forge_phonebook, forge_niah)."""
     val_batches: int = 8
     """Held-out packed sequences (batches of one) averaged into the validation loss."""
     answer_mode: str = "generate"
@@ -71,13 +73,19 @@ class EvalConfig:
     ppl_rows: int = 8
     """Held-out packed rows read for perplexity by position."""
 
+    lm_eval_limit: int = 0
+    """Documents per lm-eval task (0: all)."""
+    lm_eval_max_length: int = 8192
+    """Longest context (tokens) the lm-eval adapter gives the model; longer inputs keep their end."""
+
     def __post_init__(self) -> None:
         # A TOML `suites = "validation"` would otherwise be read letter by letter.
         if isinstance(self.suites, str) or not all(isinstance(name, str) for name in self.suites):
             _fail("suites", self.suites, f"be a list of suite names ({', '.join(sorted(SUITES))})")
-        unknown = [name for name in self.suites if name not in SUITES]
+        unknown = [name for name in self.suites if name not in SUITES and not lm_eval_task(name)]
         if unknown:
-            _fail("suites", self.suites, f"name known suites ({', '.join(sorted(SUITES))}); unknown: {', '.join(unknown)}")
+            _fail("suites", self.suites, f"name known suites ({', '.join(sorted(SUITES))}, or lm-eval:<task>); "
+                  f"unknown: {', '.join(unknown)}")
         if self.val_batches < 1:
             _fail("val_batches", self.val_batches, "be >= 1")
         if self.answer_mode not in ANSWER_MODES:
@@ -112,6 +120,10 @@ class EvalConfig:
             _fail("ppl_max_position", self.ppl_max_position, f"be in [ppl_bucket = {self.ppl_bucket}, {MAX_LENGTH}]")
         if self.ppl_rows < 1:
             _fail("ppl_rows", self.ppl_rows, "be >= 1")
+        if self.lm_eval_limit < 0:
+            _fail("lm_eval_limit", self.lm_eval_limit, "be >= 0 (0: every document)")
+        if not 16 <= self.lm_eval_max_length <= MAX_LENGTH:
+            _fail("lm_eval_max_length", self.lm_eval_max_length, f"be in [16, {MAX_LENGTH}]")
 
     @property
     def longest_prompt(self) -> int:
@@ -123,4 +135,16 @@ class EvalConfig:
             lengths += self.ruler_lengths
         if "ppl" in self.suites:
             lengths.append(self.ppl_max_position)
+        if any(lm_eval_task(name) for name in self.suites):
+            lengths.append(self.lm_eval_max_length)
         return max(lengths)
+
+    @property
+    def lm_eval_tasks(self) -> list[str]:
+        """The lm-eval tasks among `suites`."""
+        return [task for task in map(lm_eval_task, self.suites) if task]
+
+    @property
+    def needs_tokenizer(self) -> bool:
+        """Whether a suite asks questions in text (all but validation and ppl)."""
+        return any(name not in ("validation", "ppl") for name in self.suites)

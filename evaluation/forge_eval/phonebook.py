@@ -120,7 +120,10 @@ def questions_of_length(tokenizer: TextTokenizer, length: int, num_questions: in
             target, examples = _pick(random.Random(0), n, where, num_examples)
             return book.prompt(n, target, examples, fmt)
 
-        n, _, _ = grow_to_length(build, count_tokens, length, TOKENS_PER_ENTRY_GUESS, minimum=min(2, capacity))
+        try:
+            n, _, _ = grow_to_length(build, count_tokens, length, TOKENS_PER_ENTRY_GUESS, minimum=min(2, capacity))
+        except ValueError as err:
+            raise ValueError(f"phonebook ({fmt}): {err}") from None
         target, examples = _pick(sub, n, where, num_examples)
         prompt = book.prompt(n, target, examples, fmt)
         while count_tokens(prompt) > length and n > 2:  # other examples may be a few tokens longer

@@ -165,6 +165,14 @@ def make_samples(task: str, tokenizer: TextTokenizer, length: int, num_samples: 
     haystack or list that fits). `depth` fixes the (first) needle's depth; None draws it."""
     if task not in TASKS:
         raise ValueError(f"RULER task {task!r}: must be one of {', '.join(TASKS)}")
+    try:
+        return _make_samples(task, tokenizer, length, num_samples, haystack, depth, seed)
+    except ValueError as err:
+        raise ValueError(f"RULER task {task!r} ({haystack} haystack): {err}") from None
+
+
+def _make_samples(task: str, tokenizer: TextTokenizer, length: int, num_samples: int, haystack: str,
+                  depth: float | None, seed: int) -> list[RulerSample]:
     count_tokens = lambda text: len(tokenizer.encode(text))  # noqa: E731
     samples = []
     for i in range(num_samples):

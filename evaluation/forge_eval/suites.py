@@ -13,7 +13,8 @@ Metric names (docs/configuration.md, section Evaluation):
 - ruler: `ruler_<task>_<haystack>_<tokens>_score` (cwe and fwe have no haystack:
   `ruler_<task>_<tokens>_score`), `ruler_niah_single_<haystack>_<tokens>_depth<percent>_score` per
   needle depth, and `ruler_<tokens>_score`, the mean over tasks;
-- ppl: `pos_<start>_<end>_{loss,ppl,tokens}` per position bucket and `pos_max_position`.
+- ppl: `pos_<start>_<end>_{loss,ppl,tokens}` per position bucket and `pos_max_position`;
+- lm-eval:<task>: `lmeval_<task>_<metric>` (and `..._stderr`) for the task's numeric results.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from forge_eval.answering import predict
+from forge_eval.lm_eval_suite import lm_eval_task, run_lm_eval
 from forge_eval.phonebook import make_questions, questions_of_length, score_number
 from forge_eval.position_loss import loss_by_position
 from forge_eval.prompts import TextTokenizer, check_encodable, fill_token
@@ -145,9 +147,12 @@ SUITES: dict[str, Suite] = {"validation": _validation, "phonebook": _phonebook, 
 
 
 def get_suite(name: str) -> Suite:
-    """The suite called `name`; a KeyError listing the valid names otherwise."""
+    """The suite called `name` (or `lm-eval:<task>`); a KeyError listing the valid names otherwise."""
+    task = lm_eval_task(name)
+    if task:
+        return lambda model, cfg, inputs: run_lm_eval(task, model, cfg, inputs)
     if name not in SUITES:
-        raise KeyError(f"no evaluation suite {name!r}; the suites are: {', '.join(sorted(SUITES))}")
+        raise KeyError(f"no evaluation suite {name!r}; the suites are: {', '.join(sorted(SUITES))}, lm-eval:<task>")
     return SUITES[name]
 
 

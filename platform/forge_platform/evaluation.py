@@ -1,33 +1,93 @@
-"""The platform's call into forge_eval: evaluate a checkpoint folder's consolidated weights.
+"""The platform's call into forge_eval: evaluate a checkpoint folder's consolidated weights where the
+GPUs are, and `jobs.evaluate`'s checks and run.
 
-The suites themselves (held-out loss, Phonebook, ...) live in `forge_eval`, which imports neither
-Ray nor DeepSpeed; this module only turns a checkpoint into a model and hands it over.
+The suites themselves (held-out loss, Phonebook, RULER, perplexity by position, lm-eval tasks) live
+in `forge_eval`, which imports neither Ray nor DeepSpeed; this module turns a checkpoint into a
+model, picks where it runs, and refuses bad input in one line before anything loads:
+
+- on a process with a GPU: here, on the kernel path under bf16 autocast;
+- on a driver without a GPU, joined to a Ray cluster that has one: as a Ray task taking one GPU;
+- otherwise: here, on the CPU's reference path in fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from forge_eval import EvalConfig, EvalInputs, TextTokenizer, evaluate_model
+from forge_data import load_tokenizer
+from forge_data.tokenizer import Tokenizer
+from forge_eval import EvalConfig, EvalInputs, TextTokenizer, UnencodableTextError, evaluate_model
+from forge_eval.checkpoint import CheckpointInputError, find_tokenizer
+from forge_eval.lm_eval_suite import check_lm_eval_tasks
+from forge_eval.phonebook import make_questions, questions_of_length
+from forge_eval.prompts import check_encodable
+from forge_eval.ruler import make_samples
 from forge_models import ModelConfig, build_model
 
-from forge_platform.config_loader import from_dict
-from forge_platform.training.checkpoint_files import MODEL_CONFIG_FILE, IncompatibleCheckpointError, load_weights
+from forge_platform.config_loader import ConfigError, from_dict
+from forge_platform.job_config import EvaluateConfig
+from forge_platform.training.checkpoint_files import (MODEL_CONFIG_FILE, WEIGHTS_FILE, IncompatibleCheckpointError,
+                                                      load_weights)
+
+GIB = 1 << 30
 
 
 def evaluate_checkpoint(checkpoint_dir: Path, model_cfg: ModelConfig, eval_cfg: EvalConfig,
                         val_manifest: str | None, tokenizer: TextTokenizer | None) -> dict[str, float]:
-    """Run `eval_cfg.suites` on the consolidated weights in `checkpoint_dir`, in fp32, on this
-    process's GPU when it has one (a long-context stage's held-out rows are too long for the CPU's
-    reference path), else on its CPU."""
+    """Run `eval_cfg.suites` on the consolidated weights in `checkpoint_dir`, where the GPU is (see
+    the module docstring); every metric in a flat dict."""
+    if not torch.cuda.is_available() and _cluster_gpus() >= 1:
+        import ray
+
+        proto = tokenizer.model_proto if isinstance(tokenizer, Tokenizer) else None
+        shipped = None if proto is not None else tokenizer  # other tokenizers travel pickled
+        task = ray.remote(num_gpus=1, num_cpus=1)(_evaluate_on_worker)
+        metrics, where = ray.get(task.remote(str(checkpoint_dir), model_cfg, eval_cfg, val_manifest, proto, shipped))
+        print(f"evaluated in a Ray task: {where}", flush=True)
+        return metrics
+    return _evaluate_here(checkpoint_dir, model_cfg, eval_cfg, val_manifest, tokenizer)
+
+
+def _cluster_gpus() -> float:
+    """GPUs of the Ray cluster this process has joined (0 when it has joined none)."""
+    if "ray" not in sys.modules:  # never import (let alone start) Ray just to ask
+        return 0.0
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
+
+
+def _evaluate_on_worker(checkpoint_dir: str, model_cfg: ModelConfig, eval_cfg: EvalConfig, val_manifest: str | None,
+                        proto: bytes | None, tokenizer: TextTokenizer | None) -> tuple[dict[str, float], str]:
+    import ray
+
+    if proto is not None:
+        tokenizer = Tokenizer(proto)
+    metrics = _evaluate_here(Path(checkpoint_dir), model_cfg, eval_cfg, val_manifest, tokenizer)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return metrics, f"pid {os.getpid()}, GPU ids {ray.get_gpu_ids()}, device {device}"
+
+
+def _evaluate_here(checkpoint_dir: Path, model_cfg: ModelConfig, eval_cfg: EvalConfig, val_manifest: str | None,
+                   tokenizer: TextTokenizer | None) -> dict[str, float]:
     torch.manual_seed(0)
     model = build_model(model_cfg)
     load_weights(model, checkpoint_dir)
+    # A long-context stage's held-out rows are too long for the CPU's reference path: the GPU's
+    # kernels under bf16 autocast over the fp32 weights (as training runs), fp32 on the CPU.
+    autocast = contextlib.nullcontext()
     if torch.cuda.is_available():
         model = model.cuda()
-    return evaluate_model(model, eval_cfg, EvalInputs(val_manifest=val_manifest, tokenizer=tokenizer))
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    with autocast:
+        return evaluate_model(model, eval_cfg, EvalInputs(val_manifest=val_manifest, tokenizer=tokenizer))
 
 
 def checkpoint_model_config(checkpoint_dir: Path) -> ModelConfig:
@@ -36,3 +96,94 @@ def checkpoint_model_config(checkpoint_dir: Path) -> ModelConfig:
     if not path.exists():
         raise IncompatibleCheckpointError(f"{checkpoint_dir} has no {MODEL_CONFIG_FILE}: is it a Hybrid Forge checkpoint?")
     return from_dict(ModelConfig, json.loads(path.read_text()))
+
+
+def eval_memory_bytes(model_cfg: ModelConfig, weights: int, length: int, on_gpu: bool) -> int:
+    """What one prompt of `length` tokens needs at its peak (batch of one): the `weights` (bytes), the
+    prefill's fp32 logits (L x V: the reference generation projects every position) and, on the CPU's
+    reference path, one attention layer's fp32 scores (H x L x L; the GPU's kernels never hold them)."""
+    logits = 4 * length * model_cfg.vocab_size
+    scores = 0 if on_gpu or "*" not in model_cfg.pattern else 4 * model_cfg.attention.num_heads * length * length
+    return weights + logits + scores
+
+
+def available_memory(on_gpu: bool) -> int:
+    """Bytes this process can use for evaluation: the GPU's total, or the machine's available memory."""
+    if on_gpu:
+        return torch.cuda.mem_get_info()[1]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def check_eval_lengths(model_cfg: ModelConfig, weights: int, eval_cfg: EvalConfig, memory: int, on_gpu: bool) -> None:
+    """Refuse, in one line, an evaluation whose longest prompt cannot fit in `memory` (bytes) beside
+    `weights` (bytes), naming the longest that does."""
+    longest = eval_cfg.longest_prompt
+    if not longest or eval_memory_bytes(model_cfg, weights, longest, on_gpu) <= memory:
+        return
+    fits = 0
+    low, high = 1, longest
+    while low <= high:  # the largest length that fits (the need grows with the length)
+        mid = (low + high) // 2
+        if eval_memory_bytes(model_cfg, weights, mid, on_gpu) <= memory:
+            fits, low = mid, mid + 1
+        else:
+            high = mid - 1
+    where = "this GPU" if on_gpu else "this machine's CPU (reference path: dense attention scores)"
+    raise ConfigError(f"eval lengths up to {longest} tokens: need about "
+                      f"{eval_memory_bytes(model_cfg, weights, longest, on_gpu) / GIB:.1f} GiB on {where}, which has "
+                      f"{memory / GIB:.1f} GiB; use lengths <= {fits} (eval.phonebook_lengths, eval.ruler_lengths, "
+                      "eval.ppl_max_position, eval.lm_eval_max_length) or a GPU")
+
+
+def check_tasks_build(tokenizer: TextTokenizer, eval_cfg: EvalConfig) -> None:
+    """Build one prompt of every configured task at its shortest configured length (cheap): a length
+    too short for a task, or characters the tokenizer cannot encode, fail here in one line."""
+    texts = []
+    if "phonebook" in eval_cfg.suites:
+        texts += [(q.prompt + " " + q.answer, "phonebook") for q in make_questions(4, 1, eval_cfg.seed)]
+        for fmt in eval_cfg.phonebook_formats if eval_cfg.phonebook_lengths else []:
+            questions = questions_of_length(tokenizer, min(eval_cfg.phonebook_lengths), 1, eval_cfg.seed, fmt)
+            texts += [(q.prompt + " " + q.answer, f"phonebook ({fmt})") for q in questions]
+    if "ruler" in eval_cfg.suites:
+        for task in eval_cfg.ruler_tasks:
+            for haystack in eval_cfg.ruler_haystacks:
+                for s in make_samples(task, tokenizer, min(eval_cfg.ruler_lengths), 1, haystack, 0.5, eval_cfg.seed):
+                    texts.append((s.prompt + s.target, f"ruler {task} ({haystack})"))
+    for text, task in texts:
+        check_encodable(tokenizer, text, task)
+
+
+def run_evaluate_job(cfg: EvaluateConfig) -> dict[str, float]:
+    """`jobs.evaluate`: check everything the inputs allow to check, then evaluate and print JSON."""
+    if not cfg.checkpoint:
+        raise ConfigError("checkpoint: must be given (a checkpoint folder with model.pt and model_config.json)")
+    model_cfg = checkpoint_model_config(Path(cfg.checkpoint))
+    suites = cfg.eval.suites
+    needs_rows = [s for s in suites if s in ("validation", "ppl")]
+    if needs_rows and not cfg.val_manifest:
+        raise ConfigError(f"val_manifest: must be given for suites {', '.join(needs_rows)} (held-out packed shards)")
+    try:
+        tokenizer = load_tokenizer(str(find_tokenizer(cfg.checkpoint, cfg.tokenizer))) if cfg.eval.needs_tokenizer \
+            else None
+        check_lm_eval_tasks(cfg.eval.lm_eval_tasks)
+        if tokenizer is not None:
+            check_tasks_build(tokenizer, cfg.eval)
+    except (CheckpointInputError, UnencodableTextError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    on_gpu = torch.cuda.is_available()
+    weights = (Path(cfg.checkpoint) / WEIGHTS_FILE).stat().st_size if (Path(cfg.checkpoint) / WEIGHTS_FILE).exists() else 0
+    check_eval_lengths(model_cfg, weights, cfg.eval, available_memory(on_gpu), on_gpu)
+    metrics = evaluate_checkpoint(Path(cfg.checkpoint), model_cfg, cfg.eval, cfg.val_manifest or None, tokenizer)
+    print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def evaluate_main(doc: str, argv: Sequence[str] | None = None) -> int:
+    """`python -m jobs.evaluate`: the job's main, with `--suites a,b` short for `--eval.suites a,b`."""
+    from forge_platform.cli import job_main
+
+    args: list[Any] = list(sys.argv[1:] if argv is None else argv)
+    args = [("--eval.suites" if a == "--suites" else a.replace("--suites=", "--eval.suites=", 1)) for a in args]
+    return job_main(EvaluateConfig, run_evaluate_job, doc, args)

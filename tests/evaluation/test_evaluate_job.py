@@ -1,0 +1,121 @@
+"""`python -m jobs.evaluate`: every suite on a checkpoint folder, bad input as one line and exit 2,
+and evaluation as a Ray task that takes a GPU when the driver has none but the cluster has one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+from forge_data import TokenizerConfig
+from forge_data.tokenizer import train_from_texts
+from forge_eval import EvalConfig
+from forge_platform.evaluation import evaluate_checkpoint, evaluate_main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def campaign_like(tmp_path_factory, model, tokenizer_and_manifest) -> tuple[Path, str]:
+    """A checkpoint folder laid out as a campaign leaves it: <out>/tokenizer, <out>/checkpoints/<stage>/checkpoint_*."""
+    tokenizer, manifest = tokenizer_and_manifest
+    out = tmp_path_factory.mktemp("campaign")
+    tokenizer.save(str(out / "tokenizer"))
+    checkpoint = out / "checkpoints" / "stage" / "checkpoint_000000"
+    checkpoint.mkdir(parents=True)
+    torch.save(model.state_dict(), checkpoint / "model.pt")
+    (checkpoint / "model_config.json").write_text(json.dumps(dataclasses.asdict(model.config)))
+    return checkpoint, manifest
+
+
+def run(capsys, *args: str) -> tuple[int, str, list[str]]:
+    code = evaluate_main("doc", list(args))
+    out, err = capsys.readouterr()
+    return code, out, [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_every_suite_on_a_checkpoint(campaign_like, capsys) -> None:
+    checkpoint, manifest = campaign_like
+    code, out, errors = run(capsys, "--checkpoint", str(checkpoint), "--val_manifest", manifest,
+                            "--suites", "validation,phonebook,ruler,ppl,lm-eval:forge_phonebook",
+                            "--eval.phonebook_entries", "[4]", "--eval.phonebook_lengths", "[400]",
+                            "--eval.phonebook_queries", "2", "--eval.ruler_lengths", "[640]",
+                            "--eval.ruler_tasks", "niah_single,cwe", "--eval.ruler_depths", "[0.5]",
+                            "--eval.ruler_samples", "1", "--eval.ppl_bucket", "32", "--eval.ppl_max_position", "64",
+                            "--eval.ppl_rows", "2", "--eval.lm_eval_limit", "1", "--eval.answer_mode", "teacher_forcing")
+    assert code == 0 and not errors, errors
+    metrics = json.loads(out[out.index("{"):])
+    for key in ("val_loss", "phonebook_4_accuracy", "phonebook_standard_400_digit_accuracy",
+                "ruler_niah_single_filler_640_depth50_score", "ruler_cwe_640_score", "ruler_640_score",
+                "pos_0_32_loss", "pos_32_64_ppl", "lmeval_forge_phonebook_exact_match"):
+        assert key in metrics, key
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--suites", "phonebook,niah"), "eval.suites = ['phonebook', 'niah']: must name known suites"),
+    (("--suites", "lm-eval:no_such_task"), "unknown lm-eval task(s) no_such_task; ours are forge_niah, forge_phonebook"),
+    (("--suites", "ppl", "--eval.ppl_bucket", "1000", "--eval.ppl_max_position", "1000000"),
+     "eval lengths up to 1000000 tokens: need about"),
+    (("--suites", "ruler", "--eval.ruler_lengths", "[128]"),
+     "RULER task 'niah_single' (filler haystack): a length of 128 tokens is too short"),
+    (("--suites", "ppl"), "val_manifest: must be given for suites ppl"),
+])
+def test_bad_input_is_one_line_and_exit_2(campaign_like, capsys, args, message) -> None:
+    checkpoint, manifest = campaign_like
+    extra = ("--val_manifest", manifest) if "ppl" not in args or "--eval.ppl_bucket" in args else ()
+    code, _, errors = run(capsys, "--checkpoint", str(checkpoint), *extra, *args)
+    assert code == 2 and len(errors) == 1 and message in errors[0], errors
+
+
+def test_a_checkpoint_without_its_tokenizer_or_one_that_cannot_write_the_task(campaign_like, tmp_path, capsys) -> None:
+    checkpoint, _ = campaign_like
+    alone = tmp_path / "alone"
+    shutil.copytree(checkpoint, alone)
+    code, _, errors = run(capsys, "--checkpoint", str(alone), "--suites", "phonebook")
+    assert code == 2 and f"checkpoint = '{alone}' has no tokenizer beside it" in errors[0] and len(errors) == 1
+    # A tokenizer that never saw digits and has no byte fallback writes them as <unk>.
+    sources = sorted(Path(sysconfig.get_paths()["stdlib"]).joinpath("json").glob("*.py"))
+    text = re.sub(r"[0-9]", "", "".join(p.read_text() for p in sources))
+    words = train_from_texts(TokenizerConfig(vocab_size=300, byte_fallback=False, show_progress=False), [text])
+    words.save(str(tmp_path / "words"))
+    code, _, errors = run(capsys, "--checkpoint", str(alone), "--suites", "phonebook",
+                          "--tokenizer", str(tmp_path / "words" / "tokenizer.model"))
+    assert code == 2 and len(errors) == 1
+    assert "task 'phonebook': the tokenizer cannot encode the characters" in errors[0] and "0123456789" in errors[0]
+    code, _, errors = run(capsys, "--checkpoint", str(tmp_path), "--suites", "phonebook")
+    assert code == 2 and "model_config.json" in errors[0]
+
+
+def test_the_job_module_is_the_same_main(campaign_like) -> None:
+    out = subprocess.run([sys.executable, "-m", "jobs.evaluate", "--checkpoint", str(campaign_like[0]),
+                          "--suites", "nope"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("error: invalid job spec: eval.suites")
+
+
+def test_evaluation_is_a_ray_task_taking_a_gpu_when_the_cluster_has_one(campaign_like, tokenizer_and_manifest,
+                                                                         capsys) -> None:
+    ray = pytest.importorskip("ray")
+    checkpoint, manifest = campaign_like
+    tokenizer, _ = tokenizer_and_manifest
+    # A logical GPU on a CPU machine: Ray schedules the task on it as it would on a real one.
+    ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": ":".join(str(REPO / a) for a in
+                                                              ("platform", "models", "data_pipeline", "evaluation"))}})
+    try:
+        model_cfg = json.loads((checkpoint / "model_config.json").read_text())
+        from forge_models import ModelConfig
+
+        cfg = EvalConfig(suites=["validation", "phonebook"], val_batches=1, phonebook_entries=[2], phonebook_queries=1)
+        metrics = evaluate_checkpoint(checkpoint, ModelConfig(**model_cfg), cfg, manifest, tokenizer)
+    finally:
+        ray.shutdown()
+    out = capsys.readouterr().out
+    assert "evaluated in a Ray task: pid" in out and "GPU ids [0]" in out, out[-2000:]
+    assert set(metrics) >= {"val_loss", "phonebook_2_accuracy"}
