@@ -351,7 +351,7 @@ def check_workload_identity(manifests: list[Manifest], annotation: str) -> list[
 
 def check_mlflow_server(manifests: list[Manifest]) -> list[str]:
     """The tracking server: basic auth, artifacts served through it, allowed hosts, and its
-    stores and admin credentials from Secrets."""
+    stores, admin credentials and CSRF signing key from Secrets."""
     deployments = [m for m in manifests if m["kind"] == "Deployment" and m["metadata"]["name"] == "mlflow"]
     if not deployments:
         return ["no mlflow Deployment"]
@@ -365,7 +365,7 @@ def check_mlflow_server(manifests: list[Manifest]) -> list[str]:
         problems.append("Deployment/mlflow: --allowed-hosts is not set to a list of hosts")
     env = {e["name"]: e for e in container.get("env", [])}
     for name in ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_AUTH_ADMIN_USERNAME",
-                 "MLFLOW_AUTH_ADMIN_PASSWORD"):
+                 "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
         if "secretKeyRef" not in env.get(name, {}).get("valueFrom", {}):
             problems.append(f"Deployment/mlflow: {name} does not come from a Secret")
     return problems
