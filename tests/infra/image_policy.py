@@ -70,7 +70,7 @@ def check_base_images(instructions: list[dict[str, Any]]) -> list[str]:
 
 def _commands(run: str) -> list[list[str]]:
     """The simple commands of a RUN line (split on &&, ||, ;), each as words."""
-    words = shlex.split(run.replace("\\\n", " "), comments=False, posix=True)
+    words = shlex.split(run.replace("\\\n", " "), comments=True, posix=True)  # `# ...` is the shell's comment
     commands, current = [], []
     for word in words:
         if word in ("&&", "||", ";"):
