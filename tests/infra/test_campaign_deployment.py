@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pytest
 from deploy_policy import quantity_bytes
@@ -23,7 +24,7 @@ def test_configmap_spec_is_the_shipped_8b_campaign() -> None:
 
 @pytest.mark.parametrize("cloud", sorted(CLOUDS))
 def test_campaign_loads_with_the_rayjob_arguments_and_fits_its_cluster(
-        cloud: str, rendered: dict[str, list[Manifest]], tmp_path) -> None:
+        cloud: str, rendered: dict[str, list[Manifest]], tmp_path: Path) -> None:
     manifests = rendered[cloud]
     job = _one(manifests, "RayJob")
     spec_file = tmp_path / "campaign.toml"
