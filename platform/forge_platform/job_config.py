@@ -201,6 +201,11 @@ class TrainConfig:
             _require(value >= 1, f"train.{name} = {value}: must be >= 1")
 
 
+RESUMABLE_CHANGES = ("train.steps", "train.precision", "optim.*")
+"""What `checkpoint.resume_may_change` may list: changes a checkpoint's state can continue under."""
+OPTIM_FIELDS = tuple(f.name for f in dataclasses.fields(OptimConfig))
+
+
 @dataclass
 class CheckpointConfig:
     """When checkpoints are taken and how many are kept."""
@@ -211,10 +216,20 @@ class CheckpointConfig:
     """Checkpoints Ray keeps; older ones are deleted."""
     save_final: bool = True
     """Also save at the stage's last step (the next stage starts from it); benchmarks turn it off."""
+    resume_may_change: list[str] = field(default_factory=list)
+    """Training settings a rerun may change and still continue from this stage's last checkpoint, e.g.
+    `["train.steps"]` to train longer (the schedule is then recomputed for the new length). Only
+    `train.steps`, `train.precision` and `optim.*` (or one `optim.<field>`) may be listed: the sequence
+    length, batch shape, ZeRO stage and seed change what a checkpoint holds or which rows come next.
+    Without it a rerun whose settings differ from its checkpoint's is refused, naming each change."""
 
     def __post_init__(self) -> None:
         _require(self.every_steps >= 1, f"checkpoint.every_steps = {self.every_steps}: must be >= 1")
         _require(self.keep_last >= 1, f"checkpoint.keep_last = {self.keep_last}: must be >= 1")
+        for name in self.resume_may_change:
+            _require(name in RESUMABLE_CHANGES or (name.startswith("optim.") and name[6:] in OPTIM_FIELDS),
+                     f"checkpoint.resume_may_change: {name!r} cannot change on resume; the settings that can "
+                     f"are {', '.join(RESUMABLE_CHANGES)} and optim.<field>")
 
 
 @dataclass

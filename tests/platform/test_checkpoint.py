@@ -73,3 +73,37 @@ def test_resume_refuses_other_model_and_layout(tmp_path: Path) -> None:
         check_resumable(meta(), identity(), tensor_parallel=2, data_parallel=1)
     with pytest.raises(IncompatibleCheckpointError, match="not a Hybrid Forge checkpoint"):
         read_meta(tmp_path)
+
+
+def test_a_resume_names_each_changed_setting_and_allows_only_the_listed_safe_ones() -> None:
+    from forge_platform.job_config import CheckpointConfig, StageConfig, TrainConfig
+    from forge_platform.training.checkpoint_manager import training_settings
+
+    written = StageConfig(train=TrainConfig(steps=10, micro_batch_size=4, log_every=1, recompute="full"))
+    settings = training_settings(written)
+    assert "train.recompute" not in settings and "train.log_every" not in settings  # never the numbers
+    checkpoint = meta(training=settings)
+
+    def rerun(may_change: tuple[str, ...] = (), **train) -> RunIdentity:
+        stage = dataclasses.replace(written, train=dataclasses.replace(written.train, **train))
+        return identity(training=training_settings(stage), may_change=may_change)
+
+    assert check_resumable(checkpoint, rerun(log_every=5, recompute="none"), tensor_parallel=1, data_parallel=2) == {}
+    with pytest.raises(IncompatibleCheckpointError,
+                       match=r"other settings: train\.steps 10 -> 20; .*resume_may_change train\.steps"):
+        check_resumable(checkpoint, rerun(steps=20), tensor_parallel=1, data_parallel=2)
+    allowed = check_resumable(checkpoint, rerun(("train.steps",), steps=20), tensor_parallel=1, data_parallel=2)
+    assert allowed == {"train.steps": (10, 20)}
+    with pytest.raises(IncompatibleCheckpointError,
+                       match=r"train\.micro_batch_size 4 -> 2; these cannot change on resume"):
+        check_resumable(checkpoint, rerun(("train.steps",), steps=20, micro_batch_size=2),
+                        tensor_parallel=1, data_parallel=2)
+    optim = identity(training={**settings, "optim.lr": 1.0}, may_change=("optim.*",))
+    assert check_resumable(checkpoint, optim, tensor_parallel=1, data_parallel=2) == {"optim.lr": (3e-4, 1.0)}
+    # a checkpoint written before the settings were kept is still checked by its hash
+    with pytest.raises(IncompatibleCheckpointError, match="hash c, this run's is other"):
+        check_resumable(meta(), identity(training_hash="other", training=settings), tensor_parallel=1,
+                        data_parallel=2)
+    with pytest.raises(ValueError, match=r"resume_may_change: 'train.seq_len' cannot change on resume"):
+        CheckpointConfig(resume_may_change=["train.seq_len"])
+    CheckpointConfig(resume_may_change=["train.steps", "optim.lr", "optim.*"])

@@ -145,25 +145,36 @@ def test_zero3_stage_matches_one_worker_on_the_same_rows(short_docs_data, tmp_pa
 
 def test_a_rerun_with_other_settings_or_data_is_refused(packed_data, short_docs_data, tmp_path: Path) -> None:
     """Ray Train hands a rerun of a stage (same name, same storage) its latest checkpoint; the
-    checkpoint manager continues it only with the training settings and data it was written with."""
+    platform continues it only with the training settings and data it was written with, or with the
+    changes `checkpoint.resume_may_change` allows, and says which setting differs."""
     ensure_ray(4, workspace=tmp_path)
     one = ParallelConfig(num_workers=1, peak_tflops=1.0, max_failures=1)
 
-    def rerun(data, steps: int):
-        stage = dataclasses.replace(stage_run(data).stage, train=TrainConfig(steps=steps, micro_batch_size=2, seed=3))
+    def rerun(data, steps: int, may_change: tuple[str, ...] = ()):
+        base = stage_run(data).stage
+        stage = dataclasses.replace(base, train=TrainConfig(steps=steps, micro_batch_size=2, seed=3),
+                                    checkpoint=dataclasses.replace(base.checkpoint, resume_may_change=list(may_change)))
         return run_stage(stage_run(data, parallel=one, stage=stage), tmp_path / "storage", "rerun")
 
     first = rerun(packed_data, steps=2)
     assert read_meta(first.checkpoint_dir).data["dataset_sha256"]  # the loader's state is kept
     marker = tmp_path / "storage" / "rerun" / INPUT_ERROR_FILE
-    # The user's input is wrong: one line for the job's exit code 2, and Ray's retry stops at once.
-    with pytest.raises(StageInputError, match="^stage 'drill': .*trained with other settings[^\n]*$"):
+    # Other settings: refused on the driver before any worker starts, each change named, one line.
+    with pytest.raises(StageInputError,
+                       match=r"^stage 'drill': .*other settings: train\.steps 2 -> 4; [^\n]*resume_may_change[^\n]*$"):
         rerun(packed_data, steps=4)  # would reshape the learning-rate schedule mid-run
-    assert json.loads(marker.read_text())["retries_refused"] == 1
+    assert not marker.exists()  # no worker was started
+    # Other data: the workers' check (the loader's dataset hash); Ray's retry stops at once.
     with pytest.raises(StageInputError, match="^stage 'drill': .*trained on other data"):
         rerun(short_docs_data, steps=2)
+    assert json.loads(marker.read_text())["retries_refused"] == 1
     again = rerun(packed_data, steps=2)  # the same run again: continued (here: already done), not refused
     assert read_meta(again.checkpoint_dir).step == 2
+    # Training longer, allowed explicitly: continues from step 2 and records the new settings.
+    longer = rerun(packed_data, steps=4, may_change=("train.steps",))
+    final = read_meta(longer.checkpoint_dir)
+    assert final.step == 4 and final.training["train.steps"] == 4
+    assert sorted(losses_by_step(longer.raw)) == [1, 2, 3, 4]  # steps 1-2 from the first run, 3-4 now
 
 
 def test_a_worker_group_ray_cannot_place_is_refused_at_once(packed_data, tmp_path: Path) -> None:

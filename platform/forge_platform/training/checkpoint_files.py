@@ -63,6 +63,9 @@ class CheckpointMeta:
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The loader's state (`PackedShardLoader.state_dict()`: samples consumed, shuffle seed and the
     dataset's hash), checked on resume; empty in checkpoints written before it was kept."""
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The training settings it was written with (`checkpoint_manager.training_settings`), so a resume
+    with other settings is refused naming each one; empty in checkpoints written before it was kept."""
 
 
 def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:

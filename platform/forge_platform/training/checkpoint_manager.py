@@ -9,16 +9,21 @@ a checkpoint may be continued from. Writing the folder itself is `checkpoint_fil
   the metadata and consolidated weights, and only then is the folder reported to Ray Train, so an
   interrupted write is never taken as the latest.
 - Resuming: the checkpoint must come from the same model, the same parallel layout, the same
-  training settings (sequence length, steps, batch shape, optimizer: `training_hash`) and the
-  same data (the loader's dataset hash and shuffle seed); anything else is refused naming it.
+  training settings (`training_settings`: sequence length, steps, batch shape, optimizer; those
+  `checkpoint.resume_may_change` lists may differ) and the same data (the loader's dataset hash and
+  shuffle seed); anything else is refused naming each difference, on the driver before the workers
+  start (`latest_registered_checkpoint`) and again by the workers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import deepspeed
 import ray.train
@@ -33,6 +38,7 @@ from forge_platform.parallel.parallelize import ParallelModel
 from forge_platform.parallel.sharding import gather_state_dict
 from forge_platform.training.checkpoint_files import (
     DEEPSPEED_TAG,
+    META_FILE,
     CheckpointMeta,
     IncompatibleCheckpointError,
     read_meta,
@@ -40,10 +46,24 @@ from forge_platform.training.checkpoint_files import (
 )
 
 
+IGNORED_ON_RESUME = ("train.recompute", "train.log_every")
+"""Settings that change memory, speed or what is printed, never the numbers: a rerun may change them
+freely (on another GPU `auto` may resolve the recompute mode differently and still continue)."""
+
+
+def training_settings(stage: StageConfig) -> dict[str, Any]:
+    """What a resumed run is checked against, flat (`seq_len`, `train.steps`, `optim.lr`, ...):
+    sequence length, steps, batch shape, precision, ZeRO stage, seed and optimizer."""
+    flat = {"seq_len": stage.seq_len,
+            **{f"train.{k}": v for k, v in dataclasses.asdict(stage.train).items()},
+            **{f"optim.{k}": v for k, v in dataclasses.asdict(stage.optim).items()}}
+    return {k: v for k, v in flat.items() if k not in IGNORED_ON_RESUME}
+
+
 def training_hash(stage: StageConfig) -> str:
-    """Hash of what a resumed run must not change: sequence length, steps, batch shape, optimizer.
-    Not the recompute mode: it changes memory and speed, never the numbers (a rerun on another GPU
-    may resolve `auto` differently and still continue)."""
+    """Hash of the training settings as checkpoints record it (`CheckpointMeta.config_hash`); checkpoints
+    written before `CheckpointMeta.training` existed are checked against it alone. Unchanged since then
+    (log_every included), so those checkpoints stay resumable."""
     train = {k: v for k, v in dataclasses.asdict(stage.train).items() if k != "recompute"}
     return config_hash({"seq_len": stage.seq_len, "train": train,
                         "optim": dataclasses.asdict(stage.optim)})
@@ -62,11 +82,28 @@ class RunIdentity:
     model_hash: str
     training_hash: str
     run_id: str = ""
+    training: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """`training_settings` of this run (empty: compare `training_hash` only)."""
+    may_change: tuple[str, ...] = ()
+    """`checkpoint.resume_may_change`: settings that may differ from the checkpoint's."""
+
+    def may_differ(self, name: str) -> bool:
+        return name in self.may_change or (name.startswith("optim.") and "optim.*" in self.may_change)
+
+
+def settings_changed(meta: CheckpointMeta, identity: RunIdentity) -> dict[str, tuple[Any, Any]]:
+    """{setting: (the checkpoint's value, this run's)} for every training setting that differs."""
+    if not meta.training or not identity.training:
+        return {}
+    names = (set(meta.training) | set(identity.training)) - set(IGNORED_ON_RESUME)
+    return {n: (meta.training.get(n), identity.training.get(n)) for n in sorted(names)
+            if meta.training.get(n) != identity.training.get(n)}
 
 
 def check_resumable(meta: CheckpointMeta, identity: RunIdentity, *, tensor_parallel: int,
-                    data_parallel: int) -> None:
-    """Refuse, with the reason, a checkpoint the run `identity` cannot continue from."""
+                    data_parallel: int) -> dict[str, tuple[Any, Any]]:
+    """Refuse, with the reason, a checkpoint the run `identity` cannot continue from; return the
+    changed settings the run's `checkpoint.resume_may_change` allows (empty when nothing changed)."""
     if meta.model_hash != identity.model_hash:
         raise IncompatibleCheckpointError(
             f"checkpoint of stage {meta.stage!r} was written by another model (model hash {meta.model_hash}, "
@@ -78,12 +115,44 @@ def check_resumable(meta: CheckpointMeta, identity: RunIdentity, *, tensor_paral
             f"tp {tensor_parallel} x dp {data_parallel}; resharding is not supported yet: resume with the same "
             "layout, or start the next stage from its consolidated weights (model.pt)"
         )
-    if meta.config_hash != identity.training_hash:
+    if not meta.training or not identity.training:  # a checkpoint from before the settings were kept
+        if meta.config_hash != identity.training_hash:
+            raise IncompatibleCheckpointError(
+                f"checkpoint of stage {meta.stage!r} at step {meta.step} was trained with other settings "
+                f"(sequence length, steps, batch shape or optimizer: hash {meta.config_hash}, this run's is "
+                f"{identity.training_hash}); resume with the settings it was written with, or start a new run"
+            )
+        return {}
+    changed = settings_changed(meta, identity)
+    refused = [n for n in changed if not identity.may_differ(n)]
+    if refused:
+        listed = ", ".join(f"{n} {changed[n][0]!r} -> {changed[n][1]!r}" for n in refused)
+        fixable = all(n in ("train.steps", "train.precision") or n.startswith("optim.") for n in refused)
+        advice = (f"to continue anyway, list them in checkpoint.resume_may_change (e.g. "
+                  f"--stage.checkpoint.resume_may_change {','.join(refused)})" if fixable else
+                  "these cannot change on resume (they change what the checkpoint holds or which rows come "
+                  "next): rerun with the checkpoint's values, or start a new run (another name or output_dir)")
         raise IncompatibleCheckpointError(
-            f"checkpoint of stage {meta.stage!r} at step {meta.step} was trained with other settings "
-            f"(sequence length, steps, batch shape or optimizer: hash {meta.config_hash}, this run's is "
-            f"{identity.training_hash}); resume with the settings it was written with, or start a new run"
+            f"checkpoint of stage {meta.stage!r} at step {meta.step} was trained with other settings: {listed}; "
+            f"{advice}"
         )
+    return changed
+
+
+def latest_registered_checkpoint(stage_storage: Path) -> Path | None:
+    """The checkpoint Ray Train will hand a rerun of the stage stored at `stage_storage` (its own record,
+    `checkpoint_manager_snapshot.json`), or None. Read on the driver, so a rerun that cannot continue is
+    refused before any worker starts; the workers check again (`CheckpointManager.restore`)."""
+    snapshot = Path(stage_storage) / "checkpoint_manager_snapshot.json"
+    if not snapshot.exists():
+        return None
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+    except (OSError, json.JSONDecodeError):  # Ray's own file: if it cannot be read, Ray decides
+        return None
+    name = latest.get("checkpoint_dir_name")
+    folder = Path(stage_storage) / name if name else None
+    return folder if folder is not None and (folder / META_FILE).exists() else None
 
 
 class CheckpointManager:
@@ -108,8 +177,12 @@ class CheckpointManager:
             return 0
         with checkpoint.as_directory() as folder:
             meta = read_meta(Path(folder))
-            check_resumable(meta, self.identity, tensor_parallel=parallel.groups.tp,
-                            data_parallel=parallel.groups.dp)
+            changed = check_resumable(meta, self.identity, tensor_parallel=parallel.groups.tp,
+                                      data_parallel=parallel.groups.dp)
+            if changed and parallel.groups.rank == 0:
+                print(f"[{meta.stage}] resuming from step {meta.step} with settings changed as "
+                      f"checkpoint.resume_may_change allows: "
+                      + ", ".join(f"{n} {old!r} -> {new!r}" for n, (old, new) in changed.items()), flush=True)
             parallel.engine.load_checkpoint(folder, tag=DEEPSPEED_TAG)
         if meta.data:
             try:
@@ -143,6 +216,7 @@ class CheckpointManager:
             data_parallel=groups.dp,
             run_id=self.identity.run_id,
             data=loader.state_dict(),
+            training=dict(self.identity.training),
         )
         if engine.zero_optimization_stage() == 3:
             with deepspeed.zero.GatheredParameters(list(model.parameters())):

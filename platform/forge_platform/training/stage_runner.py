@@ -12,7 +12,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from forge_platform.cluster import check_resources
 from forge_platform.input_errors import StageInputError
-from forge_platform.training.checkpoint_manager import ray_checkpoint_config
+from forge_platform.training.checkpoint_files import IncompatibleCheckpointError, read_meta
+from forge_platform.training.checkpoint_manager import (
+    check_resumable,
+    latest_registered_checkpoint,
+    ray_checkpoint_config,
+)
 from forge_platform.training.trainer import FINAL_METRICS_FILE, INPUT_ERROR_FILE, StageRun, train_stage_worker
 
 
@@ -37,6 +42,7 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
     final_metrics.unlink(missing_ok=True)  # an earlier run's ending is not this one's
     input_error = Path(run.checkpoint_root) / INPUT_ERROR_FILE
     input_error.unlink(missing_ok=True)  # nor its input's error
+    refuse_unresumable(run)
     trainer = TorchTrainer(
         train_stage_worker,
         train_loop_config={"run": run},
@@ -69,3 +75,16 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
     if final_metrics.exists():  # the last step's, also when no final checkpoint was saved
         metrics.update(json.loads(final_metrics.read_text()))
     return StageResult(checkpoint_dir=checkpoint_dir, metrics=metrics, raw=result)
+
+
+def refuse_unresumable(run: StageRun) -> None:
+    """A rerun of a stage continues from the checkpoint Ray Train registered for it: refuse, before any
+    worker starts, one that cannot (another model, layout or training settings), naming each difference."""
+    latest = latest_registered_checkpoint(Path(run.checkpoint_root))
+    if latest is None:
+        return
+    dims = run.parallel.dims
+    try:
+        check_resumable(read_meta(latest), run.identity, tensor_parallel=dims.tp, data_parallel=dims.dp)
+    except IncompatibleCheckpointError as err:
+        raise StageInputError(f"stage {run.stage.name!r}: {err}") from None

@@ -40,7 +40,7 @@ from forge_platform.parallel.groups import ParallelGroups, build_process_groups
 from forge_platform.parallel.parallelize import ParallelModel, parallelize_hybrid
 from forge_platform.tracking.loggers import build_logger
 from forge_platform.training.checkpoint_files import load_weights, replace_atomically
-from forge_platform.training.checkpoint_manager import CheckpointManager, RunIdentity, training_hash
+from forge_platform.training.checkpoint_manager import CheckpointManager, RunIdentity, training_hash, training_settings
 from forge_platform.training.device_peak import measure_matmul_flops
 from forge_platform.training.drills import FailureDrill
 
@@ -71,7 +71,9 @@ class StageRun:
     @property
     def identity(self) -> RunIdentity:
         return RunIdentity(stage=self.stage.name, model_hash=config_hash(self.model),
-                           training_hash=training_hash(self.stage), run_id=self.run_id)
+                           training_hash=training_hash(self.stage), run_id=self.run_id,
+                           training=training_settings(self.stage),
+                           may_change=tuple(self.stage.checkpoint.resume_may_change))
 
 
 @dataclass
