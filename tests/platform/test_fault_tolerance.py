@@ -65,6 +65,30 @@ def test_killed_worker_resumes_with_identical_losses(packed_data, tmp_path: Path
     assert final.samples_consumed == STEPS * 2 * 2  # no sample repeated or skipped on resume
 
 
+def test_a_restarted_worker_group_logs_each_step_once(packed_data, tmp_path: Path) -> None:
+    """A worker dies after step 5 (checkpoints every 3): rank 0 had logged steps 4 and 5 to MLflow; the
+    restarted group trains them again from step 3 and does not log them twice."""
+    from forge_platform.tracking.mlflow_server import local_mlflow_server
+    from forge_platform.tracking.runs import MlflowRuns
+    from mlflow.tracking import MlflowClient
+
+    ensure_ray(4, workspace=tmp_path)
+    with local_mlflow_server(tmp_path / "mlflow") as server:
+        runs = MlflowRuns(server.uri, "restarts")
+        run_id = runs.start("drill", {})
+        base = stage_run(packed_data)
+        stage = dataclasses.replace(base.stage, checkpoint=CheckpointConfig(every_steps=3, keep_last=2))
+        tracking = TrackingConfig(uri=server.uri, system_metrics_interval_s=0, spill_dir=str(tmp_path / "spill"))
+        result = run_stage(dataclasses.replace(base, stage=stage, tracking=tracking, run_id=run_id,
+                                               drill=FailureDrill(after_step=5, marker_dir=str(tmp_path / "marker"), wait_s=3.0)),
+                           tmp_path / "storage", "logged-once")
+        runs.send_spilled(run_id)
+        assert (tmp_path / "marker" / "crashed").exists(), "the drill did not crash a worker"
+        history = MlflowClient(server.uri).get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, STEPS + 1))  # each step once
+    assert {m.step: m.value for m in history}[STEPS] == pytest.approx(result.metrics["loss"], rel=1e-6)
+
+
 def test_tensor_parallel_stage_matches_one_worker(packed_data, tmp_path: Path) -> None:
     """TP=2 through Ray Train + DeepSpeed (mpu) trains the same model as one worker, step for step."""
     ensure_ray(4, workspace=tmp_path)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from forge_platform.tracking.metric_queue import MetricQueue
-from forge_platform.tracking.transport import PENDING_RUN_PREFIX, MetricSender
+from forge_platform.tracking.transport import PENDING_RUN_PREFIX, MetricSender, Record, iter_batches
 
 if TYPE_CHECKING:
     from forge_platform.job_config import TrackingConfig
@@ -26,6 +26,11 @@ class MetricLogger(Protocol):
 
     def log(self, metrics: Mapping[str, float], step: int) -> None: ...
 
+    def logged_steps(self, key: str = "loss") -> set[int]:
+        """Steps this run already holds a point of `key` for (a restarted worker group does not log
+        them again); empty where nothing is kept."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -34,6 +39,9 @@ class NullLogger:
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         pass
+
+    def logged_steps(self, key: str = "loss") -> set[int]:
+        return set()
 
     def close(self) -> None:
         pass
@@ -48,6 +56,9 @@ class ConsoleLogger:
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         parts = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
         print(f"{self.prefix}step {step}: {parts}", flush=True)
+
+    def logged_steps(self, key: str = "loss") -> set[int]:
+        return set()  # a console has no memory: a restart prints its steps again
 
     def close(self) -> None:
         pass
@@ -89,6 +100,21 @@ class MlflowLogger:
         """Points held in memory, not yet sent."""
         return self.queue.pending
 
+    def logged_steps(self, key: str = "loss") -> set[int]:
+        """Steps of `key` the server holds for this run, plus those in its spill file (which will be
+        sent). Asked once, when a restarted worker group resumes: points an earlier attempt logged stay
+        as they were, and the steps it trains again are not logged twice. With the server down, only
+        the spill file is known (then a step may appear twice)."""
+        steps = {int(r["step"]) for r in iter_spilled(self.queue.spill_path) if r["key"] == key}
+        if self.queue.offline:
+            return steps
+        try:
+            return steps | self.queue.sender.logged_steps(self.run_id, key)
+        except Exception as err:  # noqa: BLE001 - tracking never stops training
+            print(f"tracking: could not read which steps the run already has ({err}); a restarted step "
+                  "may be logged twice", file=sys.stderr, flush=True)
+            return steps
+
     def close(self) -> None:
         if self._system_monitor is not None:
             # Its last flush goes through MLflow's client, retries and all: give it a few seconds
@@ -101,6 +127,13 @@ class MlflowLogger:
         if left is not None:
             print(f"tracking: metrics not yet in MLflow are kept in {left}; the driver sends them at the end "
                   "of the stage", file=sys.stderr, flush=True)
+
+
+def iter_spilled(path: Path) -> Iterator[Record]:
+    """Every whole record of a spill file; nothing if there is none."""
+    if path.exists():
+        for batch in iter_batches(path):
+            yield from batch
 
 
 def spill_name(run_id: str) -> str:
@@ -133,6 +166,9 @@ class _Tee:
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         for logger in self.loggers:
             logger.log(metrics, step)
+
+    def logged_steps(self, key: str = "loss") -> set[int]:
+        return set().union(*(logger.logged_steps(key) for logger in self.loggers))
 
     def close(self) -> None:
         for logger in self.loggers:

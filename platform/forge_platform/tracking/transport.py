@@ -83,6 +83,32 @@ class MetricSender:
             raise RuntimeError(f"log-batch answered {response.status_code}: {response.text[:200]}")
 
 
+    def logged_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which `run_id` already has a point of metric `key` (one attempt per page)."""
+        if not is_http(self.tracking_uri):
+            from mlflow.tracking import MlflowClient
+
+            self._client = self._client or MlflowClient(self.tracking_uri)
+            return {m.step for m in self._client.get_metric_history(run_id, key)}
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request
+
+        steps: set[int] = set()
+        page_token = ""
+        while True:
+            params = {"run_id": run_id, "metric_key": key, "max_results": 25000,
+                      **({"page_token": page_token} if page_token else {})}
+            response = http_request(get_default_host_creds(self.tracking_uri), "/api/2.0/mlflow/metrics/get-history",
+                                    "GET", params=params, max_retries=0, timeout=self.timeout_s)
+            if response.status_code != 200:
+                raise RuntimeError(f"get-history answered {response.status_code}: {response.text[:200]}")
+            body = response.json()
+            steps.update(int(m.get("step", 0)) for m in body.get("metrics", []))
+            page_token = body.get("next_page_token", "")
+            if not page_token:
+                return steps
+
+
 class ServerRejected(RuntimeError):
     """The server answered a client error (4xx): the request itself is wrong, sending it again will not help."""
 

@@ -6,6 +6,7 @@ A drill is a step hook the trainer calls after each optimizer step; real runs ha
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,15 @@ class FailureDrill:
 
     after_step: int
     marker_dir: str
+    wait_s: float = 0.0
+    """Seconds to wait before exiting. Ray Train's controller collects a reported checkpoint when it
+    next polls the workers; a step of a real run outlasts that poll, a CPU test's step may not, and a
+    worker that dies first leaves that checkpoint unregistered (the restart begins from the one before)."""
 
     def __call__(self, step: int, rank: int, world: int) -> None:
         if step == self.after_step and rank == world - 1:
+            if self.wait_s and not (Path(self.marker_dir) / "crashed").exists():
+                time.sleep(self.wait_s)
             crash_once(Path(self.marker_dir))
 
 

@@ -153,6 +153,14 @@ class Trainer:
         if self.start_step and self.rank == 0:
             print(f"[{stage.name}] resumed at step {self.start_step} from its last checkpoint", flush=True)
         self.logger = build_logger(run.tracking, self.rank, run.run_id, prefix=f"[{stage.name}] ")
+        # A restarted worker group trains again the steps after its checkpoint; those an earlier
+        # attempt already logged stay as they were (on CPU resume is bitwise: the values are equal).
+        self.logged_before = self.logger.logged_steps() if self.start_step else set()
+        if self.logged_before and self.rank == 0:
+            again = sorted(s for s in self.logged_before if s > self.start_step)
+            if again:
+                print(f"[{stage.name}] steps {again[0]}-{again[-1]} were logged before the restart: "
+                      "trained again, not logged again", flush=True)
         self.flops_per_step = training_flops_per_token(run.model, stage.seq_len) * self.tokens_per_step
         self.peak_flops = run.parallel.peak_tflops * 1e12 or measure_matmul_flops(self.device)
         self.step_hooks: list[Callable[[int], None]] = []
@@ -172,7 +180,7 @@ class Trainer:
                 check_tp_batch({k: _to_device(v, self.device) for k, v in micro_batches[0].items()}, self.groups)
             last = self.train_step(micro_batches, started)
             done = step + 1
-            if done % train.log_every == 0 or done == train.steps:
+            if (done % train.log_every == 0 or done == train.steps) and done not in self.logged_before:
                 self.logger.log(self.step_metrics(last), step=done)
             for hook in self.step_hooks:
                 hook(done)
