@@ -90,10 +90,17 @@ def test_only_rank_zero_logs(capsys: pytest.CaptureFixture[str]) -> None:
         build_logger(TrackingConfig(backend="wandb"), rank=0)
 
 
-def test_a_restarted_job_continues_its_unfinished_run(server) -> None:
+def test_a_restarted_job_continues_its_unfinished_run_and_says_so(server, capsys: pytest.CaptureFixture[str]) -> None:
     runs = MlflowRuns(server.uri, "restarts")
     first = runs.start("pretrain", {"a": 1}, key="demo/pretrain/abc")
     assert runs.start("pretrain", {"a": 1}, key="demo/pretrain/abc") == first  # died, restarted
+    assert f"continuing MLflow run 'pretrain' ({first}), which an earlier attempt left RUNNING" in capsys.readouterr().out
+    runs.finish(first, ok=False)
+    assert runs.start("pretrain", {"a": 1}, key="demo/pretrain/abc") == first  # failed, run again
+    assert "left FAILED: its metrics so far stay, this is attempt 3" in capsys.readouterr().out
+    run = MlflowClient(server.uri).get_run(first)
+    assert (run.info.status, run.data.tags["forge.attempt"], run.data.tags["forge.continued_after"]) == \
+        ("RUNNING", "3", "FAILED")
     runs.finish(first)
     assert runs.start("pretrain", {"a": 1}, key="demo/pretrain/abc") != first  # a new run after a finished one
 

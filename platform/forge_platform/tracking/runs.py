@@ -26,6 +26,10 @@ MLFLOW_RUN_NAME = "mlflow.runName"
 
 # A run's identity across job restarts: derived from the job's name and config, never random.
 RUN_KEY_TAG = "forge.run_key"
+ATTEMPT_TAG = "forge.attempt"
+"""How many jobs have written into a run: a rerun continues an unfinished run with the same key."""
+CONTINUED_AFTER_TAG = "forge.continued_after"
+"""The status (RUNNING: the job died; FAILED; KILLED) an earlier attempt left a continued run in."""
 
 MAX_PARAM_CHARS = 6000
 """MLflow's limit on a param value's length (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH, 3.x);
@@ -203,8 +207,15 @@ class MlflowRuns:
                 max_results=1,
             )
             if unfinished:
-                run_id = unfinished[0].info.run_id
+                earlier = unfinished[0]
+                run_id, status = earlier.info.run_id, earlier.info.status
+                attempt = int(earlier.data.tags.get(ATTEMPT_TAG, "1")) + 1
                 self.client.update_run(run_id, status="RUNNING")
+                self.client.set_tag(run_id, ATTEMPT_TAG, str(attempt))
+                self.client.set_tag(run_id, CONTINUED_AFTER_TAG, status)
+                print(f"tracking: continuing MLflow run {name!r} ({run_id}), which an earlier attempt left "
+                      f"{status}: its metrics so far stay, this is attempt {attempt} "
+                      f"(tags {ATTEMPT_TAG}, {CONTINUED_AFTER_TAG})", flush=True)
                 return run_id
         all_tags = {MLFLOW_RUN_NAME: name, **call["tags"], **({RUN_KEY_TAG: key} if key else {})}
         if call["parent_run_id"]:
