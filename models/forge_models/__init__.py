@@ -9,6 +9,7 @@ from forge_models.config import AttentionConfig, Mamba2Config, MambaConfig, MLPC
 from forge_models.generate import generate
 from forge_models.losses import IGNORE_INDEX
 from forge_models.model import LanguageModel, build_model, language_model_loss
+from forge_models.ops.kernels import kernel_path
 from forge_models.params import keep_fp32_names, no_weight_decay_names, weight_decay_groups
 from forge_models.patterns import LayerSpec, allocate_layers, count_layers, parse_pattern
 from forge_models.presets import PRESETS, get_preset
@@ -30,6 +31,7 @@ __all__ = [
     "generate",
     "get_preset",
     "keep_fp32_names",
+    "kernel_path",
     "language_model_loss",
     "no_weight_decay_names",
     "parse_pattern",

@@ -85,6 +85,8 @@ def test_a_restarted_worker_group_logs_each_step_once(packed_data, tmp_path: Pat
         runs.send_spilled(run_id)
         assert (tmp_path / "marker" / "crashed").exists(), "the drill did not crash a worker"
         history = MlflowClient(server.uri).get_metric_history(run_id, "loss")
+        tags = MlflowClient(server.uri).get_run(run_id).data.tags
+    assert tags["forge.kernel_path"] == "reference (cpu device)"  # recorded by the worker
     assert sorted(m.step for m in history) == list(range(1, STEPS + 1))  # each step once
     assert {m.step: m.value for m in history}[STEPS] == pytest.approx(result.metrics["loss"], rel=1e-6)
 

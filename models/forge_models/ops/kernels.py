@@ -39,6 +39,28 @@ def check_kernels_choice(choice: str) -> None:
         )
 
 
+def kernel_path(choice: str, device: torch.device) -> tuple[str, bool]:
+    """Which path a model built with `kernels=choice` takes on `device`, in words, and whether that
+    deserves a warning: `kernels="auto"` on a GPU where the kernels fail to import falls back to the
+    reference path, which is correct but several times slower (a broken mamba-ssm install)."""
+    if choice == "reference":
+        return "reference (kernels='reference')", False
+    if device.type != "cuda":
+        return f"reference ({device.type} device)", False
+    reason = kernel_import_error()
+    if reason is None:
+        versions = ", ".join(f"{name} {_version(name)}" for name in ("mamba_ssm", "causal_conv1d"))
+        return f"cuda kernels ({versions})", False
+    return f"reference: the CUDA kernels are unavailable ({reason})", choice == "auto"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.import_module(package).__version__
+    except Exception:  # noqa: BLE001 - a version is only informative
+        return "?"
+
+
 def use_kernels(choice: str, x: torch.Tensor) -> bool:
     """True when this call should take the kernel path for input `x`."""
     if choice == "reference":

@@ -31,6 +31,10 @@ class MetricLogger(Protocol):
         them again); empty where nothing is kept."""
         ...
 
+    def set_tag(self, key: str, value: str) -> None:
+        """Record a fact about the run (e.g. the kernel path the worker took)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -42,6 +46,9 @@ class NullLogger:
 
     def logged_steps(self, key: str = "loss") -> set[int]:
         return set()
+
+    def set_tag(self, key: str, value: str) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -59,6 +66,9 @@ class ConsoleLogger:
 
     def logged_steps(self, key: str = "loss") -> set[int]:
         return set()  # a console has no memory: a restart prints its steps again
+
+    def set_tag(self, key: str, value: str) -> None:
+        print(f"{self.prefix}{key} = {value}", flush=True)
 
     def close(self) -> None:
         pass
@@ -99,6 +109,17 @@ class MlflowLogger:
     def pending(self) -> int:
         """Points held in memory, not yet sent."""
         return self.queue.pending
+
+    def set_tag(self, key: str, value: str) -> None:
+        """One attempt (bounded by the request timeout), once per worker start: a tag that cannot be
+        set is said on stderr, never waited for."""
+        if self.queue.offline:
+            print(f"tracking: run not created yet, tag {key} = {value} not recorded", file=sys.stderr, flush=True)
+            return
+        try:
+            self.queue.sender.set_tag(self.run_id, key, value)
+        except Exception as err:  # noqa: BLE001 - tracking never stops training
+            print(f"tracking: could not set tag {key} ({err})", file=sys.stderr, flush=True)
 
     def logged_steps(self, key: str = "loss") -> set[int]:
         """Steps of `key` the server holds for this run, plus those in its spill file (which will be
@@ -169,6 +190,10 @@ class _Tee:
 
     def logged_steps(self, key: str = "loss") -> set[int]:
         return set().union(*(logger.logged_steps(key) for logger in self.loggers))
+
+    def set_tag(self, key: str, value: str) -> None:
+        for logger in self.loggers:
+            logger.set_tag(key, value)
 
     def close(self) -> None:
         for logger in self.loggers:

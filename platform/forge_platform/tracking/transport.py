@@ -83,6 +83,23 @@ class MetricSender:
             raise RuntimeError(f"log-batch answered {response.status_code}: {response.text[:200]}")
 
 
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        """Set one tag on `run_id`; raises on any failure (one attempt)."""
+        if not is_http(self.tracking_uri):
+            from mlflow.tracking import MlflowClient
+
+            self._client = self._client or MlflowClient(self.tracking_uri)
+            self._client.set_tag(run_id, key, value)
+            return
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request
+
+        response = http_request(get_default_host_creds(self.tracking_uri), "/api/2.0/mlflow/runs/set-tag", "POST",
+                                json={"run_id": run_id, "key": key, "value": value}, max_retries=0,
+                                timeout=self.timeout_s)
+        if response.status_code != 200:
+            raise RuntimeError(f"set-tag answered {response.status_code}: {response.text[:200]}")
+
     def logged_steps(self, run_id: str, key: str) -> set[int]:
         """The steps at which `run_id` already has a point of metric `key` (one attempt per page)."""
         if not is_http(self.tracking_uri):

@@ -234,7 +234,7 @@ class CheckpointManager:
         if groups.rank == 0:
             save_rank_zero_files(folder, meta, self.model_config, full_weights)
         dist.barrier()
-        report = {**metrics, **{k: v for k, v in dataclasses.asdict(meta).items() if k != "data"}}
+        report = {**metrics, **{k: v for k, v in dataclasses.asdict(meta).items() if k not in ("data", "training")}}
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
                          checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 

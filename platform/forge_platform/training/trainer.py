@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 from forge_data import IGNORE_INDEX, PackedShardLoader
-from forge_models import ModelConfig, build_model
+from forge_models import ModelConfig, build_model, kernel_path
 from forge_models.flops import training_flops_per_token
 
 from forge_platform.config_loader import config_hash
@@ -87,6 +88,9 @@ class StepResult:
 
 
 FINAL_METRICS_FILE = "final_metrics.json"
+
+KERNEL_PATH_TAG = "forge.kernel_path"
+"""The run tag naming the path the Mamba layers took on the workers (CUDA kernels or reference)."""
 
 
 INPUT_ERROR_FILE = "input_error.json"
@@ -153,6 +157,7 @@ class Trainer:
         if self.start_step and self.rank == 0:
             print(f"[{stage.name}] resumed at step {self.start_step} from its last checkpoint", flush=True)
         self.logger = build_logger(run.tracking, self.rank, run.run_id, prefix=f"[{stage.name}] ")
+        self.record_kernel_path()
         # A restarted worker group trains again the steps after its checkpoint; those an earlier
         # attempt already logged stay as they were (on CPU resume is bitwise: the values are equal).
         self.logged_before = self.logger.logged_steps() if self.start_step else set()
@@ -166,6 +171,19 @@ class Trainer:
         self.step_hooks: list[Callable[[int], None]] = []
         if run.drill is not None:
             self.step_hooks.append(lambda step: run.drill(step, self.rank, self.world))
+
+    def record_kernel_path(self) -> None:
+        """Say which path the Mamba layers take here and record it in the run (`forge.kernel_path`):
+        a GPU worker whose kernels fail to import trains correctly on the reference path, several
+        times slower, and that must not go unnoticed."""
+        if self.rank != 0:
+            return
+        path, warn = kernel_path(self.run.model.kernels, self.device)
+        self.logger.set_tag(KERNEL_PATH_TAG, path)
+        if warn:
+            print(f"WARNING [{self.run.stage.name}] model.kernels = 'auto' on a GPU, but the Mamba layers run on "
+                  f"the slow {path}; install the 'cuda' extra that matches this torch, or set "
+                  "model.kernels = 'cuda' to make this an error", file=sys.stderr, flush=True)
 
     # --- the loop ------------------------------------------------------------------------------
     def fit(self) -> None:
