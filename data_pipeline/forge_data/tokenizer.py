@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import asdict
 from functools import cached_property
 from typing import Iterable, Iterator, Sequence
@@ -184,6 +185,21 @@ def sentencepiece_trainer_args(cfg: TokenizerConfig) -> dict[str, object]:
     )
 
 
+class TokenizerTrainingError(ValueError):
+    """SentencePiece refused to train with these settings on this sample (one line: what, and what would work)."""
+
+
+def explain_trainer_error(message: str, cfg: TokenizerConfig, num_sentences: int) -> str:
+    """SentencePiece's error as one line naming the setting; its source location and check dropped."""
+    text = re.sub(r"^\w+: \S+\(\d+\) (\[.*?\] )?", "", message.strip().splitlines()[-1])
+    too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", text)
+    if too_high:
+        return (f"tokenizer.vocab_size = {cfg.vocab_size}: the tokenizer's sample ({num_sentences} sentences) "
+                f"yields at most {too_high.group(2)} pieces; set data.tokenizer.vocab_size <= {too_high.group(2)}, "
+                f"or give it more text (data.tokenizer.sample_bytes = {cfg.sample_bytes}, or more inputs)")
+    return f"SentencePiece could not train the tokenizer ({cfg.model_type}, vocab_size {cfg.vocab_size}): {text}"
+
+
 def train_from_texts(cfg: TokenizerConfig, texts: Iterable[str], metadata: dict | None = None) -> Tokenizer:
     """Train on documents already in memory (the sample); returns the tokenizer, not yet saved."""
     hasher = hashlib.sha256()
@@ -198,6 +214,10 @@ def train_from_texts(cfg: TokenizerConfig, texts: Iterable[str], metadata: dict 
                 yield sentence
 
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=sentences(), model_writer=model, **sentencepiece_trainer_args(cfg))
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=sentences(), model_writer=model,
+                                       **sentencepiece_trainer_args(cfg))
+    except RuntimeError as err:  # SentencePiece reports bad settings as "INTERNAL: file.cc(line) [...] text"
+        raise TokenizerTrainingError(explain_trainer_error(str(err), cfg, num_sentences)) from None
     meta = dict(metadata or {}, config=asdict(cfg), sample_sha256=hasher.hexdigest(), num_sample_sentences=num_sentences)
     return Tokenizer(model.getvalue(), meta)

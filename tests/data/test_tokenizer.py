@@ -88,3 +88,15 @@ def test_sample_rows_do_not_depend_on_where_the_corpus_lives(tmp_path):
     assert rows[0] == rows[1] and 3 < len(rows[0])
     assert not any(str(tmp_path) in r["id"] for r in rows[0])
 
+
+
+def test_a_vocabulary_the_sample_cannot_fill_is_one_line_naming_the_bound():
+    from forge_data.tokenizer import TokenizerTrainingError
+
+    with pytest.raises(TokenizerTrainingError) as caught:
+        train_from_texts(TokenizerConfig(vocab_size=5000, show_progress=False), ["hello world " * 50, "abc def"])
+    message = str(caught.value)
+    assert "\n" not in message and "INTERNAL" not in message
+    bound = int(message.split("set data.tokenizer.vocab_size <= ")[1].split(",")[0])
+    assert message.startswith("tokenizer.vocab_size = 5000: the tokenizer's sample (2 sentences) yields at most")
+    train_from_texts(TokenizerConfig(vocab_size=bound, show_progress=False), ["hello world " * 50, "abc def"])

@@ -57,3 +57,17 @@ def test_data_that_lost_more_than_allowed_stops_the_tokenize_job_with_one_line(t
     assert len(errors) == 1, errors
     assert errors[0].startswith("error: data.max_rejected_share = 0.05: must be >= the share of the input lost")
     assert "rejections.parquet" in errors[0]
+
+
+def test_a_vocabulary_larger_than_the_corpus_allows_stops_the_tokenize_job_with_one_line(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "json_decoder.py").write_bytes((STDLIB / "json" / "decoder.py").read_bytes())
+    out = run_job("jobs.tokenize", "--config", "jobs/specs/tokenize.toml", "--data.inputs", f"[\"{corpus}\"]",
+                  "--data.output_dir", str(tmp_path / "out"), "--data.tokenizer.vocab_size", "60000",
+                  "--data.packing.seq_len", "64", timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    errors = error_lines(out.stderr)
+    assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert errors[0].startswith("error: tokenizer.vocab_size = 60000: the tokenizer's sample (")
+    assert "set data.tokenizer.vocab_size <= " in errors[0]
