@@ -6,6 +6,7 @@ extend_context: a run of their own).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,14 +58,20 @@ def train_and_evaluate(
         banner(f"stage {stage.name!r}: training {stage.train.steps} steps on {parallel.num_workers} workers")
         run = StageRun(stage=stage, model=model_cfg, parallel=parallel, train_manifest=str(manifests["train"]),
                        tracking=session.tracking, run_id=run_id, init_weights=init_weights)
+        started = time.perf_counter()
         result = run_stage(run, checkpoint_root, ray_name)
+        trained_s = time.perf_counter() - started
         metrics: dict[str, float] = {}
+        print(f"stage {stage.name!r}: training took {trained_s:.0f} s on Ray Train (worker start-up included)",
+              flush=True)
         if result.checkpoint_dir is not None:
             runs.set_tag(run_id, CHECKPOINT_TAG, str(result.checkpoint_dir))
         if "val" in manifests and result.checkpoint_dir is not None:
             banner(f"stage {stage.name!r}: evaluating")
+            evaluating = time.perf_counter()
             metrics = evaluate_checkpoint(result.checkpoint_dir, model_cfg, stage.eval, str(manifests["val"]),
                                           tokenizer)
+            print(f"stage {stage.name!r}: evaluation took {time.perf_counter() - evaluating:.0f} s", flush=True)
             runs.log_metrics(run_id, metrics, step=stage.train.steps)
             print("  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
     except BaseException:

@@ -7,6 +7,7 @@ DeepSpeed ZeRO-2, a local MLflow server. Only the sizes are smaller than `script
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -69,3 +70,10 @@ def test_campaign_runs_are_in_mlflow(campaign: tuple[Path, subprocess.CompletedP
     first_pre = client.get_metric_history(children[0].info.run_id, "loss")[0].value
     assert first_ext < first_pre - 0.2
     assert "mlflow ui --backend-store-uri" in proc.stdout
+    # where each stage's time went: the driver's wall times and the worker's own breakdown
+    said = proc.stdout + proc.stderr
+    for stage, steps in (("pretrain-256", 6), ("extend-1024", 2)):
+        assert re.search(rf"stage '{stage}': training took \d+ s on Ray Train", said), stage
+        assert re.search(rf"stage '{stage}': evaluation took \d+ s", said), stage
+        assert re.search(rf"\[{stage}\] time: set-up [\d.]+ s, first step [\d.]+ s \(compilation, autotuning\), "
+                         rf"{steps - 1} more steps [\d.]+ s, checkpoints [\d.]+ s", said), stage

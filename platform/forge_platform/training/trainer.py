@@ -78,6 +78,34 @@ class StageRun:
 
 
 @dataclass
+class StageTimings:
+    """Where a worker's time went, said at the end of the stage: a short stage is mostly set-up and its
+    first step (compilation, autotuning), which tokens/s alone does not show."""
+
+    created: float
+    ready: float = 0.0
+    """When the model was built, parallelized and restored, and the loop began."""
+    first_step_s: float = 0.0
+    """The first step of this worker: compilation and kernel autotuning happen there."""
+    steps_s: float = 0.0
+    """Every later step."""
+    num_steps: int = 0
+    checkpoints_s: float = 0.0
+
+    def step_done(self, seconds: float) -> None:
+        if self.num_steps == 0:
+            self.first_step_s = seconds
+        else:
+            self.steps_s += seconds
+        self.num_steps += 1
+
+    def describe(self) -> str:
+        return (f"set-up {self.ready - self.created:.1f} s, first step {self.first_step_s:.1f} s (compilation, "
+                f"autotuning), {self.num_steps - 1} more steps {self.steps_s:.1f} s, checkpoints "
+                f"{self.checkpoints_s:.1f} s")
+
+
+@dataclass
 class StepResult:
     """What one optimizer step produced (the loss is the per-token mean over every rank's rows)."""
 
@@ -126,6 +154,7 @@ class Trainer:
     """One stage on one rank."""
 
     def __init__(self, run: StageRun) -> None:
+        self.timings = StageTimings(created=time.perf_counter())
         if run.stage.train.recompute == "auto":  # jobs resolve it on the driver; a direct caller may not
             plan = choose_recompute(run.model, run.stage, run.parallel, capacity=gpu_capacity(run.parallel))
             run = dataclasses.replace(run, stage=resolve_recompute(run.stage, plan))
@@ -191,23 +220,28 @@ class Trainer:
         train = self.run.stage.train
         batches = iter(self.loader)
         last: StepResult | None = None
+        self.timings.ready = time.perf_counter()
         for step in range(self.start_step, train.steps):
             started = time.perf_counter()  # the step's time includes reading its rows
             micro_batches = [next(batches) for _ in range(train.grad_accum_steps)]
             if step == self.start_step and self.groups.tp > 1:  # TP peers must read the same rows
                 check_tp_batch({k: _to_device(v, self.device) for k, v in micro_batches[0].items()}, self.groups)
             last = self.train_step(micro_batches, started)
+            self.timings.step_done(last.seconds)
             done = step + 1
             if (done % train.log_every == 0 or done == train.steps) and done not in self.logged_before:
                 self.logger.log(self.step_metrics(last), step=done)
             for hook in self.step_hooks:
                 hook(done)
             if self.checkpoints.should_save(done):
+                saving = time.perf_counter()
                 self.checkpoints.save(done, self.parallel, self.loader, self.tokens_per_step, {"loss": last.loss})
+                self.timings.checkpoints_s += time.perf_counter() - saving
         if last is not None and self.rank == 0:
             # Ray Train's result only carries metrics reported with a checkpoint; a stage run
             # without a final checkpoint (benchmarks, smoke runs) still tells the driver how it ended.
             write_final_metrics(Path(self.run.checkpoint_root), {"loss": last.loss, "step": train.steps})
+            print(f"[{self.run.stage.name}] time: {self.timings.describe()}", flush=True)
         self.logger.close()
 
     def train_step(self, micro_batches: list[Batch], started: float) -> StepResult:
