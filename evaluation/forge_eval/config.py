@@ -6,6 +6,7 @@ checked where they are born, in the one error style `eval.field = value: must be
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from forge_eval.answering import ANSWER_MODES
@@ -73,6 +74,11 @@ class EvalConfig:
     ppl_rows: int = 8
     """Held-out packed rows read for perplexity by position."""
 
+    length_multiples: list[float] = field(default_factory=list)
+    """Lengths as multiples of the stage's seq_len (e.g. [0.5, 1, 2]): in a campaign each stage then
+    measures Phonebook and RULER at those lengths and perplexity by position up to the largest
+    (replacing phonebook_lengths, ruler_lengths and ppl_max_position); empty keeps them as given."""
+
     lm_eval_limit: int = 0
     """Documents per lm-eval task (0: all)."""
     lm_eval_max_length: int = 8192
@@ -120,6 +126,8 @@ class EvalConfig:
             _fail("ppl_max_position", self.ppl_max_position, f"be in [ppl_bucket = {self.ppl_bucket}, {MAX_LENGTH}]")
         if self.ppl_rows < 1:
             _fail("ppl_rows", self.ppl_rows, "be >= 1")
+        if not all(0 < m <= 64 for m in self.length_multiples):
+            _fail("length_multiples", self.length_multiples, "each be in (0, 64]")
         if self.lm_eval_limit < 0:
             _fail("lm_eval_limit", self.lm_eval_limit, "be >= 0 (0: every document)")
         if not 16 <= self.lm_eval_max_length <= MAX_LENGTH:
@@ -138,6 +146,14 @@ class EvalConfig:
         if any(lm_eval_task(name) for name in self.suites):
             lengths.append(self.lm_eval_max_length)
         return max(lengths)
+
+    def for_length(self, seq_len: int) -> "EvalConfig":
+        """This config with `length_multiples` resolved against a stage's `seq_len` (itself when empty)."""
+        if not self.length_multiples:
+            return self
+        lengths = sorted({max(64, round(m * seq_len)) for m in self.length_multiples})
+        return dataclasses.replace(self, phonebook_lengths=lengths, ruler_lengths=lengths, ppl_max_position=lengths[-1],
+                                   ppl_bucket=min(self.ppl_bucket, lengths[-1]), length_multiples=[])
 
     @property
     def lm_eval_tasks(self) -> list[str]:

@@ -30,7 +30,7 @@ from forge_platform.memory_plan import plan_for_job
 from forge_platform.session import JobSession, banner, job_session
 from forge_platform.stage import StageOutcome, train_and_evaluate
 from forge_platform.tracking.mlflow_server import LocalMlflowServer
-from forge_platform.tracking.plots import plot_loss_per_stage
+from forge_platform.tracking.plots import plot_campaign_evaluation, plot_loss_per_stage
 from forge_platform.training.checkpoint_files import write_json
 
 @dataclass
@@ -69,6 +69,8 @@ def run_campaign(cfg: CampaignConfig) -> CampaignOutcome:
         if any(histories.values()):
             outcome.loss_plot = plot_loss_per_stage(histories, out / "loss_per_stage.png", f"{cfg.name}: loss per stage")
             runs.log_artifact(parent, str(outcome.loss_plot))
+        for plot in plot_campaign_evaluation({s.name: s.eval_metrics for s in outcome.stages}, out, cfg.name):
+            runs.log_artifact(parent, str(plot))  # accuracy vs length, NIAH depth x length, loss by position
         final = {f"{s.name}.{k}": v for s in outcome.stages for k, v in s.eval_metrics.items()}
         runs.log_metrics(parent, final)
         runs.finish(parent)
@@ -124,8 +126,9 @@ def _run_stages(cfg: CampaignConfig, out: Path, session: JobSession, parent: str
                                       for split, m in packed.items() if m.long_doc_share is not None})
         manifests = {split: Path(m.root) / MANIFEST_FILE for split, m in packed.items()}
         outcome.stages.append(
-            train_and_evaluate(
-                stage, model_cfg, cfg.parallel, manifests, tokenizer, session,
+            train_and_evaluate(  # evaluated at the lengths its eval.length_multiples of seq_len name, if any
+                dataclasses.replace(stage, eval=stage.eval.for_length(stage.seq_len)), model_cfg, cfg.parallel,
+                manifests, tokenizer, session,
                 parent_run_id=parent,
                 checkpoint_root=out / "checkpoints",
                 init_weights=str(previous) if stage.init_from_previous and previous else "",
