@@ -98,11 +98,12 @@ def checkpoint_model_config(checkpoint_dir: Path) -> ModelConfig:
     return from_dict(ModelConfig, json.loads(path.read_text()))
 
 
-def eval_memory_bytes(model_cfg: ModelConfig, weights: int, length: int, on_gpu: bool) -> int:
+def eval_memory_bytes(model_cfg: ModelConfig, weights: int, length: int, on_gpu: bool, generates: bool = True) -> int:
     """What one prompt of `length` tokens needs at its peak (batch of one): the `weights` (bytes), the
-    prefill's fp32 logits (L x V: the reference generation projects every position) and, on the CPU's
-    reference path, one attention layer's fp32 scores (H x L x L; the GPU's kernels never hold them)."""
-    logits = 4 * length * model_cfg.vocab_size
+    prefill's fp32 logits when it `generates` (L x V: the reference generation projects every
+    position; teacher forcing and ppl project only what they score) and, on the CPU's reference
+    path, one attention layer's fp32 scores (H x L x L; the GPU's kernels never hold them)."""
+    logits = 4 * length * model_cfg.vocab_size if generates else 0
     scores = 0 if on_gpu or "*" not in model_cfg.pattern else 4 * model_cfg.attention.num_heads * length * length
     return weights + logits + scores
 
@@ -120,19 +121,20 @@ def check_eval_lengths(model_cfg: ModelConfig, weights: int, eval_cfg: EvalConfi
     """Refuse, in one line, an evaluation whose longest prompt cannot fit in `memory` (bytes) beside
     `weights` (bytes), naming the longest that does."""
     longest = eval_cfg.longest_prompt
-    if not longest or eval_memory_bytes(model_cfg, weights, longest, on_gpu) <= memory:
+    generates = eval_cfg.answer_mode == "generate" or bool(eval_cfg.lm_eval_tasks)
+    if not longest or eval_memory_bytes(model_cfg, weights, longest, on_gpu, generates) <= memory:
         return
     fits = 0
     low, high = 1, longest
     while low <= high:  # the largest length that fits (the need grows with the length)
         mid = (low + high) // 2
-        if eval_memory_bytes(model_cfg, weights, mid, on_gpu) <= memory:
+        if eval_memory_bytes(model_cfg, weights, mid, on_gpu, generates) <= memory:
             fits, low = mid, mid + 1
         else:
             high = mid - 1
     where = "this GPU" if on_gpu else "this machine's CPU (reference path: dense attention scores)"
     raise ConfigError(f"eval lengths up to {longest} tokens: need about "
-                      f"{eval_memory_bytes(model_cfg, weights, longest, on_gpu) / GIB:.1f} GiB on {where}, which has "
+                      f"{eval_memory_bytes(model_cfg, weights, longest, on_gpu, generates) / GIB:.1f} GiB on {where}, which has "
                       f"{memory / GIB:.1f} GiB; use lengths <= {fits} (eval.phonebook_lengths, eval.ruler_lengths, "
                       "eval.ppl_max_position, eval.lm_eval_max_length) or a GPU")
 

@@ -119,3 +119,20 @@ def test_evaluation_is_a_ray_task_taking_a_gpu_when_the_cluster_has_one(campaign
     out = capsys.readouterr().out
     assert "evaluated in a Ray task: pid" in out and "GPU ids [0]" in out, out[-2000:]
     assert set(metrics) >= {"val_loss", "phonebook_2_accuracy"}
+
+
+def test_the_length_check_names_the_longest_that_fits() -> None:
+    from forge_models import get_preset
+    from forge_platform.config_loader import ConfigError
+    from forge_platform.evaluation import check_eval_lengths, eval_memory_bytes
+
+    model_cfg = dataclasses.replace(get_preset("hybrid-debug"), vocab_size=512)
+    cfg = EvalConfig(suites=["phonebook"], phonebook_lengths=[262144])
+    budget = 8 << 30
+    with pytest.raises(ConfigError, match=r"eval lengths up to 262144 tokens: need about 1024.\d GiB on this machine's "
+                                          r"CPU .* which has 8.0 GiB; use lengths <= (\d+)") as refused:
+        check_eval_lengths(model_cfg, 10**6, cfg, budget, on_gpu=False)
+    fits = int(re.search(r"lengths <= (\d+)", str(refused.value)).group(1))
+    assert eval_memory_bytes(model_cfg, 10**6, fits, False) <= budget < eval_memory_bytes(model_cfg, 10**6, fits + 1, False)
+    check_eval_lengths(model_cfg, 10**6, cfg, budget, on_gpu=True)  # the GPU's kernels hold no (L, L) scores
+    check_eval_lengths(model_cfg, 10**6, dataclasses.replace(cfg, phonebook_lengths=[fits]), budget, on_gpu=False)

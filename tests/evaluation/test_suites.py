@@ -15,7 +15,7 @@ from forge_eval import SUITES, EvalConfig, EvalInputs, evaluate_model, get_suite
 from forge_eval.names import name_pool_size
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ("ray", "deepspeed", "mlflow")
+HEAVY = ("ray", "deepspeed", "mlflow", "lm_eval", "datasets")  # lm_eval only where its adapter is imported
 
 PROBE = """
 import json, sys
@@ -36,6 +36,7 @@ def test_forge_eval_imports_no_ray_deepspeed_or_mlflow() -> None:
     # Every module of the package, and forge_data's lazily loaded loader, which validation uses.
     code = ("import forge_eval, forge_eval.config, forge_eval.suites, forge_eval.validation, forge_eval.phonebook\n"
             "import forge_eval.ruler, forge_eval.position_loss, forge_eval.scoring, forge_eval.haystack\n"
+            "import forge_eval.checkpoint, forge_eval.lm_eval_suite, forge_eval.answering, forge_eval.names\n"
             "import forge_data; forge_data.PackedShardLoader")
     assert heavy_modules_after(code) == []
     # The probe sees them when they are there (forge_data.pipeline imports Ray only when run, so
