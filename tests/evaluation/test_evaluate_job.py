@@ -136,3 +136,21 @@ def test_the_length_check_names_the_longest_that_fits() -> None:
     assert eval_memory_bytes(model_cfg, 10**6, fits, False) <= budget < eval_memory_bytes(model_cfg, 10**6, fits + 1, False)
     check_eval_lengths(model_cfg, 10**6, cfg, budget, on_gpu=True)  # the GPU's kernels hold no (L, L) scores
     check_eval_lengths(model_cfg, 10**6, dataclasses.replace(cfg, phonebook_lengths=[fits]), budget, on_gpu=False)
+
+
+def test_the_lm_eval_adapter_loads_a_checkpoint_folder(campaign_like, model, tmp_path) -> None:
+    pytest.importorskip("lm_eval")
+    from forge_eval.checkpoint import CheckpointInputError
+    from forge_eval.lm_eval_adapter import ForgeLM
+    from lm_eval.api.instance import Instance
+
+    checkpoint, _ = campaign_like
+    request = Instance(request_type="loglikelihood", doc={}, arguments=("def loads(s):", " return"), idx=0)
+    loaded = ForgeLM(checkpoint=str(checkpoint))  # the tokenizer is found in the campaign folder above it
+    [(logprob, greedy)] = loaded.loglikelihood([request])
+    [(expected, expected_greedy)] = ForgeLM(model=model, tokenizer=loaded.tokenizer).loglikelihood([request])
+    assert logprob == pytest.approx(expected, abs=1e-5) and greedy == expected_greedy
+    alone = tmp_path / "alone"
+    shutil.copytree(checkpoint, alone)
+    with pytest.raises(CheckpointInputError, match="has no tokenizer beside it"):
+        ForgeLM(checkpoint=str(alone))
