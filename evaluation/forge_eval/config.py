@@ -116,8 +116,8 @@ class EvalConfig:
             _fail("phonebook_examples", self.phonebook_examples, "be >= 0")
         if self.phonebook_depth is not None and not 0.0 <= self.phonebook_depth <= 1.0:
             _fail("phonebook_depth", self.phonebook_depth, "be in [0, 1] or none")
-        if not all(0.0 <= d <= 1.0 for d in self.ruler_depths):
-            _fail("ruler_depths", self.ruler_depths, "each be in [0, 1]")
+        if not self.ruler_depths or not all(0.0 <= d <= 1.0 for d in self.ruler_depths):
+            _fail("ruler_depths", self.ruler_depths, "each be in [0, 1] (at least one)")
         if self.ruler_samples < 1:
             _fail("ruler_samples", self.ruler_samples, "be >= 1")
         if self.ppl_bucket < 1:

@@ -119,14 +119,12 @@ def _ruler(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, f
             haystacks = cfg.ruler_haystacks if task in HAYSTACK_TASKS else [None]
             for haystack in haystacks:
                 name = f"ruler_{task}_{haystack}_{length}" if haystack else f"ruler_{task}_{length}"
-                if task == "niah_single":  # the depth x length sweep
-                    samples = []
-                    for depth in cfg.ruler_depths:
-                        at_depth = make_samples(task, inputs.tokenizer, length, cfg.ruler_samples, haystack,
-                                                depth, cfg.seed)
-                        measure(at_depth, f"{name}_depth{round(depth * 100)}")
-                        samples += at_depth
-                    per_task.append(measure(samples, name))
+                if task == "niah_single":  # the depth x length sweep; the task's score is the mean over depths
+                    at_depths = [measure(make_samples(task, inputs.tokenizer, length, cfg.ruler_samples, haystack,
+                                                      depth, cfg.seed), f"{name}_depth{round(depth * 100)}")
+                                 for depth in cfg.ruler_depths]
+                    metrics[f"{name}_score"] = mean(at_depths)  # every depth has ruler_samples samples
+                    per_task.append(metrics[f"{name}_score"])
                 else:
                     samples = make_samples(task, inputs.tokenizer, length, cfg.ruler_samples, haystack or "filler",
                                            None, cfg.seed)

@@ -69,6 +69,8 @@ def test_config_values_are_checked_in_the_one_error_style() -> None:
         EvalConfig(answer_mode="beam")
     with pytest.raises(ValueError, match=r"eval.ruler_depths = \[1.5\]: must each be in \[0, 1\]"):
         EvalConfig(ruler_depths=[1.5])
+    with pytest.raises(ValueError, match=r"eval.ruler_depths = \[\]: must each be in \[0, 1\] \(at least one\)"):
+        EvalConfig(ruler_depths=[])
     with pytest.raises(ValueError, match=r"eval.phonebook_queries = -1: must be >= 0"):
         EvalConfig(phonebook_queries=-1)
 
