@@ -10,7 +10,9 @@ Public surface (the contract with forge_platform):
 - `PackedShardLoader(manifest_path, micro_batch_size, dp_rank, dp_size, start_sample, shuffle_seed)`
 - errors in the input, each one line and a ValueError: `manifest.TooMuchRejectedError` (more lost
   than `data.max_rejected_share`), `shards.CorruptShardError` (a shard missing, truncated or not
-  its manifest's sha256), `loader.TokenIdRangeError` (an id outside the manifest's vocabulary)
+  its manifest's sha256), `loader.TokenIdRangeError` (an id outside the manifest's vocabulary);
+  and `storage.StorageError`, an OSError: an object store that cannot be reached, refused credentials,
+  a missing bucket or manifest (every path may be local or a URI such as s3://bucket/prefix)
 
 Importing this package starts nothing and imports neither Ray nor torch: Ray imports it on
 every worker, and the loader (torch) is loaded on first use.

@@ -29,12 +29,14 @@ Legend: B micro batch size, L sequence length, N rows per epoch, D data-parallel
 from __future__ import annotations
 
 import os
+import posixpath
 import warnings
 from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
+from forge_data import storage
 from forge_data.manifest import MANIFEST_FILE, Manifest
 from forge_data.packing import IGNORE_INDEX
 from forge_data.shards import COLUMNS, CorruptShardError, read_shard
@@ -64,7 +66,7 @@ class PackedShardLoader:
         self.shuffle_window = shuffle_window
         self.manifest = Manifest.load(manifest_path)
         self.root = self.manifest.root
-        self.manifest_path = os.path.join(self.root, MANIFEST_FILE)
+        self.manifest_path = storage.join(self.root, MANIFEST_FILE)
         vocab_size = self.manifest.tokenizer.get("vocab_size")
         self.vocab_size: Optional[int] = int(vocab_size) if vocab_size else None
         self._check_shard_files()
@@ -129,11 +131,18 @@ class PackedShardLoader:
     def _check_shard_files(self) -> None:
         """Every shard is there with its recorded size (cheap: one stat per shard, no reading)."""
         unverified = 0
+        # On an object store one listing gives every size (a request per shard would not scale).
+        listed = None
+        if storage.is_uri(self.root):
+            listed = {}
+            for folder in sorted({posixpath.dirname(info.path) for info in self.manifest.shards}):
+                listed.update({posixpath.join(folder, name): size
+                               for name, size in storage.file_sizes(storage.join(self.root, folder)).items()})
         for k, info in enumerate(self.manifest.shards):
-            path = os.path.join(self.root, info.path)
+            path = storage.join(self.root, info.path)
             try:
-                size = os.stat(path).st_size
-            except FileNotFoundError:
+                size = os.stat(path).st_size if listed is None else listed[info.path]
+            except (FileNotFoundError, KeyError):
                 raise CorruptShardError(f"shard {self._shard_name(k)}: missing (the manifest lists it; "
                                         "pack the data again)") from None
             if info.num_bytes is not None and size != info.num_bytes:
@@ -166,7 +175,7 @@ class PackedShardLoader:
             if len(self._shard_cache) >= self.shuffle_window + 1:  # a window, plus the next at a boundary
                 self._shard_cache.pop(next(iter(self._shard_cache)))
             info = self.manifest.shards[shard]
-            data = read_shard(os.path.join(self.root, info.path), num_bytes=info.num_bytes, sha256=info.sha256,
+            data = read_shard(storage.join(self.root, info.path), num_bytes=info.num_bytes, sha256=info.sha256,
                               name=self._shard_name(shard))
             self._check_token_ids(shard, data)
             self._shard_cache[shard] = data

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
+from forge_data import storage
 from forge_data.long_context import FILTERED, MIXED_OUT
 
 MANIFEST_FILE = "manifest.json"
@@ -104,17 +106,40 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str) -> "Manifest":
-        """Read `manifest.json` (or the directory holding it) from a local path."""
-        import os
+        """Read `manifest.json` (or the folder holding it) from a local path or a URI.
 
+        A missing manifest is `storage.StorageNotFound` (a FileNotFoundError) saying whether shards
+        are there: shards without a manifest are a packing run that did not finish.
+        """
+        if storage.is_uri(path):
+            if not path.endswith(".json") or storage.is_dir(path):  # a folder, or a prefix with nothing under it
+                path = storage.join(path, MANIFEST_FILE)
+            try:
+                text = storage.read_bytes(path).decode()
+            except storage.StorageNotFound:
+                raise _missing(path) from None
+            return cls.from_json(text, root=path.rsplit("/", 1)[0])
         if os.path.isdir(path):
             path = os.path.join(path, MANIFEST_FILE)
-        with open(path) as f:
-            return cls.from_json(f.read(), root=os.path.dirname(os.path.abspath(path)))
+        try:
+            with open(path) as f:
+                return cls.from_json(f.read(), root=os.path.dirname(os.path.abspath(path)))
+        except FileNotFoundError:
+            raise _missing(path) from None
 
     def sha256(self) -> str:
         """Hash of the manifest text: identifies the dataset in a checkpoint's loader state."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+def _missing(path: str) -> storage.StorageNotFound:
+    folder = storage.join(path.rsplit("/", 1)[0] if storage.is_uri(path) else os.path.dirname(path), "shards")  # stages.SHARD_DIR
+    num_shards = sum(name.endswith(".parquet") and not name.endswith(".segments.parquet")
+                     for name in storage.file_sizes(folder))
+    if num_shards:
+        return storage.StorageNotFound(f"{path}: missing, but {num_shards} shards are beside it: a packing run that "
+                                       "did not finish (the manifest is written last); pack the data again")
+    return storage.StorageNotFound(f"{path}: missing (python -m jobs.tokenize, or a campaign's stage, writes it)")
 
 
 def check_accounting(counts: dict[str, int]) -> None:

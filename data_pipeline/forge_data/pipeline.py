@@ -33,13 +33,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from forge_data import storage
 from forge_data.config import DataPipelineConfig
 from forge_data.long_context import document_weights, mix_weights
 from forge_data.manifest import MANIFEST_FILE, REJECTIONS_FILE, Manifest, build_manifest, check_rejected_share
 from forge_data.sources import (decode_unit, encode_unit, input_root, list_input_files, plan_work_units,
                                 resolve_filesystem)
 from forge_data.stages import SHARD_DIR, UnitTokenizer, pack_unit
-from forge_data.token_store import UNIT_DIR, TokenStore
+from forge_data.token_store import STORE_FILE, UNIT_DIR, TokenStore
 from forge_data.tokenizer import Tokenizer, load_tokenizer
 from forge_data.tokenizer_training import train_tokenizer
 
@@ -62,7 +63,7 @@ def resolve_pad_id(cfg: DataPipelineConfig, pad_id: int, eos_id: int) -> int:
 
 def prepare_tokenizer(cfg: DataPipelineConfig) -> tuple[str, Tokenizer]:
     """Load the configured tokenizer, or train one into `<output_dir>/tokenizer`."""
-    out_dir = os.path.join(cfg.output_dir, "tokenizer")
+    out_dir = storage.join(cfg.output_dir, "tokenizer")
     path = train_tokenizer(cfg.tokenizer, cfg.inputs, out_dir, format=cfg.format, text_field=cfg.text_field,
                            include_suffixes=cfg.include_suffixes, cleaning=cfg.cleaning,
                            work_unit_bytes=cfg.work_unit_bytes)
@@ -133,6 +134,12 @@ def tokenize_corpus(cfg: DataPipelineConfig, store_root: str, use_ray: bool = Tr
         _require_ray()
     elif not cfg.tokenizer.model_path:
         raise ValueError("tokenize_corpus(use_ray=False) needs data.tokenizer.model_path (training samples with Ray)")
+    # Object stores are checked before any work: unreachable, refused or missing is one line now, not a
+    # failure in an actor after tokenizing (local paths: nothing is checked here, as before).
+    for uri in cfg.inputs + [cfg.tokenizer.model_path or ""]:
+        storage.check_location(uri)
+    for uri in {cfg.output_dir, store_root} - {""}:
+        storage.check_location(uri, write=True)
     files = list_input_files(cfg.inputs, cfg.format, cfg.include_suffixes)
     if not files:
         raise ValueError(f"no input files found under {cfg.inputs!r} (include_suffixes={cfg.include_suffixes!r})")
@@ -141,6 +148,7 @@ def tokenize_corpus(cfg: DataPipelineConfig, store_root: str, use_ray: bool = Tr
     tokenizer_path, tokenizer = prepare_tokenizer(cfg)
 
     fs, root = resolve_filesystem(store_root)
+    storage.remove(storage.join(store_root, STORE_FILE))  # the commit point goes first, comes back last
     # Units of an earlier run would be mixed with ours: the unit folder belongs to this function.
     fs.delete_dir_contents(posixpath.join(root, UNIT_DIR), missing_dir_ok=True)
     units = plan_work_units(files, cfg.work_unit_bytes, cfg.shuffle_seed)
@@ -194,7 +202,11 @@ def pack_tokens(store: TokenStore, cfg: DataPipelineConfig,
         raise ValueError(f"data.output_dir = {cfg.output_dir!r}: must be set")
     policy = cfg.long_context
     pad_id = resolve_pad_id(cfg, store.tokenizer["pad_id"], store.tokenizer["eos_id"])
+    storage.check_location(cfg.output_dir, write=True)
     fs, out_dir = resolve_filesystem(cfg.output_dir)
+    # manifest.json is the commit point: gone before any shard changes, written after every shard is, so
+    # an output folder with shards and no manifest is an unfinished run and is never read as complete.
+    storage.remove(storage.join(cfg.output_dir, MANIFEST_FILE))
     # Shards of an earlier run would be mixed with ours: the shard folder belongs to this function.
     fs.delete_dir_contents(posixpath.join(out_dir, SHARD_DIR), missing_dir_ok=True)
     weights_by_unit: dict[int, np.ndarray] = {}
@@ -220,8 +232,7 @@ def pack_tokens(store: TokenStore, cfg: DataPipelineConfig,
     rejections = pa.Table.from_pylist(records, schema=REJECTIONS_SCHEMA)
     with fs.open_output_stream(posixpath.join(out_dir, REJECTIONS_FILE)) as sink:
         pq.write_table(rejections, sink, compression="zstd")
-    with fs.open_output_stream(posixpath.join(out_dir, MANIFEST_FILE)) as sink:
-        sink.write(manifest.to_json().encode())
+    storage.publish(storage.join(cfg.output_dir, MANIFEST_FILE), manifest.to_json().encode())
     manifest.root = cfg.output_dir
     check_rejected_share(manifest, cfg.max_rejected_share, posixpath.join(cfg.output_dir, REJECTIONS_FILE))
     return manifest

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from forge_data import storage
 from forge_data.packing import PackedRows
 
 COLUMNS = ("input_ids", "labels", "position_ids", "seq_idx")
@@ -127,8 +128,10 @@ def read_shard(path: str, memory_map: bool = True, num_bytes: Optional[int] = No
     """
     name = name or path
     try:
-        # Not closed here: the buffer (and the arrays parsed from it) keep the mapping alive.
-        data = (pa.memory_map(path) if memory_map else pa.OSFile(path)).read_buffer()
+        if storage.is_uri(path):  # an object store: the whole shard in one request, into memory
+            data = storage.read_buffer(path)
+        else:  # Not closed here: the buffer (and the arrays parsed from it) keep the mapping alive.
+            data = (pa.memory_map(path) if memory_map else pa.OSFile(path)).read_buffer()
         if num_bytes is not None and data.size != num_bytes:
             raise CorruptShardError(f"shard {name}: {data.size} bytes, the manifest recorded {num_bytes} (truncated "
                                     "or overwritten; pack the data again)")
@@ -143,6 +146,8 @@ def read_shard(path: str, memory_map: bool = True, num_bytes: Optional[int] = No
         raise
     except FileNotFoundError:
         raise CorruptShardError(f"shard {name}: missing (the manifest lists it; pack the data again)") from None
+    except storage.StorageError:
+        raise  # the store cannot be reached or refuses us: the shard may be fine
     except (OSError, pa.ArrowException, KeyError, TypeError, ValueError) as exc:
         first_line = (str(exc).splitlines() or [""])[0]
         raise CorruptShardError(f"shard {name}: not a readable shard ({type(exc).__name__}: {first_line})") from None

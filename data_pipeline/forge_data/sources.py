@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow.fs as pafs
 
+from forge_data.storage import resolve_filesystem  # here before storage.py existed: readers and stages import it here
+
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -57,13 +59,6 @@ class FilePart:
     def doc_id_prefix(self) -> str:
         """What this part's document ids start with: the file's name, else its URI."""
         return self.name or self.uri
-
-
-def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Return pyarrow's filesystem for `uri` and the path inside it (plain paths are local)."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(uri)
 
 
 def _location_prefix(uri: str, is_dir: bool) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from forge_data import storage
 from forge_data.sources import resolve_filesystem
 
 STORE_FILE = "store.json"
@@ -67,11 +68,9 @@ class TokenStore:
 
     def save(self) -> None:
         """Write store.json (deterministic text: sorted keys)."""
-        fs, root = resolve_filesystem(self.root)
         data = {"tokenizer": self.tokenizer, "inputs": self.inputs, "config": self.config,
                 "location": self.location, "units": self.units}
-        with fs.open_output_stream(posixpath.join(root, STORE_FILE)) as sink:
-            sink.write((json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        storage.publish(storage.join(self.root, STORE_FILE), (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
     @classmethod
     def load(cls, root: str) -> "TokenStore":

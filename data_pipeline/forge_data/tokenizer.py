@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import re
 from dataclasses import asdict
 from functools import cached_property
@@ -20,6 +21,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from forge_data import storage
 from forge_data.config import TokenizerConfig
 from forge_data.memoized_bpe import MemoizedBpeEncoder, unsupported_reason
 
@@ -107,19 +109,25 @@ class Tokenizer:
         return self.processor.decode([int(i) for i in ids])
 
     def save(self, out_dir: str) -> str:
-        """Write `tokenizer.model` and `tokenizer.json` into `out_dir`; returns the model path."""
+        """Write `tokenizer.model` and `tokenizer.json` into `out_dir` (a folder or URI); returns the model path."""
+        meta = dict(self.metadata, model_sha256=self.sha256, vocab_size=self.vocab_size)
+        if storage.is_uri(out_dir):  # the metadata first: the model file is what loading looks for
+            storage.publish(storage.join(out_dir, METADATA_FILE), json.dumps(meta, indent=2, sort_keys=True).encode())
+            storage.publish(storage.join(out_dir, MODEL_FILE), self.model_proto)
+            return storage.join(out_dir, MODEL_FILE)
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, MODEL_FILE)
         with open(path, "wb") as f:
             f.write(self.model_proto)
-        meta = dict(self.metadata, model_sha256=self.sha256, vocab_size=self.vocab_size)
         with open(os.path.join(out_dir, METADATA_FILE), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
         return path
 
 
 def load_tokenizer(path: str, memoize_words: bool = True) -> Tokenizer:
-    """Load a tokenizer from its directory or its `.model` file (metadata is optional)."""
+    """Load a tokenizer from its directory or its `.model` file (metadata is optional), local or a URI."""
+    if storage.is_uri(path):
+        return _load_tokenizer_uri(path, memoize_words)
     model_path = os.path.join(path, MODEL_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"no SentencePiece model at {model_path!r}")
@@ -130,6 +138,19 @@ def load_tokenizer(path: str, memoize_words: bool = True) -> Tokenizer:
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
             metadata = json.load(f)
+    return Tokenizer(proto, metadata, memoize_words)
+
+
+def _load_tokenizer_uri(path: str, memoize_words: bool) -> Tokenizer:
+    model_path = storage.join(path, MODEL_FILE) if storage.is_dir(path) else path
+    try:
+        proto = storage.read_bytes(model_path)
+    except storage.StorageNotFound:
+        raise storage.StorageNotFound(f"no SentencePiece model at {model_path!r}") from None
+    try:
+        metadata = json.loads(storage.read_bytes(posixpath.join(posixpath.dirname(model_path), METADATA_FILE)))
+    except storage.StorageNotFound:
+        metadata = None
     return Tokenizer(proto, metadata, memoize_words)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from forge_data import storage
 from forge_data.config import CleaningConfig, InputFormat, TokenizerConfig
 from forge_data.sources import decode_unit, encode_unit, input_root, list_input_files, plan_work_units
 from forge_data.stages import read_clean_unit
@@ -68,7 +69,8 @@ def train_tokenizer(cfg: TokenizerConfig, inputs: list[str], out_dir: str, *, fo
     import ray
 
     if cfg.model_path:
-        path = os.path.join(cfg.model_path, MODEL_FILE) if os.path.isdir(cfg.model_path) else cfg.model_path
+        is_dir = storage.is_dir if storage.is_uri(cfg.model_path) else os.path.isdir
+        path = storage.join(cfg.model_path, MODEL_FILE) if is_dir(cfg.model_path) else cfg.model_path
         load_tokenizer(path)  # fail here, loudly, if it is not a SentencePiece model
         return path
     if not ray.is_initialized():

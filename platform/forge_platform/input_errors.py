@@ -12,6 +12,7 @@ from __future__ import annotations
 from forge_data.loader import TokenIdRangeError
 from forge_data.manifest import TooMuchRejectedError
 from forge_data.shards import CorruptShardError
+from forge_data.storage import StorageError
 from forge_data.tokenizer import TokenizerTrainingError
 
 from forge_platform.config_loader import ConfigError
@@ -25,5 +26,5 @@ class StageInputError(ValueError):
 
 INPUT_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, IncompatibleCheckpointError, TooMuchRejectedError, CorruptShardError, TokenIdRangeError,
-    StageInputError, TokenizerTrainingError,
+    StageInputError, TokenizerTrainingError, StorageError,
 )
