@@ -138,7 +138,7 @@ def tokenize_corpus(cfg: DataPipelineConfig, store_root: str, use_ray: bool = Tr
     # failure in an actor after tokenizing (local paths: nothing is checked here, as before).
     for uri in cfg.inputs + [cfg.tokenizer.model_path or ""]:
         storage.check_location(uri)
-    for uri in {cfg.output_dir, store_root} - {""}:
+    for uri in dict.fromkeys([cfg.output_dir, store_root]):  # the output folder first, then the store if elsewhere
         storage.check_location(uri, write=True)
     files = list_input_files(cfg.inputs, cfg.format, cfg.include_suffixes)
     if not files:

@@ -100,7 +100,8 @@ def explain(exc: BaseException, uri: str) -> StorageError:
     if isinstance(exc, StorageError):
         return exc
     text = " ".join(str(exc).split())
-    code = (_AWS_ERROR.search(text) or [None, ""])[1]
+    match = _AWS_ERROR.search(text)
+    code = match.group(1) if match else ""  # pyarrow's S3 errors carry the SDK's code: "AWS Error ACCESS_DENIED"
     bucket = uri.split("://", 1)[1].split("/", 1)[0] if is_uri(uri) else ""
     if isinstance(exc, FileNotFoundError) or code in ("NO_SUCH_BUCKET", "RESOURCE_NOT_FOUND", "NO_SUCH_KEY"):
         what = f"bucket {bucket!r} does not exist" if code == "NO_SUCH_BUCKET" else "does not exist"
