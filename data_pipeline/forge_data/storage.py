@@ -43,6 +43,11 @@ class StorageNotFound(StorageError, FileNotFoundError):
     """A bucket or file that does not exist."""
 
 
+class StorageUnreachable(StorageError):
+    """The store did not answer (network, endpoint): unlike a refusal or a missing bucket, a later
+    attempt may succeed, so a training worker's retry is not stopped for it."""
+
+
 def is_uri(path: str) -> bool:
     """True for `scheme://...` (object stores, file://), False for plain local paths."""
     return "://" in str(path)
@@ -108,7 +113,7 @@ def explain(exc: BaseException, uri: str) -> StorageError:
         return StorageNotFound(f"{uri}: {what} (on {where(uri)})")
     if code == "NETWORK_CONNECTION" or "curlCode" in text:
         detail = text.split("Details: ", 1)[-1] if "Details: " in text else text
-        return StorageError(f"{uri}: cannot reach {where(uri)} ({detail}); check AWS_ENDPOINT_URL and the network")
+        return StorageUnreachable(f"{uri}: cannot reach {where(uri)} ({detail}); check AWS_ENDPOINT_URL and the network")
     if code in _REFUSED:
         return StorageError(f"{uri}: {where(uri)} refused the credentials for bucket {bucket!r} (AWS Error {code}); "
                             "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the workload identity")

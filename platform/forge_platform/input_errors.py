@@ -12,12 +12,11 @@ from __future__ import annotations
 from forge_data.loader import TokenIdRangeError
 from forge_data.manifest import TooMuchRejectedError
 from forge_data.shards import CorruptShardError
-from forge_data.storage import StorageError
+from forge_data.storage import StorageError, StorageUnreachable
 from forge_data.tokenizer import TokenizerTrainingError
 
 from forge_platform.config_loader import ConfigError
 from forge_platform.training.checkpoint_files import IncompatibleCheckpointError
-
 
 
 class StageInputError(ValueError):
@@ -28,3 +27,7 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, IncompatibleCheckpointError, TooMuchRejectedError, CorruptShardError, TokenIdRangeError,
     StageInputError, TokenizerTrainingError, StorageError,
 )
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StorageUnreachable,)
+"""Input errors a retry may cure (an object store that does not answer now): one line on the driver,
+but inside a training worker Ray's retries are left to run."""

@@ -32,7 +32,7 @@ from forge_models import ModelConfig, build_model, kernel_path
 from forge_models.flops import training_flops_per_token
 
 from forge_platform.config_loader import config_hash
-from forge_platform.input_errors import INPUT_ERRORS
+from forge_platform.input_errors import INPUT_ERRORS, TRANSIENT_ERRORS
 from forge_platform.job_config import ParallelConfig, StageConfig, TrackingConfig
 from forge_platform.memory_plan import choose_recompute, gpu_capacity, resolve_recompute
 from forge_platform.parallel.batch import check_tp_batch
@@ -40,7 +40,7 @@ from forge_platform.parallel.grad_norm import global_grad_norm
 from forge_platform.parallel.groups import ParallelGroups, build_process_groups
 from forge_platform.parallel.parallelize import ParallelModel, parallelize_hybrid
 from forge_platform.tracking.loggers import build_logger
-from forge_platform.training.checkpoint_files import load_weights, replace_atomically
+from forge_platform.training.checkpoint_files import load_weights, write_json
 from forge_platform.training.checkpoint_manager import CheckpointManager, RunIdentity, training_hash, training_settings
 from forge_platform.training.device_peak import measure_matmul_flops
 from forge_platform.training.drills import FailureDrill
@@ -140,13 +140,14 @@ def train_stage_worker(config: dict[str, Any]) -> None:
     if marker.exists():
         record = json.loads(marker.read_text())
         record["retries_refused"] = record.get("retries_refused", 0) + 1
-        replace_atomically(marker, lambda tmp: tmp.write_text(json.dumps(record)))
+        write_json(marker, record)
         raise InputError(record["message"])
     try:
         Trainer(run).fit()
     except INPUT_ERRORS as err:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        replace_atomically(marker, lambda tmp: tmp.write_text(json.dumps({"message": str(err)})))
+        if not isinstance(err, TRANSIENT_ERRORS):  # a store that did not answer may answer the retry
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            write_json(marker, {"message": str(err)})
         raise
 
 
@@ -286,7 +287,7 @@ class Trainer:
 def write_final_metrics(folder: Path, metrics: dict[str, float]) -> None:
     """Atomically write the stage's last metrics beside its checkpoints."""
     folder.mkdir(parents=True, exist_ok=True)
-    replace_atomically(folder / FINAL_METRICS_FILE, lambda tmp: tmp.write_text(json.dumps(metrics)))
+    write_json(folder / FINAL_METRICS_FILE, metrics)
 
 
 def token_weights(counts: list[int], accum: int, groups: ParallelGroups, device: torch.device
