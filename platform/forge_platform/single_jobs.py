@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,7 @@ from forge_models import build_model
 
 from forge_platform.cluster import ensure_ray
 from forge_platform.config_loader import ConfigError
-from forge_platform.evaluation import checkpoint_model_config, evaluate_checkpoint
-from forge_platform.job_config import EvaluateConfig, PretrainConfig, TokenizeConfig, require
+from forge_platform.job_config import PretrainConfig, TokenizeConfig, require
 from forge_platform.memory_plan import plan_for_job
 from forge_platform.session import banner, job_session
 from forge_platform.stage import StageOutcome, train_and_evaluate
@@ -99,14 +97,4 @@ def run_extend_context(cfg: PretrainConfig) -> StageOutcome:
     return run_pretrain(cfg)
 
 
-def run_evaluate(cfg: EvaluateConfig) -> dict[str, float]:
-    """Evaluate a checkpoint with the model config stored beside its weights."""
-    require(cfg, "checkpoint", "val_manifest")
-    model_cfg = checkpoint_model_config(Path(cfg.checkpoint))
-    tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
-    metrics = evaluate_checkpoint(Path(cfg.checkpoint), model_cfg, cfg.eval, cfg.val_manifest, tokenizer)
-    print(json.dumps(metrics, indent=2))
-    return metrics
-
-
-__all__ = ["run_evaluate", "run_extend_context", "run_pretrain", "run_tokenize"]
+__all__ = ["run_extend_context", "run_pretrain", "run_tokenize"]
