@@ -105,6 +105,8 @@ def test_evaluation_is_a_ray_task_taking_a_gpu_when_the_cluster_has_one(campaign
     checkpoint, manifest = campaign_like
     tokenizer, _ = tokenizer_and_manifest
     # A logical GPU on a CPU machine: Ray schedules the task on it as it would on a real one.
+    if ray.is_initialized():  # an earlier test's Ray (in the full suite): this one needs its GPU
+        ray.shutdown()
     ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": ":".join(str(REPO / a) for a in
                                                               ("platform", "models", "data_pipeline", "evaluation"))}})
