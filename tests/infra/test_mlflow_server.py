@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from forge_platform.tracking.mlflow_server import stop_process
 from infra_layout import MLFLOW
 from kustomize_lite import render
 
@@ -101,9 +102,4 @@ def test_deployment_command_serves_with_basic_auth_and_allowed_hosts(tmp_path: P
         assert _status(port, put, service, ADMIN, method="PUT", data=b"hello") == 200
         assert (tmp_path / "bucket" / "probe" / "hello.txt").read_bytes() == b"hello"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, timeout_s=20)

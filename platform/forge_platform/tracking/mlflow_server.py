@@ -65,13 +65,18 @@ def local_mlflow_server(root: str | Path, port: int = 0, timeout_s: float = 90.0
         _wait_healthy(uri, proc, timeout_s, root / "server.log")
         yield LocalMlflowServer(uri=uri, root=root, pid=proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=15)
         log.close()
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL if `proc` has not exited within `timeout_s` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _wait_healthy(uri: str, proc: subprocess.Popen, timeout_s: float, log_path: Path) -> None:

@@ -13,11 +13,7 @@ from pathlib import Path
 def plot_loss_per_stage(histories: Mapping[str, Sequence[tuple[int, float]]], path: str | Path,
                         title: str = "Training loss per stage") -> Path:
     """One line per stage, steps laid end to end so a context extension continues its parent."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: workers and CI have no display
-    import matplotlib.pyplot as plt
-
+    plt = _figure()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     offset = 0
     for name, points in histories.items():
@@ -32,12 +28,7 @@ def plot_loss_per_stage(histories: Mapping[str, Sequence[tuple[int, float]]], pa
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 # --- Evaluation across a campaign's stages (metric names: forge_eval.suites' docstring) ---
