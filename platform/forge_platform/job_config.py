@@ -206,6 +206,12 @@ RESUMABLE_CHANGES = ("train.steps", "train.precision", "optim.*")
 OPTIM_FIELDS = tuple(f.name for f in dataclasses.fields(OptimConfig))
 
 
+def may_change_on_resume(name: str) -> bool:
+    """Whether training setting `name` (`train.steps`, `optim.lr`, ...) may differ from a checkpoint's
+    when `checkpoint.resume_may_change` lists it: the one rule the config check and the resume use."""
+    return name in RESUMABLE_CHANGES or (name.startswith("optim.") and name[6:] in OPTIM_FIELDS)
+
+
 @dataclass
 class CheckpointConfig:
     """When checkpoints are taken and how many are kept."""
@@ -227,7 +233,7 @@ class CheckpointConfig:
         _require(self.every_steps >= 1, f"checkpoint.every_steps = {self.every_steps}: must be >= 1")
         _require(self.keep_last >= 1, f"checkpoint.keep_last = {self.keep_last}: must be >= 1")
         for name in self.resume_may_change:
-            _require(name in RESUMABLE_CHANGES or (name.startswith("optim.") and name[6:] in OPTIM_FIELDS),
+            _require(may_change_on_resume(name),
                      f"checkpoint.resume_may_change: {name!r} cannot change on resume; the settings that can "
                      f"are {', '.join(RESUMABLE_CHANGES)} and optim.<field>")
 

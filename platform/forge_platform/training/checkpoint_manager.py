@@ -33,7 +33,7 @@ from forge_models import ModelConfig
 from ray.train import CheckpointUploadMode
 
 from forge_platform.config_loader import config_hash
-from forge_platform.job_config import CheckpointConfig, StageConfig
+from forge_platform.job_config import CheckpointConfig, StageConfig, may_change_on_resume
 from forge_platform.parallel.parallelize import ParallelModel
 from forge_platform.parallel.sharding import gather_state_dict
 from forge_platform.training.checkpoint_files import (
@@ -127,7 +127,7 @@ def check_resumable(meta: CheckpointMeta, identity: RunIdentity, *, tensor_paral
     refused = [n for n in changed if not identity.may_differ(n)]
     if refused:
         listed = ", ".join(f"{n} {changed[n][0]!r} -> {changed[n][1]!r}" for n in refused)
-        fixable = all(n in ("train.steps", "train.precision") or n.startswith("optim.") for n in refused)
+        fixable = all(may_change_on_resume(n) for n in refused)
         advice = (f"to continue anyway, list them in checkpoint.resume_may_change (e.g. "
                   f"--stage.checkpoint.resume_may_change {','.join(refused)})" if fixable else
                   "these cannot change on resume (they change what the checkpoint holds or which rows come "
