@@ -15,11 +15,15 @@ Metric names (docs/configuration.md, section Evaluation):
   needle depth, and `ruler_<tokens>_score`, the mean over tasks;
 - ppl: `pos_<start>_<end>_{loss,ppl,tokens}` per position bucket and `pos_max_position`;
 - lm-eval:<task>: `lmeval_<task>_<metric>` (and `..._stderr`) for the task's numeric results.
+
+Each suite's wall time is printed on stderr (`[eval] ruler: 42.0 s`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import mean
@@ -161,5 +165,9 @@ def evaluate_model(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dic
         inputs = dataclasses.replace(inputs, scorer=ModelScorer(model, cfg.batch_tokens, fill, inputs.progress))
     metrics: dict[str, float] = {}
     for name in cfg.suites:
+        started = time.perf_counter()
         metrics.update(get_suite(name)(model, cfg, inputs))
+        # Wall time per suite on stderr: long-context suites can take minutes, and a user choosing
+        # which to run per stage wants to see where the time goes.
+        print(f"[eval] {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     return metrics

@@ -75,7 +75,7 @@ def test_config_values_are_checked_in_the_one_error_style() -> None:
         EvalConfig(phonebook_queries=-1)
 
 
-def test_validation_and_phonebook_metrics(model, tokenizer_and_manifest) -> None:
+def test_validation_and_phonebook_metrics(model, tokenizer_and_manifest, capsys) -> None:
     tokenizer, manifest = tokenizer_and_manifest
     cfg = EvalConfig(val_batches=3, phonebook_entries=[2], phonebook_queries=2)
     metrics = evaluate_model(model, cfg, EvalInputs(val_manifest=manifest, tokenizer=tokenizer))
@@ -87,6 +87,10 @@ def test_validation_and_phonebook_metrics(model, tokenizer_and_manifest) -> None
     assert 0 < metrics["val_tokens"] <= 3 * 64
     assert metrics["phonebook_2_accuracy"] in (0.0, 0.5, 1.0)
     assert metrics["phonebook_2_prompt_tokens"] > 10
+    # Each suite's wall time, in order, on stderr.
+    timings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[eval] ")]
+    assert [line.split(":")[0] for line in timings] == ["[eval] validation", "[eval] phonebook"]
+    assert all(float(line.split(": ")[1].removesuffix(" s")) >= 0 for line in timings)
 
 
 def test_suites_run_as_named(model, tokenizer_and_manifest) -> None:
