@@ -60,8 +60,14 @@ class TrackingConfig:
     """Folder for what could not be sent yet (JSON lines: rank 0's metrics, the driver's calls);
     empty is `<output_dir>/tracking` (set by the job's session). Workers write there too, so on a
     cluster it must be a filesystem the driver can read, like the checkpoints'."""
+    registered_model: str = ""
+    """The MLflow registered model a campaign's final weights become a new version of (logged as the
+    artifact `model/` of its parent run, with the stages' runs, checkpoints, data and config hash
+    as version tags); empty is the campaign's name ('/' and ':', which MLflow refuses, become '-')."""
 
     def __post_init__(self) -> None:
+        _require(not any(c in self.registered_model for c in "/:"),
+                 f"tracking.registered_model = {self.registered_model!r}: MLflow model names cannot contain '/' or ':'")
         _require(self.system_metrics_interval_s >= 0,
                  f"tracking.system_metrics_interval_s = {self.system_metrics_interval_s}: must be >= 0")
         _require(self.on_unreachable in ("continue", "refuse"),
