@@ -7,7 +7,8 @@ a checkpoint may be continued from. Writing the folder itself is `checkpoint_fil
 - Which is latest: the one Ray Train hands a (re)started worker group (`ray.train.get_checkpoint`).
 - Writing: every rank writes its DeepSpeed shard into one folder under the run's storage, rank 0
   the metadata and consolidated weights, and only then is the folder reported to Ray Train, so an
-  interrupted write is never taken as the latest.
+  interrupted write is never taken as the latest (on an object store: into local scratch, uploaded
+  on report; `checkpoint_storage.py`).
 - Resuming: the checkpoint must come from the same model, the same parallel layout, the same
   training settings (`training_settings`: sequence length, steps, batch shape, optimizer; those
   `checkpoint.resume_may_change` lists may differ) and the same data (the loader's dataset hash and
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,6 @@ import ray.train
 import torch.distributed as dist
 from forge_data import PackedShardLoader
 from forge_models import ModelConfig
-from ray.train import CheckpointUploadMode
 
 from forge_platform.config_loader import config_hash
 from forge_platform.job_config import CheckpointConfig, StageConfig, may_change_on_resume
@@ -44,6 +43,7 @@ from forge_platform.training.checkpoint_files import (
     read_meta,
     save_rank_zero_files,
 )
+from forge_platform.training.checkpoint_storage import checkpoint_target, prepare_folder
 
 
 IGNORED_ON_RESUME = ("train.recompute", "train.log_every")
@@ -223,18 +223,17 @@ class CheckpointManager:
                 full_weights = gather_state_dict(model, self.model_config, groups)
         else:
             full_weights = gather_state_dict(model, self.model_config, groups)
-        # Written in place under the run's storage (a shared filesystem on a cluster) and registered
-        # without a copy: an 8B model's checkpoint is ~100 GB.
-        folder = self.root / f"step_{step:08d}"
-        if groups.rank == 0:
-            shutil.rmtree(folder, ignore_errors=True)  # a partial write from an attempt that died
-            folder.mkdir(parents=True)
+        # In place under the run's storage (a shared filesystem) and registered without a copy (an 8B
+        # model's checkpoint is ~100 GB); on an object store, each rank's scratch folder is uploaded
+        # (checkpoint_storage.py). Either way, what an attempt that died left there is cleared first.
+        target = checkpoint_target(self.root, step, groups.rank)
+        prepare_folder(target)
         dist.barrier()
-        engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG)
+        engine.save_checkpoint(str(target.folder), tag=DEEPSPEED_TAG)
         if groups.rank == 0:
-            save_rank_zero_files(folder, meta, self.model_config, full_weights)
+            save_rank_zero_files(target.folder, meta, self.model_config, full_weights)
         dist.barrier()
         report = {**metrics, **{k: v for k, v in dataclasses.asdict(meta).items() if k not in ("data", "training")}}
-        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
-                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(target.folder)),
+                         **target.report_options)
 
