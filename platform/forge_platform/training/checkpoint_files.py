@@ -110,7 +110,11 @@ def check_weights_fit(model: nn.Module, path: str | Path) -> None:
     _check_same_tensors(model, state, path)
 
 
-def _read_weights(path: str | Path, mmap: bool) -> tuple[Path, dict[str, torch.Tensor]]:
+def _read_weights(path: str | Path, mmap: bool) -> tuple[Path | str, dict[str, torch.Tensor]]:
+    if "://" in str(path):  # on an object store: read whole (checkpoint_storage.py)
+        from forge_platform.training.checkpoint_storage import load_remote_weights
+
+        return load_remote_weights(str(path), WEIGHTS_FILE)
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_FILE
@@ -122,7 +126,7 @@ def _read_weights(path: str | Path, mmap: bool) -> tuple[Path, dict[str, torch.T
         raise IncompatibleCheckpointError(f"weights at {path} cannot be read: {err}") from None
 
 
-def _check_same_tensors(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def _check_same_tensors(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
