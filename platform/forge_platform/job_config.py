@@ -58,8 +58,9 @@ class TrackingConfig:
     written to a file in `spill_dir` and replayed later (never dropped)."""
     spill_dir: str = ""
     """Folder for what could not be sent yet (JSON lines: rank 0's metrics, the driver's calls);
-    empty is `<output_dir>/tracking` (set by the job's session). Workers write there too, so on a
-    cluster it must be a filesystem the driver can read, like the checkpoints'."""
+    empty is `<output_dir>/tracking` (set by the job's session; `<scratch_dir>/tracking` when
+    output_dir is on an object store). Workers write there too, so on a cluster it must be a
+    filesystem the driver can read, like the checkpoints'."""
     registered_model: str = ""
     """The MLflow registered model a campaign's final weights become a new version of (logged as the
     artifact `model/` of its parent run, with the stages' runs, checkpoints, data and config hash
@@ -283,7 +284,13 @@ class JobBase:
     name: str = "job"
     """Run name in MLflow and Ray Train."""
     output_dir: str = "runs/job"
-    """Everything the job writes (checkpoints, plots, a local MLflow server's files)."""
+    """Everything the job writes (checkpoints, plots, a local MLflow server's files): a local folder
+    (shared by every node on a cluster) or an object store, `s3://bucket/prefix` or `gs://...`
+    (credentials and endpoint from the environment; `tracking.uri` must then name a server)."""
+    scratch_dir: str = ""
+    """Local folder for what passes through local disk on its way to an object-store `output_dir`
+    (checkpoint files before their upload, plots, the demo corpus, tracking's spill files); empty:
+    a temporary folder, removed when the job ends. Not used with a local `output_dir`."""
     ray_num_cpus: int = 4
     """Logical CPUs of a local Ray (ignored on a cluster); keep it above the workers' CPUs."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
