@@ -39,10 +39,10 @@ from forge_platform.training.checkpoint_files import (MODEL_CONFIG_FILE, WEIGHTS
 GIB = 1 << 30
 
 
-def evaluate_checkpoint(checkpoint_dir: Path, model_cfg: ModelConfig, eval_cfg: EvalConfig,
+def evaluate_checkpoint(checkpoint_dir: Path | str, model_cfg: ModelConfig, eval_cfg: EvalConfig,
                         val_manifest: str | None, tokenizer: TextTokenizer | None) -> dict[str, float]:
-    """Run `eval_cfg.suites` on the consolidated weights in `checkpoint_dir`, where the GPU is (see
-    the module docstring); every metric in a flat dict."""
+    """Run `eval_cfg.suites` on the consolidated weights in `checkpoint_dir` (a local folder or one on
+    an object store, s3://...), where the GPU is (see the module docstring); every metric in a flat dict."""
     if not torch.cuda.is_available() and _cluster_gpus() >= 1:
         import ray
 
@@ -70,12 +70,12 @@ def _evaluate_on_worker(checkpoint_dir: str, model_cfg: ModelConfig, eval_cfg: E
 
     if proto is not None:
         tokenizer = Tokenizer(proto)
-    metrics = _evaluate_here(Path(checkpoint_dir), model_cfg, eval_cfg, val_manifest, tokenizer)
+    metrics = _evaluate_here(checkpoint_dir, model_cfg, eval_cfg, val_manifest, tokenizer)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return metrics, f"pid {os.getpid()}, GPU ids {ray.get_gpu_ids()}, device {device}"
 
 
-def _evaluate_here(checkpoint_dir: Path, model_cfg: ModelConfig, eval_cfg: EvalConfig, val_manifest: str | None,
+def _evaluate_here(checkpoint_dir: Path | str, model_cfg: ModelConfig, eval_cfg: EvalConfig, val_manifest: str | None,
                    tokenizer: TextTokenizer | None) -> dict[str, float]:
     torch.manual_seed(0)
     model = build_model(model_cfg)
