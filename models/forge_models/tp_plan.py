@@ -24,6 +24,11 @@ Why each split is consistent (rank r of tp holds the r-th contiguous slice of ev
 - Embedding and LM head: the vocabulary rows, evenly.
 - Mamba-1 has no plan: its dt / B / C projections reduce over all channels, which needs a
   second all-reduce per layer. `check_tensor_parallel` refuses it, here and nowhere else.
+
+Context parallelism reuses the mixers' rows of this table: each of the tp x cp ranks of a
+TP x CP block runs its mixers over whole rows for 1/(tp x cp) of the heads and groups, so the
+mixers' heads and groups must divide by the whole product (`check_context_parallel`); the MLPs,
+norms, embedding and head run on the rank's sequence shard and only TP splits them.
 """
 
 from __future__ import annotations
@@ -126,6 +131,37 @@ def check_tensor_parallel(cfg: ModelConfig, tp: int, strict: bool = False) -> No
         raise ValueError(f"cannot split the model tp={tp} ways; not divisible by {tp}: " + "; ".join(problems))
     if "mamba2" in kinds:
         _check_norm_group_size(cfg, strict)
+
+
+def check_context_parallel(cfg: ModelConfig, tp: int, cp: int) -> None:
+    """Raise ValueError naming every field that keeps `cfg`'s mixers from being split tp x cp ways.
+
+    Under context parallelism a mixer runs whole rows for a share of its heads (and Mamba-2
+    groups, attention KV groups) on each of the tp * cp ranks, so each count must divide by
+    the product; the rest of `check_tensor_parallel` (vocabulary, MLP) needs only tp.
+    """
+    if cp < 1:
+        raise ValueError(f"context-parallel degree cp = {cp}: must be >= 1")
+    if cp == 1:
+        return
+    kinds = {spec.kind for spec in parse_pattern(cfg.pattern)}
+    product = tp * cp
+    problems = []
+    if "mamba" in kinds:
+        problems.append("pattern has Mamba-1 layers ('m'), which have no head-parallel plan")
+    if "mamba2" in kinds:
+        if cfg.mamba2_num_heads % product:
+            problems.append(f"Mamba-2 heads = expand*d_model/head_dim = {cfg.mamba2_num_heads}")
+        if cfg.mamba2.ngroups % product:
+            problems.append(f"mamba2.ngroups={cfg.mamba2.ngroups}")
+    if "attention" in kinds:
+        if cfg.attention.num_heads % product:
+            problems.append(f"attention.num_heads={cfg.attention.num_heads}")
+        if cfg.attention.num_kv_groups % product:
+            problems.append(f"attention.num_kv_groups={cfg.attention.num_kv_groups}")
+    if problems:
+        raise ValueError(f"cannot run the mixers context-parallel over tp {tp} x cp {cp} = {product} ranks; "
+                         f"not divisible by {product}: " + "; ".join(problems))
 
 
 def _check_norm_group_size(cfg: ModelConfig, strict: bool) -> None:

@@ -5,6 +5,8 @@ DeepSpeed 0.19.8 reads the layout through duck-typed getters (in its modules `de
 
 - data parallel: ZeRO partitions and averages gradients over `get_data_parallel_group()`, and
   broadcasts the initial weights inside it (so each TP slice is only broadcast among its peers).
+  With context parallelism this is the replica group (dp x cp): CP ranks hold the same weights
+  and each computes the gradient of its sequence shard, so their gradients are averaged too.
 - model parallel: the gradient norm sums the squares of split parameters over
   `get_model_parallel_group()` and counts replicated ones on model-parallel rank 0 only
   (`deepspeed.runtime.utils.is_model_parallel_parameter` reads `p.tensor_model_parallel`);
@@ -59,22 +61,22 @@ class ModelParallelUnit:
         """Same as the TP degree."""
         return self.groups.tp
 
-    # Data parallel.
+    # Data parallel, for DeepSpeed: every rank holding the same TP slice (dp x cp).
     def get_data_parallel_group(self) -> ProcessGroup:
-        """Ranks holding the same TP slice: ZeRO shards and reduces over these."""
-        return self.groups.dp_group
+        """Ranks holding the same TP slice (the replica group): ZeRO shards and reduces over these."""
+        return self.groups.replica_group
 
     def get_data_parallel_rank(self) -> int:
-        """This rank's position in its data-parallel group."""
-        return dist.get_rank(self.groups.dp_group)
+        """This rank's position in its replica group."""
+        return dist.get_rank(self.groups.replica_group)
 
     def get_data_parallel_world_size(self) -> int:
-        """DP degree."""
-        return self.groups.dp
+        """dp x cp."""
+        return self.groups.replicas
 
     def get_data_parallel_group_ranks(self) -> list[int]:
-        """Global ranks of this rank's data-parallel group."""
-        return list(self.groups.dp_ranks)
+        """Global ranks of this rank's replica group."""
+        return list(self.groups.replica_ranks)
 
     # Pipeline parallel: one stage.
     def get_pipeline_model_parallel_world_size(self) -> int:

@@ -60,9 +60,10 @@ class ParallelModel:
 
 
 def effective_zero_stage(stage: StageConfig, groups: ParallelGroups) -> int:
-    """ZeRO shards over data-parallel ranks: with one there is nothing to shard, and its buffers
-    cost time and memory (benchmarks/platform/RESULTS.md), so it runs as stage 0."""
-    return stage.train.zero_stage if groups.dp > 1 else 0
+    """ZeRO shards over the replica ranks (dp x cp, DeepSpeed's data-parallel group): with one there
+    is nothing to shard, and its buffers cost time and memory (benchmarks/platform/RESULTS.md), so
+    it runs as stage 0."""
+    return stage.train.zero_stage if groups.replicas > 1 else 0
 
 
 def parallelize_hybrid(model: LanguageModel, groups: ParallelGroups, stage: StageConfig, *,
@@ -84,11 +85,12 @@ def parallelize_hybrid(model: LanguageModel, groups: ParallelGroups, stage: Stag
         model=model,
         optimizer=optimizer,
         lr_scheduler=schedule,
-        config=build_deepspeed_config(dataclasses.replace(train, zero_stage=zero_stage), stage.optim, groups.dp),
+        config=build_deepspeed_config(dataclasses.replace(train, zero_stage=zero_stage), stage.optim,
+                                      groups.replicas),
         mpu=ModelParallelUnit(groups),
         dist_init_required=False,
     )
-    if groups.dp == 1:
+    if groups.replicas == 1:
         # DeepSpeed's stage-0 backward all-reduces over the data-parallel group even when it has
         # one rank: it flattens every gradient into buckets, scales, and copies them back (its cost is
         # in benchmarks/platform/RESULTS.md). With one data-parallel rank there is nothing to reduce.

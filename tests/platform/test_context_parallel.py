@@ -1,0 +1,64 @@
+"""Context parallelism (tp x cp x dp): the layout, the config checks, and parity on gloo.
+
+The parity tests run CP=2 and TP=2 x CP=2 in spawned gloo processes against one process on the
+same packed rows, whose middle document crosses the CP split: loss, every gradient and the global
+gradient norm agree within fp32 rounding (_cp_workers.RTOL / ATOL). A deliberate break (the shard
+edge treated as a document boundary: what a sequence-sharded scan without state passing computes)
+must fail that same comparison, so the comparison can fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from forge_models import get_preset
+from forge_models.tp_plan import check_context_parallel
+
+from forge_platform.job_config import ParallelConfig
+from forge_platform.parallel import ParallelDims
+
+
+# --- Layout and plan: no processes -------------------------------------------------------------
+def test_dims_error_shows_the_whole_product() -> None:
+    with pytest.raises(ValueError, match=r"tp 2 x cp 2 x dp 2 != world 6"):
+        ParallelDims(tp=2, cp=2, dp=2, world_size=6)
+    with pytest.raises(ValueError, match=r"tp 2 x cp 3 x dp 1 != world 8"):
+        ParallelDims.from_world(8, tp=2, cp=3)
+    with pytest.raises(ValueError, match="cp = 0"):
+        ParallelDims.from_world(4, tp=1, cp=0)
+
+
+def test_layout_tensor_innermost_then_context_then_data() -> None:
+    dims = ParallelDims.from_world(8, tp=2, cp=2)
+    assert (dims.dp, dims.replicas) == (2, 4)
+    assert [dims.tp_group_ranks(i) for i in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert [dims.cp_group_ranks(d, t) for d in range(2) for t in range(2)] == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert [dims.dp_group_ranks(t, c) for c in range(2) for t in range(2)] == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert [dims.replica_group_ranks(t) for t in range(2)] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    coords = [(dims.tp_rank(r), dims.cp_rank(r), dims.dp_rank(r)) for r in range(8)]
+    assert coords == [(t, c, d) for d in range(2) for c in range(2) for t in range(2)]
+    # cp 1 is exactly the tensor x data layout of before.
+    flat = ParallelDims.from_world(6, tp=2)
+    assert flat.cp == 1 and flat.replica_group_ranks(1) == flat.dp_group_ranks(1) == [1, 3, 5]
+
+
+def test_parallel_config_validates_context_parallel() -> None:
+    assert ParallelConfig(num_workers=8, tensor_parallel=2, context_parallel=2).dims.dp == 2
+    with pytest.raises(ValueError, match=r"parallel.context_parallel = 0"):
+        ParallelConfig(num_workers=4, context_parallel=0)
+    with pytest.raises(ValueError, match=r"tensor_parallel x parallel.context_parallel = 2 x 3.*tp 2 x cp 3"):
+        ParallelConfig(num_workers=8, tensor_parallel=2, context_parallel=3)
+
+
+def test_context_parallel_needs_heads_and_groups_divisible_by_tp_times_cp() -> None:
+    hybrid = get_preset("hybrid-debug")
+    check_context_parallel(hybrid, tp=1, cp=1)
+    with pytest.raises(ValueError, match=r"tp 2 x cp 4 = 8 ranks.*mamba2.ngroups"):
+        check_context_parallel(dataclasses.replace(hybrid, mamba2=dataclasses.replace(hybrid.mamba2, ngroups=4)),
+                               tp=2, cp=4)
+    with pytest.raises(ValueError, match=r"attention.num_kv_groups=1"):
+        check_context_parallel(dataclasses.replace(hybrid, attention=dataclasses.replace(hybrid.attention,
+                                                                                          num_kv_groups=1)), tp=1, cp=2)
+    with pytest.raises(ValueError, match="Mamba-1"):
+        check_context_parallel(get_preset("mamba-debug"), tp=1, cp=2)
