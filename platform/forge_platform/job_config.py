@@ -21,7 +21,7 @@ from typing import Any, Literal
 from forge_data.config import DataPipelineConfig, LongContextConfig
 from forge_eval import EvalConfig
 from forge_models import ModelConfig, get_preset
-from forge_models.tp_plan import check_tensor_parallel
+from forge_models.tp_plan import check_context_parallel, check_tensor_parallel
 
 from forge_platform.config_loader import ConfigError, load_config
 from forge_platform.parallel.dims import ParallelDims
@@ -101,7 +101,11 @@ class ParallelConfig:
     num_workers: int = 2
     """Ray Train workers (one process, one GPU each on GPU pools)."""
     tensor_parallel: int = 1
-    """Tensor-parallel degree; the data-parallel degree is num_workers / tensor_parallel."""
+    """Tensor-parallel degree; the data-parallel degree is num_workers / (tensor_parallel x context_parallel)."""
+    context_parallel: int = 1
+    """Context-parallel degree: workers that share the same rows, each holding 1/cp of every row's
+    tokens; the Mamba-2 and attention mixers see whole rows for 1/(tp x cp) of their heads
+    (docs/architecture.md). Heads and groups must divide by tensor_parallel x context_parallel."""
     use_gpu: bool = False
     """Give each worker a GPU."""
     cpus_per_worker: float = 1.0
@@ -122,11 +126,13 @@ class ParallelConfig:
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, f"parallel.num_workers = {self.num_workers}: must be >= 1")
         _require(self.tensor_parallel >= 1, f"parallel.tensor_parallel = {self.tensor_parallel}: must be >= 1")
+        _require(self.context_parallel >= 1, f"parallel.context_parallel = {self.context_parallel}: must be >= 1")
         try:
             self.dims  # noqa: B018 - the one validation of the layout lives in ParallelDims
         except ValueError as err:
-            raise ValueError(f"parallel.tensor_parallel = {self.tensor_parallel}: must divide "
-                             f"parallel.num_workers = {self.num_workers} ({err})") from None
+            raise ValueError(f"parallel.tensor_parallel x parallel.context_parallel = {self.tensor_parallel} x "
+                             f"{self.context_parallel}: must divide parallel.num_workers = {self.num_workers} "
+                             f"({err})") from None
         _require(self.cpus_per_worker > 0, f"parallel.cpus_per_worker = {self.cpus_per_worker}: must be > 0")
         _require(self.max_failures >= 0, f"parallel.max_failures = {self.max_failures}: must be >= 0")
         _require(self.placement_timeout_s >= 0,
@@ -136,8 +142,8 @@ class ParallelConfig:
 
     @property
     def dims(self) -> ParallelDims:
-        """The validated degrees of this layout (tp x dp = num_workers)."""
-        return ParallelDims.from_world(self.num_workers, self.tensor_parallel)
+        """The validated degrees of this layout (tp x cp x dp = num_workers)."""
+        return ParallelDims.from_world(self.num_workers, self.tensor_parallel, self.context_parallel)
 
 
 @dataclass
@@ -316,12 +322,16 @@ class TrainingJobBase(JobBase):
 
 
 def check_layout(model: ModelConfig, parallel: ParallelConfig) -> None:
-    """Refuse, when the spec loads, a model the tensor-parallel degree cannot split (it would
-    otherwise fail inside every worker, once per retry)."""
+    """Refuse, when the spec loads, a model the tensor- and context-parallel degrees cannot split
+    (it would otherwise fail inside every worker, once per retry)."""
     try:
         check_tensor_parallel(model, parallel.tensor_parallel)
     except ValueError as err:
         raise ValueError(f"parallel.tensor_parallel = {parallel.tensor_parallel}: {err}") from None
+    try:
+        check_context_parallel(model, parallel.tensor_parallel, parallel.context_parallel)
+    except ValueError as err:
+        raise ValueError(f"parallel.context_parallel = {parallel.context_parallel}: {err}") from None
 
 
 # --- The jobs ---------------------------------------------------------------------------------------
