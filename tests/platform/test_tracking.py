@@ -11,7 +11,7 @@ from forge_platform.job_config import TrackingConfig
 from forge_platform.tracking.loggers import ConsoleLogger, MlflowLogger, NullLogger, build_logger
 from forge_platform.tracking.mlflow_server import free_port, local_mlflow_server
 from forge_platform.tracking.plots import plot_loss_per_stage
-from forge_platform.tracking.runs import MAX_PARAM_CHARS, MlflowRuns
+from forge_platform.tracking.runs import EXPERIMENT_KIND_TAG, MAX_PARAM_CHARS, MlflowRuns
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -121,3 +121,86 @@ def test_rank_zero_samples_system_metrics_into_its_run(server) -> None:
     # no sampler on other ranks, and none when switched off
     assert isinstance(build_logger(TrackingConfig(uri=server.uri, system_metrics_interval_s=0.5), rank=1,
                                    run_id=run_id), NullLogger)
+
+
+def test_experiments_we_create_open_on_training_runs_in_the_ui(server) -> None:
+    """MLflow 3's UI picks its view from the experiment tag `mlflow.experimentKind` (the GenAI view
+    when it guesses): ours are created as model-training experiments, an untagged one of ours is
+    marked on first use, and a kind someone chose is kept."""
+    client = MlflowClient(server.uri)
+    MlflowRuns(server.uri, "kind-new").start("r", {})
+    untagged = client.create_experiment("kind-untagged")  # as earlier versions created them
+    MlflowRuns(server.uri, "kind-untagged").start("r", {})
+    chosen = client.create_experiment("kind-chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    MlflowRuns(server.uri, "kind-chosen").start("r", {})
+    kinds = {name: client.get_experiment_by_name(name).tags.get(EXPERIMENT_KIND_TAG)
+             for name in ("kind-new", "kind-untagged", "kind-chosen")}
+    assert kinds == {"kind-new": "custom_model_development", "kind-untagged": "custom_model_development",
+                     "kind-chosen": "genai_development"}
+    assert client.get_experiment(untagged).experiment_id != chosen
+
+
+def _tiny_campaign_run(server, root: Path, tokenizer: Path, vocab_size: int):
+    """A parent run with two stage runs and a real checkpoint of the last stage, as a campaign leaves them."""
+    import dataclasses
+
+    import torch
+    from forge_models import build_model, get_preset
+    from forge_platform.campaign import CampaignOutcome
+    from forge_platform.config_loader import config_hash
+    from forge_platform.job_config import CampaignConfig
+    from forge_platform.stage import StageOutcome
+    from forge_platform.training.checkpoint_files import CheckpointMeta, save_rank_zero_files
+
+    model_cfg = dataclasses.replace(get_preset("hybrid-debug"), vocab_size=vocab_size)
+    torch.manual_seed(0)
+    ckpt = root / "checkpoints" / "extend" / "checkpoint_000001"
+    ckpt.mkdir(parents=True)
+    meta = CheckpointMeta(step=2, tokens_seen=128, samples_consumed=2, stage="extend", config_hash="c",
+                          model_hash=config_hash(model_cfg), tensor_parallel=1, data_parallel=1)
+    save_rank_zero_files(ckpt, meta, model_cfg, build_model(model_cfg).state_dict(), export_bf16=False)
+    cfg = CampaignConfig(name="registry-test", output_dir=str(root),
+                         tracking=TrackingConfig(uri=server.uri, experiment="registry"))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=dataclasses.replace(
+        cfg.data.tokenizer, model_path=str(tokenizer))))
+    runs = MlflowRuns(server.uri, "registry", root / "spill")
+    parent = runs.start(cfg.name, {})
+    stages = [StageOutcome(name, runs.start(name, {}, parent_run_id=parent), path, 1.0, {})
+              for name, path in (("pretrain", root / "checkpoints" / "pretrain"), ("extend", ckpt))]
+    return cfg, CampaignOutcome(server.uri, "registry", parent, stages=stages), runs
+
+
+def test_a_campaigns_final_weights_are_a_registered_model_version_with_lineage(server, packed_data,
+                                                                               tmp_path: Path) -> None:
+    from forge_platform.config_loader import config_hash
+    from forge_platform.tracking.model_registry import register_campaign_model
+
+    cfg, outcome, runs = _tiny_campaign_run(server, tmp_path, packed_data.tokenizer, packed_data.vocab_size)
+    assert register_campaign_model(cfg, outcome, runs) == "registry-test"
+    register_campaign_model(cfg, outcome, runs)  # a second campaign run: a second version of the same model
+    client = MlflowClient(server.uri)
+    versions = sorted(client.search_model_versions("name = 'registry-test'"), key=lambda v: int(v.version))
+    assert [v.version for v in versions] == ["1", "2"]
+    version = versions[0]
+    parent, (pretrain, extend) = outcome.parent_run_id, outcome.stages
+    assert version.run_id == parent
+    assert version.source == f"{client.get_run(parent).info.artifact_uri}/model"
+    assert version.tags == {
+        "forge.campaign": "registry-test", "forge.parent_run_id": parent, "forge.config_hash": config_hash(cfg),
+        "forge.stages": "pretrain,extend", "forge.hf_export": "hf/",
+        "forge.stage.pretrain.run_id": pretrain.run_id, "forge.stage.extend.run_id": extend.run_id,
+        "forge.stage.pretrain.checkpoint": str(pretrain.checkpoint_dir),
+        "forge.stage.extend.checkpoint": str(extend.checkpoint_dir),
+        "forge.stage.pretrain.data": f"runs:/{pretrain.run_id}/data",
+        "forge.stage.extend.data": f"runs:/{extend.run_id}/data",
+    }
+    assert parent in version.description and extend.run_id in version.description
+    assert client.get_run(parent).data.tags["forge.registered_model"] == "registry-test/2"
+    # the version's files are the final checkpoint's, the tokenizer, and a transformers folder
+    files = {a.path for a in client.list_artifacts(parent, "model")}
+    assert files == {"model/model.pt", "model/model_config.json", "model/meta.json", "model/tokenizer.model",
+                     "model/hf"}
+    local = Path(client.download_artifacts(parent, "model", str(tmp_path / "downloaded")))
+    assert (local / "model.pt").read_bytes() == (extend.checkpoint_dir / "model.pt").read_bytes()
+    assert (local / "tokenizer.model").read_bytes() == packed_data.tokenizer.read_bytes()
+    assert (local / "hf" / "config.json").is_file()

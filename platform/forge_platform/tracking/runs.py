@@ -16,13 +16,19 @@ from typing import Any
 
 from forge_platform.tracking.journal import CallJournal
 from forge_platform.tracking.loggers import spill_name
-from forge_platform.tracking.transport import (PENDING_RUN_PREFIX, MetricSender, ServerRejected, iter_batches,
-                                               unreachable_reason)
+from forge_platform.tracking.transport import (PENDING_RUN_PREFIX, MetricSender, ServerRejected, check_credentials,
+                                               iter_batches, unreachable_reason)
 
 # MLflow's own tag names (mlflow.utils.mlflow_tags), spelled out so this module imports without
 # MLflow: GPU images that track to the console have none.
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
 MLFLOW_RUN_NAME = "mlflow.runName"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""The experiment tag MLflow 3's UI reads to choose its view (its JS bundle's ExperimentKind enum;
+the UI's kind selector sets the same tag). Without it the UI guesses, and opened ours on the GenAI
+(traces) view."""
+MODEL_TRAINING_KIND = "custom_model_development"
+"""The kind whose view lists training runs, their metrics and models (the enum's CUSTOM_MODEL_DEVELOPMENT)."""
 
 # A run's identity across job restarts: derived from the job's name and config, never random.
 RUN_KEY_TAG = "forge.run_key"
@@ -58,14 +64,14 @@ class MlflowRuns:
         # Down at start: the session has said so in one line already; queue from the first call.
         self._down = bool(unreachable_reason(tracking_uri))
         if not self._down:
+            check_credentials(tracking_uri)  # refused credentials: one line now, before any tokenizing
             self._sync()  # calls an earlier job left queued in this folder
 
     @property
     def experiment_id(self) -> str:
         """The experiment's id ('' while the server has not answered yet)."""
         if not self._experiment_id and not unreachable_reason(self.tracking_uri):
-            found = self.client.get_experiment_by_name(self.experiment)
-            self._experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
+            self._experiment_id = ensure_training_experiment(self.client, self.experiment)
         return self._experiment_id
 
     def start(self, name: str, params: Mapping[str, Any], parent_run_id: str | None = None,
@@ -95,6 +101,14 @@ class MlflowRuns:
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         self._call({"op": "set_tag", "run_id": run_id, "key": key, "value": str(value)})
+
+    def register_model(self, run_id: str, artifact_path: str, name: str, tags: Mapping[str, str],
+                       description: str) -> None:
+        """Make the artifact folder `artifact_path` of `run_id` a new version of registered model
+        `name` (created if new), with `tags` and `description` on the version. Run ids handed out
+        during an outage may appear in the tags and description: they become the real ones."""
+        self._call({"op": "register_model", "run_id": run_id, "artifact_path": artifact_path, "name": name,
+                    "tags": dict(tags), "description": description})
 
     def send_spilled(self, run_id: str) -> None:
         """Send the step metrics rank 0 could not (its spill file in `spill_dir`), if any are left."""
@@ -183,6 +197,8 @@ class MlflowRuns:
                 shutil.rmtree(Path(call["path"]).parent)
         elif op == "log_metrics":
             MetricSender(self.tracking_uri).send(run_id, call["records"])
+        elif op == "register_model":
+            self._register_model(run_id, call)
         elif op == "send_spilled":
             path = Path(call["path"])
             if path.exists():
@@ -232,6 +248,44 @@ class MlflowRuns:
                 self.client.log_artifacts(run_id, tmp, PARAMS_ARTIFACT_DIR)
         return run_id
 
+
+    def _register_model(self, run_id: str, call: dict[str, Any]) -> None:
+        from mlflow.exceptions import MlflowException
+
+        def real_ids(text: str) -> str:
+            for pending, real in self.journal.run_ids.items():
+                text = text.replace(pending, real)
+            return text
+
+        name = call["name"]
+        try:
+            self.client.create_registered_model(
+                name, description="Weights of Hybrid Forge campaigns; each version's tags name what made it.")
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/{call['artifact_path']}"
+        version = self.client.create_model_version(
+            name, source, run_id=run_id, tags={k: real_ids(v) for k, v in call["tags"].items()},
+            description=real_ids(call["description"]))
+        self.client.set_tag(run_id, REGISTERED_MODEL_TAG, f"{name}/{version.version}")
+
+
+def ensure_training_experiment(client: Any, name: str) -> str:
+    """The id of experiment `name`, created as a model-training experiment if it does not exist.
+
+    An existing experiment without a kind (created by an earlier version, or by hand) is marked as
+    one too; a kind someone chose in the UI is left as it is."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return found.experiment_id
+
+
+REGISTERED_MODEL_TAG = "forge.registered_model"
+"""On a campaign's parent run: the registered model version (`name/version`) made from its weights."""
 
 PARAMS_ARTIFACT_DIR = "params"
 """Where params too long for MLflow are stored, one `<key>.txt` each."""
@@ -283,6 +337,10 @@ class NullRuns:
         pass
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
+        pass
+
+    def register_model(self, run_id: str, artifact_path: str, name: str, tags: Mapping[str, str],
+                       description: str) -> None:
         pass
 
     def send_spilled(self, run_id: str) -> None:

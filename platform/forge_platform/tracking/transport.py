@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -51,6 +52,34 @@ def unreachable_reason(uri: str, timeout_s: float = 3.0) -> str:
         return f"/health answered {err.code}"
     except (urllib.error.URLError, OSError) as err:
         return str(getattr(err, "reason", err))
+
+
+def check_credentials(uri: str, timeout_s: float = 10.0) -> None:
+    """Refuse, in one line naming the server and the variables, credentials the server at `uri`
+    does not accept (401: unknown user or wrong password; 403: no permission).
+
+    A server with authentication answers `/health` to anyone, so the reachability probe cannot
+    tell; this asks for one experiment with the job's credentials (`MLFLOW_TRACKING_USERNAME`,
+    `MLFLOW_TRACKING_PASSWORD`, as MLflow's client reads them). Any other failure is left to the
+    outage handling: this only says no to what no retry can cure."""
+    if not is_http(uri):
+        return
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
+                                params={"max_results": 1}, max_retries=0, timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - unreachable now: the outage handling says so and queues
+        return
+    if response.status_code in (401, 403):
+        from forge_platform.config_loader import ConfigError
+
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+        who = f"user {user!r}" if user else "no user (MLFLOW_TRACKING_USERNAME is not set)"
+        what = "refused the credentials of" if response.status_code == 401 else "denies access to"
+        raise ConfigError(f"tracking.uri = {uri!r}: the MLflow server {what} {who} ({response.status_code}); set "
+                          "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account it knows")
 
 
 class MetricSender:
