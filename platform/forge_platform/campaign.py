@@ -30,6 +30,7 @@ from forge_platform.memory_plan import plan_for_job
 from forge_platform.session import JobSession, banner, job_session
 from forge_platform.stage import StageOutcome, train_and_evaluate
 from forge_platform.tracking.mlflow_server import LocalMlflowServer
+from forge_platform.tracking.model_registry import register_campaign_model
 from forge_platform.tracking.plots import plot_campaign_evaluation, plot_loss_per_stage
 from forge_platform.training.checkpoint_files import write_json
 
@@ -73,6 +74,7 @@ def run_campaign(cfg: CampaignConfig) -> CampaignOutcome:
             runs.log_artifact(parent, str(plot))  # accuracy vs length, NIAH depth x length, loss by position
         final = {f"{s.name}.{k}": v for s in outcome.stages for k, v in s.eval_metrics.items()}
         runs.log_metrics(parent, final)
+        register_campaign_model(cfg, outcome, runs)  # the final weights, with their lineage
         runs.finish(parent)
         outcome.seconds = time.perf_counter() - started
         print_summary(cfg, outcome, session)
