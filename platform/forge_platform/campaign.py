@@ -8,6 +8,10 @@ Each step is a call into the package that owns it; this module only orders them 
 in MLflow: one parent run for the campaign and one child run per stage, with params, per-step
 metrics, the tokenizer and data manifests as artifacts, the checkpoint location as a tag, and a
 plot of the loss of every stage.
+
+`output_dir` may be local or on an object store (s3://, gs://): every place below it is named
+through `forge_data.storage` (`JobPlaces.join`), and what must pass through local disk (the demo
+corpus, plots, artifacts to log) goes through the job's scratch folder and is uploaded.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from forge_data import storage
 from forge_data import (DataPipelineConfig, LongContextConfig, Manifest, TokenStore, load_tokenizer, pack_tokens,
                         tokenize_corpus, train_tokenizer)
 from forge_data.manifest import MANIFEST_FILE
@@ -27,12 +32,11 @@ from forge_platform.config_loader import ConfigError, config_hash, flatten
 from forge_platform.demo_corpus import prepare_demo_corpus
 from forge_platform.job_config import CampaignConfig, StageConfig
 from forge_platform.memory_plan import plan_for_job
-from forge_platform.session import JobSession, banner, job_session
+from forge_platform.session import JobPlaces, JobSession, banner, job_places, job_session, local_copy
 from forge_platform.stage import StageOutcome, train_and_evaluate
 from forge_platform.tracking.mlflow_server import LocalMlflowServer
 from forge_platform.tracking.model_registry import register_campaign_model
 from forge_platform.tracking.plots import plot_campaign_evaluation, plot_loss_per_stage
-from forge_platform.training.checkpoint_files import write_json
 
 @dataclass
 class CampaignOutcome:
@@ -42,7 +46,7 @@ class CampaignOutcome:
     experiment: str
     parent_run_id: str
     stages: list[StageOutcome] = field(default_factory=list)
-    loss_plot: Path | None = None
+    loss_plot: Path | str | None = None
     server: LocalMlflowServer | None = None
     seconds: float = 0.0
 
@@ -53,63 +57,71 @@ def run_campaign(cfg: CampaignConfig) -> CampaignOutcome:
     check_long_document_settings(cfg)
     # The memory plan: a stage that cannot fit is refused before any tokenizing.
     cfg = dataclasses.replace(cfg, stages=plan_for_job(cfg.planned_model, cfg.stages, cfg.parallel))
-    out = Path(cfg.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    banner(f"campaign {cfg.name!r}: starting Ray")
-    with job_session(cfg.ray_num_cpus, cfg.tracking, out) as session:
-        runs = session.runs
-        params = {k: v for k, v in flatten(cfg).items() if not k.startswith("stages")}
-        parent = runs.start(cfg.name, params, tags={"forge.kind": "campaign"}, key=f"{cfg.name}/{config_hash(cfg)}")
-        outcome = CampaignOutcome(session.tracking.uri, cfg.tracking.experiment, parent, server=session.server)
-        try:
-            _run_stages(cfg, out, session, parent, outcome)
-        except BaseException:
-            runs.finish(parent, ok=False)
-            raise
-        histories = {s.name: runs.loss_history(s.run_id) for s in outcome.stages}
-        if any(histories.values()):
-            outcome.loss_plot = plot_loss_per_stage(histories, out / "loss_per_stage.png", f"{cfg.name}: loss per stage")
-            runs.log_artifact(parent, str(outcome.loss_plot))
-        for plot in plot_campaign_evaluation({s.name: s.eval_metrics for s in outcome.stages}, out, cfg.name):
-            runs.log_artifact(parent, str(plot))  # accuracy vs length, NIAH depth x length, loss by position
-        final = {f"{s.name}.{k}": v for s in outcome.stages for k, v in s.eval_metrics.items()}
-        runs.log_metrics(parent, final)
-        register_campaign_model(cfg, outcome, runs)  # the final weights, with their lineage
-        runs.finish(parent)
-        outcome.seconds = time.perf_counter() - started
-        print_summary(cfg, outcome, session)
+    with job_places(cfg.output_dir, cfg.scratch_dir, cfg.tracking) as places:
+        banner(f"campaign {cfg.name!r}: starting Ray")
+        with job_session(cfg.ray_num_cpus, cfg.tracking, places) as session:
+            return _run_campaign(cfg, places, session, started)
+
+
+def _run_campaign(cfg: CampaignConfig, places: JobPlaces, session: JobSession, started: float) -> CampaignOutcome:
+    """The campaign's runs in MLflow around its stages, then its plots and summary."""
+    runs = session.runs
+    params = {k: v for k, v in flatten(cfg).items() if not k.startswith("stages")}
+    parent = runs.start(cfg.name, params, tags={"forge.kind": "campaign"}, key=f"{cfg.name}/{config_hash(cfg)}")
+    outcome = CampaignOutcome(session.tracking.uri, cfg.tracking.experiment, parent, server=session.server)
+    try:
+        _run_stages(cfg, places, session, parent, outcome)
+    except BaseException:
+        runs.finish(parent, ok=False)
+        raise
+    histories = {s.name: runs.loss_history(s.run_id) for s in outcome.stages}
+    if any(histories.values()):
+        outcome.loss_plot = plot_loss_per_stage(histories, places.local("loss_per_stage.png"),
+                                                f"{cfg.name}: loss per stage")
+        runs.log_artifact(parent, str(outcome.loss_plot))
+        outcome.loss_plot = places.upload(outcome.loss_plot)
+    for plot in plot_campaign_evaluation({s.name: s.eval_metrics for s in outcome.stages}, places.local(), cfg.name):
+        runs.log_artifact(parent, str(plot))  # accuracy vs length, NIAH depth x length, loss by position
+        places.upload(plot)
+    final = {f"{s.name}.{k}": v for s in outcome.stages for k, v in s.eval_metrics.items()}
+    runs.log_metrics(parent, final)
+    register_campaign_model(cfg, outcome, runs)  # the final weights, with their lineage
+    runs.finish(parent)
+    outcome.seconds = time.perf_counter() - started
+    print_summary(cfg, outcome, session)
     return outcome
 
 
-def _run_stages(cfg: CampaignConfig, out: Path, session: JobSession, parent: str,
+def _run_stages(cfg: CampaignConfig, places: JobPlaces, session: JobSession, parent: str,
                 outcome: CampaignOutcome) -> None:
     runs = session.runs
     if cfg.data.inputs:
         inputs = {"train": list(cfg.data.inputs), "val": list(cfg.val_inputs)}
     else:
         banner("preparing the demo corpus")
-        corpus = prepare_demo_corpus(cfg.corpus, out / "corpus")
+        corpus = prepare_demo_corpus(cfg.corpus, places.local("corpus"))
         print(f"{corpus.num_train_docs} training and {corpus.num_val_docs} held-out documents", flush=True)
-        inputs = {"train": [str(corpus.train_dir)], "val": [str(corpus.val_dir)]}
+        corpus_dir = places.upload(places.local("corpus"))  # on a store, every node reads it there
+        inputs = {"train": [storage.join(corpus_dir, "train")], "val": [storage.join(corpus_dir, "val")]}
 
     banner("training the SentencePiece tokenizer")
     tokenizer_path = train_tokenizer(
-        cfg.data.tokenizer, inputs["train"], str(out / "tokenizer"), format=cfg.data.format,
+        cfg.data.tokenizer, inputs["train"], places.join("tokenizer"), format=cfg.data.format,
         text_field=cfg.data.text_field, include_suffixes=cfg.data.include_suffixes, cleaning=cfg.data.cleaning,
     )
     tokenizer = load_tokenizer(tokenizer_path)
-    runs.log_artifact(parent, str(tokenizer_path), "tokenizer")
+    runs.log_artifact(parent, local_copy(tokenizer_path, places.scratch), "tokenizer")
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
     print(f"vocabulary {tokenizer.vocab_size}; model pattern {model_cfg.pattern!r}", flush=True)
 
     banner("tokenizing the corpus once (every stage packs these tokens)")
-    stores = {split: tokenize_split(cfg.data, split_inputs, str(tokenizer_path), out / "data" / "tokens" / split)
+    stores = {split: tokenize_split(cfg.data, split_inputs, str(tokenizer_path), places.join("data", "tokens", split))
               for split, split_inputs in inputs.items() if split_inputs}
 
-    progress = CampaignProgress(out / PROGRESS_FILE)
+    progress = CampaignProgress(places.join(PROGRESS_FILE))
     key = config_hash({"corpus": cfg.corpus, "data": cfg.data, "inputs": inputs, "model": model_cfg,
                        "parallel": cfg.parallel.dims, "tokenizer": file_sha256(tokenizer_path)})
-    previous: Path | None = None
+    previous: Path | str | None = None
     for index, stage in enumerate(cfg.stages):
         key = config_hash({"before": key, "stage": stage})  # chained: a changed earlier stage re-runs the later ones
         done = progress.finished(stage.name, key)
@@ -121,18 +133,19 @@ def _run_stages(cfg: CampaignConfig, out: Path, session: JobSession, parent: str
             continue
         previous_seq_len = cfg.stages[index - 1].seq_len if index else 0
         banner(f"stage {index + 1}/{len(cfg.stages)} {stage.name!r}: packing data at {stage.seq_len} tokens")
-        packed = pack_stage(cfg.data, stage, previous_seq_len, stores, out / "data" / stage.name)
+        stage_data = places.join("data", stage.name)
+        packed = pack_stage(cfg.data, stage, previous_seq_len, stores, stage_data)
         print(describe_stage_data(stage, packed), flush=True)
         if previous_seq_len:
             runs.log_metrics(parent, {f"{stage.name}.{split}_long_doc_share": m.long_doc_share
                                       for split, m in packed.items() if m.long_doc_share is not None})
-        manifests = {split: Path(m.root) / MANIFEST_FILE for split, m in packed.items()}
+        manifests: dict[str, Path | str] = {split: storage.join(stage_data, split, MANIFEST_FILE) for split in packed}
         outcome.stages.append(
             train_and_evaluate(  # evaluated at the lengths its eval.length_multiples of seq_len name, if any
                 dataclasses.replace(stage, eval=stage.eval.for_length(stage.seq_len)), model_cfg, cfg.parallel,
                 manifests, tokenizer, session,
                 parent_run_id=parent,
-                checkpoint_root=out / "checkpoints",
+                checkpoint_root=places.join("checkpoints"),
                 init_weights=str(previous) if stage.init_from_previous and previous else "",
                 ray_name=f"{cfg.name}-{stage.name}",
             )
@@ -145,34 +158,40 @@ PROGRESS_FILE = "campaign_progress.json"
 
 
 class CampaignProgress:
-    """Which stages of this campaign (its output_dir) finished, under which settings and data.
+    """Which stages of this campaign (its output_dir) finished, under which settings and data: a
+    JSON file at `path` (local or on an object store), replaced whole on every record.
 
     Re-running a campaign's command after its driver died skips the stages that finished, if
     nothing they depend on changed (the key chains the corpus, data, tokenizer, model, layout and
     every stage before), and the unfinished stage resumes from its last checkpoint (Ray Train
     hands a rerun of a stage its latest checkpoint; the checkpoint manager checks it)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.stages: dict[str, dict] = json.loads(path.read_text())["stages"] if path.exists() else {}
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        try:
+            self.stages: dict[str, dict] = json.loads(storage.read_bytes(self.path))["stages"]
+        except storage.StorageNotFound:
+            self.stages = {}
 
     def finished(self, name: str, key: str) -> StageOutcome | None:
         record = self.stages.get(name)
-        if record is None or record["key"] != key or not Path(record["checkpoint_dir"]).is_dir():
+        if record is None or record["key"] != key or not storage.is_dir(record["checkpoint_dir"]):
             return None
-        return StageOutcome(name, record["run_id"], Path(record["checkpoint_dir"]), record["final_loss"],
-                            record["eval_metrics"])
+        where = record["checkpoint_dir"]
+        return StageOutcome(name, record["run_id"], where if storage.is_uri(where) else Path(where),
+                            record["final_loss"], record["eval_metrics"])
 
     def record(self, stage: StageOutcome, key: str) -> None:
         if stage.checkpoint_dir is None:  # nothing to start the next stage from: not resumable
             return
         self.stages[stage.name] = {"key": key, "checkpoint_dir": str(stage.checkpoint_dir), "run_id": stage.run_id,
                                    "final_loss": stage.final_loss, "eval_metrics": stage.eval_metrics}
-        write_json(self.path, {"stages": self.stages})
+        storage.publish(self.path, json.dumps({"stages": self.stages}, indent=2, sort_keys=True, default=str).encode())
 
 
 def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """sha256 of a whole file, local or on an object store."""
+    return hashlib.sha256(storage.read_bytes(str(path))).hexdigest()
 
 
 def check_long_document_settings(cfg: CampaignConfig) -> None:
@@ -187,7 +206,7 @@ def check_long_document_settings(cfg: CampaignConfig) -> None:
                               "(it is the previous stage's seq_len, filled in by the campaign)")
 
 
-def tokenize_split(data: DataPipelineConfig, inputs: list[str], tokenizer_path: str, store_dir: Path,
+def tokenize_split(data: DataPipelineConfig, inputs: list[str], tokenizer_path: str, store_dir: str | Path,
                    use_ray: bool = True) -> TokenStore:
     """Read, clean and tokenize one split's inputs once, into `store_dir`."""
     cfg = dataclasses.replace(data, inputs=inputs, output_dir=str(store_dir),
@@ -196,7 +215,7 @@ def tokenize_split(data: DataPipelineConfig, inputs: list[str], tokenizer_path: 
 
 
 def pack_stage(data: DataPipelineConfig, stage: StageConfig, previous_seq_len: int, stores: dict[str, TokenStore],
-               out_dir: Path) -> dict[str, Manifest]:
+               out_dir: str | Path) -> dict[str, Manifest]:
     """Pack every split's tokens for one stage into `out_dir/<split>`: rows of the stage's seq_len; the
     training split under the stage's long-document policy, held-out data whole (every stage is
     evaluated on the same documents). Both report their share of tokens in documents longer than
@@ -205,7 +224,7 @@ def pack_stage(data: DataPipelineConfig, stage: StageConfig, previous_seq_len: i
     for split, store in stores.items():
         policy = stage.long_documents if split == "train" else LongContextConfig()
         cfg = dataclasses.replace(
-            data, output_dir=str(out_dir / split),
+            data, output_dir=storage.join(str(out_dir), split),
             packing=dataclasses.replace(data.packing, seq_len=stage.seq_len),
             long_context=dataclasses.replace(policy, previous_seq_len=previous_seq_len),
         )

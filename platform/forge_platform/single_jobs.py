@@ -10,14 +10,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from forge_data import Manifest, load_tokenizer, run_pipeline
+from forge_data import Manifest, load_tokenizer, run_pipeline, storage
 from forge_models import build_model
 
 from forge_platform.cluster import ensure_ray
 from forge_platform.config_loader import ConfigError
 from forge_platform.job_config import PretrainConfig, TokenizeConfig, require
 from forge_platform.memory_plan import plan_for_job
-from forge_platform.session import banner, job_session
+from forge_platform.session import banner, job_places, job_session
 from forge_platform.stage import StageOutcome, train_and_evaluate
 from forge_platform.training.checkpoint_files import IncompatibleCheckpointError, check_weights_fit
 
@@ -56,7 +56,7 @@ def check_packed_length(seq_len: int, manifest_path: str, model_vocab: int | Non
 def check_inputs_exist(cfg: PretrainConfig) -> None:
     """Refuse, before Ray starts, a tokenizer that is not there and weights of another model
     (inside the workers each would fail once per retry, reloading everything each time)."""
-    if cfg.tokenizer and not Path(cfg.tokenizer).is_file():
+    if cfg.tokenizer and not storage.is_uri(cfg.tokenizer) and not Path(cfg.tokenizer).is_file():
         raise ConfigError(f"tokenizer = {cfg.tokenizer!r}: must be an existing SentencePiece model file")
     if cfg.init_weights:
         try:
@@ -75,15 +75,16 @@ def run_pretrain(cfg: PretrainConfig) -> StageOutcome:
     if tokenizer is not None and tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"model.vocab_size = {cfg.model.vocab_size}: must be at least the tokenizer's "
                           f"{tokenizer.vocab_size}")
-    out = Path(cfg.output_dir).resolve()
-    manifests = {"train": Path(cfg.train_manifest)}
+    manifests: dict[str, Path | str] = {"train": cfg.train_manifest}
     if cfg.val_manifest:
-        manifests["val"] = Path(cfg.val_manifest)
-    with job_session(cfg.ray_num_cpus, cfg.tracking, out) as session:
+        manifests["val"] = cfg.val_manifest
+    # output_dir local or on an object store (s3://, gs://: checked for a write here, before Ray starts)
+    with job_places(cfg.output_dir, cfg.scratch_dir, cfg.tracking) as places, \
+            job_session(cfg.ray_num_cpus, cfg.tracking, places) as session:
         outcome = train_and_evaluate(
             cfg.stage, cfg.model, cfg.parallel, manifests, tokenizer, session,
             parent_run_id=None,
-            checkpoint_root=out / "checkpoints",
+            checkpoint_root=places.join("checkpoints"),
             init_weights=cfg.init_weights,
             ray_name=cfg.name,
         )

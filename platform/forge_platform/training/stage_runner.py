@@ -1,4 +1,9 @@
-"""The driver side of a stage: a Ray Train `TorchTrainer` over `train_stage_worker`."""
+"""The driver side of a stage: a Ray Train `TorchTrainer` over `train_stage_worker`.
+
+Its checkpoints go under `storage_dir/<name>`: a local folder (shared by the nodes), or an object
+store (s3://, gs://) through Ray Train's storage filesystem, the workers writing to local scratch
+first (`checkpoint_storage.py`).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,19 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from forge_data import storage
 from ray.train import FailureConfig, Result, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from forge_platform.cluster import check_resources
 from forge_platform.input_errors import StageInputError
-from forge_platform.training.checkpoint_files import IncompatibleCheckpointError, read_meta
+from forge_platform.training.checkpoint_files import META_FILE, CheckpointMeta, IncompatibleCheckpointError, read_meta
 from forge_platform.training.checkpoint_manager import (
     check_resumable,
     latest_registered_checkpoint,
     ray_checkpoint_config,
 )
+from forge_platform.training.checkpoint_storage import checkpoint_uri, latest_registered_meta, ray_storage
 from forge_platform.training.trainer import FINAL_METRICS_FILE, INPUT_ERROR_FILE, StageRun, train_stage_worker
 
 
@@ -25,24 +32,32 @@ from forge_platform.training.trainer import FINAL_METRICS_FILE, INPUT_ERROR_FILE
 class StageResult:
     """Where a finished stage left its last checkpoint, and its final reported metrics."""
 
-    checkpoint_dir: Path | None
-    """The last checkpoint; None only when the stage was told not to save one."""
+    checkpoint_dir: Path | str | None
+    """The last checkpoint (a local path, or a URI on an object store); None only when the stage was
+    told not to save one."""
     metrics: dict
     raw: Result
     """Ray Train's own result: every retained checkpoint with its reported metrics."""
 
 
-def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
-    """Train one stage on `run.parallel.num_workers` Ray Train workers; resumes after worker failures."""
+def run_stage(run: StageRun, storage_dir: str | Path, name: str, scratch_dir: str | Path | None = None) -> StageResult:
+    """Train one stage on `run.parallel.num_workers` Ray Train workers; resumes after worker failures.
+
+    Checkpoints go to `storage_dir/name`; on an object store the workers write them (and the stage's
+    own records) under the local `scratch_dir` first."""
     parallel = run.parallel
     check_resources(parallel)
-    storage = Path(storage_dir).resolve()
-    run = dataclasses.replace(run, checkpoint_root=str(storage / name))
+    storage_path, filesystem = ray_storage(str(storage_dir))
+    stage_uri = storage.join(str(storage_dir), name) if filesystem is not None else None
+    if stage_uri is not None and scratch_dir is None:
+        raise ValueError(f"run_stage: storage {storage_dir} is an object store: scratch_dir must be given")
+    local_root = Path(scratch_dir).resolve() / "checkpoints" / name if stage_uri else Path(storage_path) / name
+    run = dataclasses.replace(run, checkpoint_root=str(local_root))
     final_metrics = Path(run.checkpoint_root) / FINAL_METRICS_FILE
     final_metrics.unlink(missing_ok=True)  # an earlier run's ending is not this one's
     input_error = Path(run.checkpoint_root) / INPUT_ERROR_FILE
     input_error.unlink(missing_ok=True)  # nor its input's error
-    refuse_unresumable(run)
+    refuse_unresumable(run, stage_uri)
     trainer = TorchTrainer(
         train_stage_worker,
         train_loop_config={"run": run},
@@ -54,7 +69,8 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             checkpoint_config=ray_checkpoint_config(run.stage.checkpoint),
             failure_config=FailureConfig(max_failures=parallel.max_failures),
         ),
@@ -70,21 +86,31 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str) -> StageResult:
         raise RuntimeError(f"stage {run.stage.name!r} failed") from result.error
     if result.checkpoint is None and run.stage.checkpoint.save_final:
         raise RuntimeError(f"stage {run.stage.name!r} finished without reporting a checkpoint")
-    checkpoint_dir = Path(result.checkpoint.path) if result.checkpoint else None
+    checkpoint_dir: Path | str | None = None
+    if result.checkpoint is not None:
+        checkpoint_dir = checkpoint_uri(result.checkpoint) if stage_uri else Path(result.checkpoint.path)
     metrics = dict(result.metrics or {})
     if final_metrics.exists():  # the last step's, also when no final checkpoint was saved
         metrics.update(json.loads(final_metrics.read_text()))
     return StageResult(checkpoint_dir=checkpoint_dir, metrics=metrics, raw=result)
 
 
-def refuse_unresumable(run: StageRun) -> None:
+def refuse_unresumable(run: StageRun, stage_uri: str | None = None) -> None:
     """A rerun of a stage continues from the checkpoint Ray Train registered for it: refuse, before any
-    worker starts, one that cannot (another model, layout or training settings), naming each difference."""
-    latest = latest_registered_checkpoint(Path(run.checkpoint_root))
-    if latest is None:
-        return
+    worker starts, one that cannot (another model, layout or training settings), naming each difference.
+    Ray's record is read from `stage_uri` on an object store, else from `run.checkpoint_root`."""
+    if stage_uri is not None:
+        recorded = latest_registered_meta(stage_uri, META_FILE)
+        if recorded is None:
+            return
+        meta = CheckpointMeta(**recorded)
+    else:
+        latest = latest_registered_checkpoint(Path(run.checkpoint_root))
+        if latest is None:
+            return
+        meta = read_meta(latest)
     dims = run.parallel.dims
     try:
-        check_resumable(read_meta(latest), run.identity, tensor_parallel=dims.tp, data_parallel=dims.dp)
+        check_resumable(meta, run.identity, tensor_parallel=dims.tp, data_parallel=dims.dp)
     except IncompatibleCheckpointError as err:
         raise StageInputError(f"stage {run.stage.name!r}: {err}") from None
