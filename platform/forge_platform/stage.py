@@ -16,7 +16,7 @@ from forge_models import ModelConfig
 from forge_platform.config_loader import config_hash, flatten
 from forge_platform.evaluation import evaluate_checkpoint
 from forge_platform.job_config import ParallelConfig, StageConfig
-from forge_platform.session import JobSession, banner
+from forge_platform.session import JobSession, banner, local_copy
 from forge_platform.training.stage_runner import run_stage
 from forge_platform.training.trainer import StageRun
 
@@ -29,7 +29,8 @@ class StageOutcome:
 
     name: str
     run_id: str
-    checkpoint_dir: Path | None
+    checkpoint_dir: Path | str | None
+    """The last checkpoint: a local folder, or a URI on an object store."""
     final_loss: float
     eval_metrics: dict[str, float]
 
@@ -38,12 +39,12 @@ def train_and_evaluate(
     stage: StageConfig,
     model_cfg: ModelConfig,
     parallel: ParallelConfig,
-    manifests: dict[str, Path],
+    manifests: dict[str, Path | str],
     tokenizer: TextTokenizer | None,
     session: JobSession,
     *,
     parent_run_id: str | None,
-    checkpoint_root: Path,
+    checkpoint_root: Path | str,
     init_weights: str,
     ray_name: str,
 ) -> StageOutcome:
@@ -54,12 +55,12 @@ def train_and_evaluate(
     run_id = runs.start(stage.name, flatten(stage), parent_run_id=parent_run_id, tags=tags, key=key)
     try:
         for split, manifest in manifests.items():
-            runs.log_artifact(run_id, str(manifest), f"data/{split}")
+            runs.log_artifact(run_id, local_copy(manifest, session.scratch_dir), f"data/{split}")
         banner(f"stage {stage.name!r}: training {stage.train.steps} steps on {parallel.num_workers} workers")
         run = StageRun(stage=stage, model=model_cfg, parallel=parallel, train_manifest=str(manifests["train"]),
                        tracking=session.tracking, run_id=run_id, init_weights=init_weights)
         started = time.perf_counter()
-        result = run_stage(run, checkpoint_root, ray_name)
+        result = run_stage(run, checkpoint_root, ray_name, session.scratch_dir)
         trained_s = time.perf_counter() - started
         metrics: dict[str, float] = {}
         print(f"stage {stage.name!r}: training took {trained_s:.0f} s on Ray Train (worker start-up included)",

@@ -155,7 +155,7 @@ def test_a_stage_that_trained_is_finished_whatever_tracking_does(tmp_path: Path,
     with contextlib.ExitStack() as first_server:
         server = first_server.enter_context(local_mlflow_server(tmp_path / "store", port=port))
 
-        def fake_run_stage(run, checkpoint_root, ray_name) -> StageResult:  # rank 0 of a 5-step stage
+        def fake_run_stage(run, checkpoint_root, ray_name, scratch_dir=None) -> StageResult:  # rank 0, 5 steps
             logger = build_logger(run.tracking, 0, run.run_id)
             for step in range(1, 6):
                 if step == 3:
