@@ -5,8 +5,12 @@
 1. Tensor parallelism: slice the full weights in place and hook the TP collectives around every
    mixer (`tensor_parallel.parallelize_model`). Needs the full weights already loaded, identical
    on every TP rank.
-2. Sequence / context parallelism: not yet (long-context part 2). It shards activations along
-   the sequence inside the TP region, so it belongs after TP and before recompute.
+2. Context parallelism (cp > 1): every Mamba-2 and attention mixer runs whole rows for its
+   share of heads between an all-gather and a reduce-scatter along the sequence over the CP
+   group (`context_parallel.apply_context_parallel`); everything else runs on the rank's
+   sequence shard. After TP (it slices the TP slice) and before recompute (the recomputed
+   forward must run the CP collectives again). The trainer cuts each rank's shard of the rows
+   (`context_parallel.shard_batch`). At cp 1 nothing is installed.
 3. Activation recompute: the blocks the stage's mode recomputes (every block, or every block but
    attention) are wrapped so their activations are recomputed in the backward pass. After TP,
    so the recomputed forward runs the TP hooks again. The mode is concrete here: `auto` is
@@ -33,6 +37,7 @@ from forge_models import LanguageModel
 from torch import nn
 
 from forge_platform.job_config import StageConfig
+from forge_platform.parallel.context_parallel import apply_context_parallel
 from forge_platform.parallel.recompute import apply_recompute
 from forge_platform.parallel.cross_entropy import build_loss_fn
 from forge_platform.parallel.groups import ParallelGroups
@@ -68,12 +73,22 @@ def effective_zero_stage(stage: StageConfig, groups: ParallelGroups) -> int:
 
 def parallelize_hybrid(model: LanguageModel, groups: ParallelGroups, stage: StageConfig, *,
                        tokens_per_step: int) -> ParallelModel:
-    """Apply TP, recompute and the ZeRO engine to `model` (full weights loaded) for one stage."""
+    """Apply TP, CP, recompute and the ZeRO engine to `model` (full weights loaded) for one stage."""
     train = stage.train
     # 1. Tensor parallelism (a tagged no-op at tp 1).
     if groups.tp > 1:
         parallelize_model(model, groups)
-    # 2. (Sequence / context parallelism goes here.)
+    # 2. Context parallelism (nothing installed at cp 1).
+    if groups.cp > 1:
+        if train.zero_stage == 3:
+            # ZeRO-3 gathers each weight in its module's pre-forward hook; the CP mixer slices the
+            # weights before its submodules run, so it would slice the empty partitions.
+            raise ValueError(f"train.zero_stage = 3 with parallel.context_parallel = {groups.cp}: "
+                             "context parallelism supports ZeRO stages 0-2")
+        if stage.seq_len % groups.cp:
+            raise ValueError(f"stage {stage.name!r}: seq_len = {stage.seq_len} is not divisible by "
+                             f"parallel.context_parallel = {groups.cp}")
+        apply_context_parallel(model, groups)
     # 3. Activation recompute.
     apply_recompute(model, train.recompute)
     # 4. Compilation: inside forge_models (see the module docstring).
