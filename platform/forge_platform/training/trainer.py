@@ -36,6 +36,7 @@ from forge_platform.input_errors import INPUT_ERRORS, TRANSIENT_ERRORS
 from forge_platform.job_config import ParallelConfig, StageConfig, TrackingConfig
 from forge_platform.memory_plan import choose_recompute, gpu_capacity, resolve_recompute
 from forge_platform.parallel.batch import check_tp_batch
+from forge_platform.parallel.context_parallel import shard_batch
 from forge_platform.parallel.grad_norm import global_grad_norm
 from forge_platform.parallel.groups import ParallelGroups, build_process_groups
 from forge_platform.parallel.parallelize import ParallelModel, parallelize_hybrid
@@ -227,6 +228,8 @@ class Trainer:
             micro_batches = [next(batches) for _ in range(train.grad_accum_steps)]
             if step == self.start_step and self.groups.tp > 1:  # TP peers must read the same rows
                 check_tp_batch({k: _to_device(v, self.device) for k, v in micro_batches[0].items()}, self.groups)
+            if self.groups.cp > 1:  # CP peers read the same rows; each keeps its sequence shard
+                micro_batches = [shard_batch(mb, self.groups.cp_rank, self.groups.cp) for mb in micro_batches]
             last = self.train_step(micro_batches, started)
             self.timings.step_done(last.seconds)
             done = step + 1
@@ -258,8 +261,8 @@ class Trainer:
                 grad_norm = clip_gradients(self.parallel.module, self.groups, self.run.stage.optim.grad_clip)
             engine.step()
             loss_sum += loss.detach() * count
-        if self.groups.dp > 1:  # each data-parallel rank saw its own rows
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM, group=self.groups.dp_group)
+        if self.groups.replicas > 1:  # each data-parallel rank saw its own rows, each CP rank its shard
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM, group=self.groups.replica_group)
         step_loss = loss_sum.item() / max(float(step_labels), 1.0)  # the one sync of the step
         return StepResult(loss=step_loss, grad_norm=grad_norm, seconds=time.perf_counter() - started)
 
@@ -301,14 +304,16 @@ def token_weights(counts: list[int], accum: int, groups: ParallelGroups, device:
     would weight tokens by how the rows happened to be grouped: 2 rows x 2 accumulation steps on
     one GPU and 2 rows on each of 2 GPUs group the same 4 rows differently. Weighting micro-batch
     i by c_i * accum * dp / N makes every layout compute sum(token losses) / N. With dp > 1, N
-    is one all-reduce of a scalar, kept on the device (no sync)."""
+    is one all-reduce of a scalar, kept on the device (no sync). Under context parallelism a
+    micro-batch is the rank's sequence shard and the average runs over the replica group
+    (dp x cp): the same formula with dp x cp in place of dp."""
     total: int | torch.Tensor = sum(counts)
     denominator: int | torch.Tensor = max(total, 1)
-    if groups.dp > 1:
+    if groups.replicas > 1:
         total = torch.tensor(float(total), device=device)
-        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=groups.dp_group)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=groups.replica_group)
         denominator = total.clamp(min=1.0)
-    return [c * accum * groups.dp / denominator for c in counts], total
+    return [c * accum * groups.replicas / denominator for c in counts], total
 
 
 def clip_gradients(model: torch.nn.Module, groups: ParallelGroups, max_norm: float) -> torch.Tensor:
