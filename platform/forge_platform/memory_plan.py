@@ -12,11 +12,21 @@
 - the transient peak: the larger of the loss's working set (logits of one chunk, or all of them
   when the loss is not chunked) and the biggest layer's backward (its recomputed activations,
   its working set and the residual stream's gradient);
-- communication buffers: ZeRO's reduce bucket, TP's all-reduce of one layer's output;
+- communication buffers: ZeRO's reduce bucket, TP's all-reduce of one layer's output, CP's
+  all-gather of one mixer's whole rows;
 - allocator slack and the CUDA context, which PyTorch's own peak does not count.
 
-Sequence and context parallelism (not yet built) divide the per-token terms by their degree;
-`cp` is accounted already so the plan for such a layout can be read before it exists.
+Context parallelism (parallel/context_parallel.py) gives each rank 1/cp of every row's tokens:
+every per-token term (block inputs, MLPs, norms, the loss) is counted for L/cp tokens. A mixer
+runs the whole rows for heads/(tp x cp): its head-split activations are L x width/(tp x cp) =
+(L/cp) x width/tp, the same per local token as TP alone; on top it keeps the gathered input of the
+whole rows (what its in-projection saves, L x d_model in the compute dtype, instead of the shard's
+norm output) and its backward holds the whole rows' output gradient and input gradient (2 x L x
+d_model). The plan assumes the collectives' own buffers are one whole-row (L x d_model) tensor
+and its pieces, live one mixer at a time (the all-gather's pieces and their concatenation), and
+that NCCL's internal buffers sit inside the CUDA-context term. ZeRO shards over the replica
+ranks (dp x cp). Sequence parallelism inside TP regions is not built: block inputs are not
+divided by tp.
 
 Recompute modes: "none" keeps everything; "full" recomputes every layer from its input;
 "selective" recomputes every layer but attention (an attention layer's backward would redo the
@@ -33,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 from forge_models import ModelConfig, build_model, parse_pattern
 from forge_models import memory as act
-from forge_models.tp_plan import partition_dims
+from forge_models.tp_plan import check_context_parallel, partition_dims
 
 from forge_platform.config_loader import ConfigError
 from forge_platform.job_config import ParallelConfig, StageConfig
@@ -51,6 +61,8 @@ ZERO_REDUCE_BUCKET = 500_000_000
 """DeepSpeed 0.19.8's reduce bucket, in elements (fp32 here), at ZeRO stages 1-2."""
 LOSS_CHUNK = 4096
 """Tokens per chunk of `LanguageModel.loss`."""
+CONTEXT_PARALLEL_KINDS = ("mamba2", "attention")
+"""Layer kinds that run whole rows under context parallelism (the rest run the rank's shard)."""
 
 
 @dataclass(frozen=True)
@@ -145,9 +157,10 @@ class StagePlan:
 
 
 def plan_stage(model: ModelConfig, stage: StageConfig, parallel: ParallelConfig, *, capacity: int | None,
-               recompute: str | None = None, cp: int = 1,
+               recompute: str | None = None, cp: int | None = None,
                params: ParameterCounts | None = None) -> StagePlan:
-    """Predict one rank's peak for `stage` (`recompute` overrides the stage's own, `auto` excluded).
+    """Predict one rank's peak for `stage` (`recompute` overrides the stage's own, `auto` excluded;
+    `cp` the layout's context-parallel degree, with the same number of data-parallel replicas).
 
     The backward is swept layer by layer from the last: a layer's saved activations are freed as
     its gradients are made, so the peak falls at the loss (everything saved, the logits' working
@@ -158,11 +171,13 @@ def plan_stage(model: ModelConfig, stage: StageConfig, parallel: ParallelConfig,
     if mode == "auto":
         raise ValueError("plan_stage takes a concrete recompute mode; choose_recompute resolves 'auto'")
     dims = parallel.dims
-    tp, dp = dims.tp, dims.dp
+    tp, cp = dims.tp, cp or dims.cp
+    dp = dims.dp * cp  # the replica ranks ZeRO shards over (dp x cp)
     zero = train.zero_stage if dp > 1 else 0
     params = params or count_parameters(model)
     a = 2 if train.precision == "bf16" else 4
     tokens = train.micro_batch_size * stage.seq_len // cp
+    row_tokens = tokens * cp  # what a context-parallel mixer sees
 
     def grad_bytes(p: LayerParams) -> int:  # fp32 gradients; ZeRO-2/3 keep their partition only
         return 4 * p.local(tp) // (dp if zero >= 2 else 1)
@@ -172,8 +187,10 @@ def plan_stage(model: ModelConfig, stage: StageConfig, parallel: ParallelConfig,
     if zero in (1, 2):
         static["ZeRO fp32 partition"] = 4 * params.local(tp) // dp
     comm = 4 * ZERO_REDUCE_BUCKET if zero in (1, 2) else 0
-    if tp > 1:
-        comm += 2 * a * model.d_model * tokens  # one layer's output being all-reduced, and its gradient
+    if tp > 1:  # one layer's output being all-reduced, and its gradient (whole rows for a CP mixer)
+        comm += 2 * a * model.d_model * row_tokens
+    if cp > 1:  # one mixer's all-gather: the pieces and their concatenation
+        comm += 2 * a * model.d_model * row_tokens
     if comm:
         static["communication buffers"] = comm
 
@@ -183,6 +200,9 @@ def plan_stage(model: ModelConfig, stage: StageConfig, parallel: ParallelConfig,
     saved, transient, grads = [], [], []
     for kind, layer_params in zip(kinds, params.layers):
         layer = act.layer_activations(model, kind, a, tp, fused_mlp)
+        if cp > 1 and kind in CONTEXT_PARALLEL_KINDS:  # per local token: the whole rows' extra
+            layer = act.LayerActivations(layer.saved + a * model.d_model * (cp - 1),
+                                         layer.working + 2 * a * model.d_model * (cp - 1))
         copies = 2 * layer_params.matmul // tp if a == 2 else 0  # autocast's bf16 weight copies
         if _recomputed(mode, kind):
             saved.append(block_input)
@@ -253,13 +273,24 @@ def suggestions(model: ModelConfig, stage: StageConfig, parallel: ParallelConfig
             yield (f"recompute = full, micro_batch_size = {mb} and grad_accum_steps x{train.micro_batch_size // mb}",
                    _with_train(base, micro_batch_size=mb), parallel)
         one = _with_train(base, micro_batch_size=1)
-        if parallel.dims.dp > 1:
-            for z in range(train.zero_stage + 1, 4):
+        if parallel.dims.replicas > 1:
+            last_zero = 3 if parallel.context_parallel == 1 else 2  # context parallelism refuses ZeRO-3
+            for z in range(train.zero_stage + 1, last_zero + 1):
                 yield f"recompute = full, micro-batch 1, zero_stage = {z}", _with_train(one, zero_stage=z), parallel
+        cp = parallel.context_parallel
         for tp in (2, 4, 8):
-            if tp > parallel.tensor_parallel and parallel.num_workers % tp == 0:
+            if tp > parallel.tensor_parallel and parallel.num_workers % (tp * cp) == 0:
                 yield (f"recompute = full, micro-batch 1, tensor_parallel = {tp}", one,
                        dataclasses.replace(parallel, tensor_parallel=tp))
+        tp = parallel.tensor_parallel
+        for cp in (2, 4, 8, 16):
+            if cp > parallel.context_parallel and parallel.num_workers % (tp * cp) == 0:
+                try:
+                    check_context_parallel(model, tp, cp)
+                except ValueError:
+                    continue
+                yield (f"recompute = full, micro-batch 1, context_parallel = {cp}", one,
+                       dataclasses.replace(parallel, context_parallel=cp))
     for label, s, p in tries():
         try:
             plan = plan_stage(model, s, p, capacity=capacity, params=params)  # every try recomputes fully
@@ -289,13 +320,8 @@ def unfit_message(model: ModelConfig, stage: StageConfig, parallel: ParallelConf
     if fixes:
         hint = f"it would fit with {fixes[0]}"
     else:
-        hint = ("nothing tried on this layout fits (recompute, micro-batch, ZeRO stage, tensor parallelism): "
-                "it needs sequence or context parallelism, or GPUs with more memory")
-        full = _with_train(stage, recompute="full", micro_batch_size=1)
-        cp = next((c for c in (2, 4, 8, 16, 32) if plan_stage(model, full, parallel, capacity=plan.capacity,
-                                                              cp=c).fits), None)
-        if cp is not None:
-            hint += f" (context parallelism of {cp} would fit, with full recompute: not built yet)"
+        hint = ("nothing tried on this layout fits (recompute, micro-batch, ZeRO stage, tensor or context "
+                "parallelism): it needs more GPUs or GPUs with more memory")
     return (f"stages.{stage.name}: needs {plan.total / GiB:.1f} GiB per GPU, more than the GPU's "
             f"{plan.capacity / GiB:.1f} GiB (recompute {plan.recompute}; biggest, GiB: {plan.biggest()}); {hint} "
             "(python -m jobs.plan prints every term)")

@@ -117,14 +117,18 @@ def test_a_stage_that_cannot_fit_is_refused_naming_terms_and_a_fix() -> None:
     assert resolved[0].train.recompute in ("selective", "full")
 
 
-def test_the_8b_campaign_says_its_128k_stage_needs_context_parallelism() -> None:
+def test_the_8b_campaign_fits_every_stage_with_context_parallelism() -> None:
     out = subprocess.run([sys.executable, "-m", "jobs.plan", "--config", "jobs/specs/hybrid_8b_campaign.toml"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1, out.stderr[-2000:]
-    assert out.stdout.count("peak (predicted)") == 4
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "128 GPUs as tp 1 x cp 8 x dp 16" in out.stdout
     verdicts = [line for line in out.stdout.splitlines() if "peak (predicted)" in line]
-    assert [v.endswith("fits") for v in verdicts] == [True, True, True, False]
-    assert "stages.extend-128k: needs" in out.stdout and "context parallelism of 4 would fit" in out.stdout
+    assert len(verdicts) == 4 and all(v.endswith("fits") for v in verdicts)
+    # The layout it had before (TP 4, no CP) cannot hold the 128K stage: every block input is whole on each rank.
+    old = subprocess.run([sys.executable, "-m", "jobs.plan", "--config", "jobs/specs/hybrid_8b_campaign.toml",
+                          "--parallel.tensor_parallel", "4", "--parallel.context_parallel", "1"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert old.returncode == 1 and "stages.extend-128k: needs" in old.stdout
     bad = subprocess.run([sys.executable, "-m", "jobs.plan", "--config", "jobs/specs/hybrid_8b_campaign.toml",
                           "--stages.0.train.recompute", "some"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "recompute" in bad.stderr
@@ -175,3 +179,30 @@ def test_auto_is_resolved_before_a_model_is_parallelized() -> None:
     with pytest.raises(ValueError, match="'auto' is resolved by the memory plan"):
         apply_recompute(model, "auto")
 
+
+def test_context_parallelism_divides_the_per_token_terms() -> None:
+    """cp ranks each hold 1/cp of the tokens: block inputs (fully recomputed) shrink cp-fold; the
+    mixers' whole-row extras and the all-gather buffers are added; ZeRO shards over dp x cp."""
+    model = get_preset("hybrid-2b-anchor")
+    tokens = 65536
+    one = plan_stage(model, stage(tokens), ParallelConfig(num_workers=4, use_gpu=True), capacity=None)
+    cp4 = plan_stage(model, stage(tokens), ParallelConfig(num_workers=4, context_parallel=4, use_gpu=True),
+                     capacity=None)
+    block_input = 4 * model.d_model * tokens  # fp32, the whole sequence
+    assert one.terms["saved activations (held)"] == model.num_layers * block_input
+    held_inputs, rest = divmod(cp4.terms["saved activations (held)"], block_input // 4)  # the shards' inputs only
+    assert rest == 0 and 0 < held_inputs <= model.num_layers
+    zero_bucket = 4 * 500_000_000
+    assert cp4.terms["communication buffers"] == zero_bucket + 2 * 2 * model.d_model * tokens
+    # dp 4 (cp 1) and dp 1 x cp 4 shard the ZeRO-2 state over the same four replicas.
+    assert cp4.terms["optimizer state (AdamW)"] == one.terms["optimizer state (AdamW)"]
+    assert cp4.terms["transient peak"] < one.terms["transient peak"] / 2
+
+
+def test_an_unfit_stage_is_offered_a_larger_context_parallel_degree() -> None:
+    """hybrid-2b-anchor at 256K on 8 GPUs of 80 GiB as cp 2: the fix offered is cp 4 (ZeRO-3, which
+    context parallelism refuses, is not offered)."""
+    model = get_preset("hybrid-2b-anchor")
+    eight = ParallelConfig(num_workers=8, context_parallel=2, use_gpu=True, gpu_memory_gib=80.0)
+    with pytest.raises(ConfigError, match=r"it would fit with recompute = full, micro-batch 1, context_parallel = 4 "):
+        plan_for_job(model, [stage(262144)], eight, echo=False)
