@@ -73,7 +73,7 @@ def plan_main(doc: str, argv: Sequence[str] | None = None) -> int:
     model, stages = (cfg.planned_model, cfg.stages) if cls is CampaignConfig else (cfg.model, [cfg.stage])
     plans = plan_stages(model, stages, cfg.parallel, capacity=gpu_capacity(cfg.parallel))
     dims = cfg.parallel.dims
-    print(f"memory plan of {path}: {cfg.parallel.num_workers} GPUs as TP {dims.tp} x DP {dims.dp}, per GPU")
+    print(f"memory plan of {path}: {cfg.parallel.num_workers} GPUs as {dims.describe()}, per GPU")
     for plan in plans:
         print(plan.table())
     unfit = [(s, p) for s, p in zip(stages, plans) if not p.fits]
