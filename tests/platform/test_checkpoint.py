@@ -1,4 +1,5 @@
-"""Checkpoint metadata and the refusals: another model, another parallel layout, missing files."""
+"""Checkpoint metadata and the refusals: another model, a layout that cannot be resharded, another
+global batch, missing files."""
 
 from __future__ import annotations
 
@@ -69,7 +70,9 @@ def test_resume_refuses_other_model_and_layout(tmp_path: Path) -> None:
     check_resumable(meta(), identity(), tensor_parallel=1, data_parallel=2)
     with pytest.raises(IncompatibleCheckpointError, match="written by another model"):
         check_resumable(meta(), identity(model_hash="other"), tensor_parallel=1, data_parallel=2)
-    with pytest.raises(IncompatibleCheckpointError, match=r"tp 1 x dp 2 differs from this run's tp 2 x dp 1"):
+    with pytest.raises(IncompatibleCheckpointError,
+                       match=r"tp 1 x dp 2 differs from this run's tp 2 x dp 1, and it was written before .*"
+                             r"cannot be resharded"):
         check_resumable(meta(), identity(), tensor_parallel=2, data_parallel=1)
     with pytest.raises(IncompatibleCheckpointError, match="not a Hybrid Forge checkpoint"):
         read_meta(tmp_path)
@@ -95,9 +98,12 @@ def test_a_resume_names_each_changed_setting_and_allows_only_the_listed_safe_one
     allowed = check_resumable(checkpoint, rerun(("train.steps",), steps=20), tensor_parallel=1, data_parallel=2)
     assert allowed == {"train.steps": (10, 20)}
     with pytest.raises(IncompatibleCheckpointError,
-                       match=r"train\.micro_batch_size 4 -> 2; these cannot change on resume"):
+                       match=r"global batch of 4 x 1 x 2 = 8 rows .* this run's is 2 x 1 x 2 = 4: .* must stay 8 "
+                             r"\(e\.g\. train\.grad_accum_steps 2 with micro_batch_size 2 at dp 2\)"):
         check_resumable(checkpoint, rerun(("train.steps",), steps=20, micro_batch_size=2),
                         tensor_parallel=1, data_parallel=2)
+    with pytest.raises(IncompatibleCheckpointError, match=r"train\.seed 0 -> 1; these cannot change on resume"):
+        check_resumable(checkpoint, rerun(seed=1), tensor_parallel=1, data_parallel=2)
     optim = identity(training={**settings, "optim.lr": 1.0}, may_change=("optim.*",))
     assert check_resumable(checkpoint, optim, tensor_parallel=1, data_parallel=2) == {"optim.lr": (3e-4, 1.0)}
     # a checkpoint written before the settings were kept is still checked by its hash
@@ -107,3 +113,39 @@ def test_a_resume_names_each_changed_setting_and_allows_only_the_listed_safe_one
     with pytest.raises(ValueError, match=r"resume_may_change: 'train.seq_len' cannot change on resume"):
         CheckpointConfig(resume_may_change=["train.seq_len"])
     CheckpointConfig(resume_may_change=["train.steps", "optim.lr", "optim.*"])
+
+
+def test_a_checkpoint_with_universal_state_resumes_with_other_degrees_and_the_same_global_batch() -> None:
+    from forge_platform.job_config import StageConfig, TrainConfig
+    from forge_platform.training.checkpoint_manager import training_settings
+
+    def settings(micro: int, accum: int, zero_stage: int = 2) -> dict:
+        return training_settings(StageConfig(train=TrainConfig(micro_batch_size=micro, grad_accum_steps=accum,
+                                                               zero_stage=zero_stage)))
+
+    saved = meta(tensor_parallel=2, data_parallel=2, training=settings(2, 2), universal_state=True)  # 8 rows
+    # other degrees, the micro-batches regrouped so that each step reads the same 8 rows
+    assert check_resumable(saved, identity(training=settings(2, 1)), tensor_parallel=1, data_parallel=4) == {
+        "train.grad_accum_steps": (2, 1)}
+    assert check_resumable(saved, identity(training=settings(4, 2)), tensor_parallel=2, data_parallel=1) == {
+        "train.micro_batch_size": (2, 4)}
+    assert check_resumable(saved, identity(training=settings(2, 2)), tensor_parallel=1, data_parallel=2,
+                           context_parallel=2) == {}
+    assert check_resumable(saved, identity(training=settings(1, 4)), tensor_parallel=2, data_parallel=2) == {
+        "train.micro_batch_size": (2, 1), "train.grad_accum_steps": (2, 4)}
+    # another global batch: the data position and the schedule would not follow; named with the products
+    with pytest.raises(IncompatibleCheckpointError,
+                       match=r"global batch of 2 x 2 x 2 = 8 rows .* this run's is 2 x 2 x 4 = 16: .*must stay 8 "
+                             r"\(e\.g\. train\.grad_accum_steps 1 with micro_batch_size 2 at dp 4\)"):
+        check_resumable(saved, identity(training=settings(2, 2)), tensor_parallel=1, data_parallel=4)
+    with pytest.raises(IncompatibleCheckpointError, match=r"2 x 2 x 2 = 8 rows .* 3 x 1 x 2 = 6: .*must stay 8$"):
+        check_resumable(saved, identity(training=settings(3, 1)), tensor_parallel=1, data_parallel=2)
+    # what the universal state does not cover is still refused
+    with pytest.raises(IncompatibleCheckpointError, match="written by another model"):
+        check_resumable(saved, identity(model_hash="other", training=settings(2, 1)), tensor_parallel=1,
+                        data_parallel=4)
+    with pytest.raises(IncompatibleCheckpointError, match=r"train\.zero_stage 2 -> 3; these cannot change"):
+        check_resumable(saved, identity(training=settings(2, 1, zero_stage=3)), tensor_parallel=1, data_parallel=4)
+    with pytest.raises(IncompatibleCheckpointError, match=r"tp 2 x dp 2 differs from this run's tp 1 x cp 2 x dp 2"):
+        check_resumable(dataclasses.replace(saved, universal_state=False), identity(training=settings(2, 2)),
+                        tensor_parallel=1, data_parallel=2, context_parallel=2)

@@ -5,6 +5,8 @@ checkpoint manager's (`checkpoint_manager.py`). Layout of one folder (every rank
 files into it before Ray Train's `report` gathers them):
 
     state/...            DeepSpeed's engine: model, optimizer and schedule shards, one per rank
+    universal/rank_*.pt  the optimizer state by parameter name, one file per rank: a resume with other
+                         parallel degrees reads it (`universal_checkpoint.py`)
     meta.json            CheckpointMeta: where training stood, and what produced it
     model_config.json    the model's full config
     model.pt             the consolidated model weights (rank 0), for evaluation and the next stage
@@ -28,6 +30,7 @@ from forge_models import build_model, keep_fp32_names
 from torch import nn
 
 DEEPSPEED_TAG = "state"
+UNIVERSAL_DIR = "universal"
 META_FILE = "meta.json"
 MODEL_CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "model.pt"
@@ -58,6 +61,8 @@ class CheckpointMeta:
     """Tensor-parallel degree of the writer; DeepSpeed's shards depend on it."""
     data_parallel: int
     """Data-parallel degree of the writer; ZeRO's optimizer shards depend on it."""
+    context_parallel: int = 1
+    """Context-parallel degree of the writer (1 before context parallelism existed)."""
     run_id: str = ""
     """The MLflow run it logs to, so a restarted job continues that run."""
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -66,6 +71,9 @@ class CheckpointMeta:
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The training settings it was written with (`checkpoint_manager.training_settings`), so a resume
     with other settings is refused naming each one; empty in checkpoints written before it was kept."""
+    universal_state: bool = False
+    """Whether `universal/` holds the optimizer state by parameter name, so a run may resume from it
+    with other tensor- and data-parallel degrees; False in checkpoints written before it was kept."""
 
 
 def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:

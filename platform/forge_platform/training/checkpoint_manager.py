@@ -9,11 +9,18 @@ a checkpoint may be continued from. Writing the folder itself is `checkpoint_fil
   the metadata and consolidated weights, and only then is the folder reported to Ray Train, so an
   interrupted write is never taken as the latest (on an object store: into local scratch, uploaded
   on report; `checkpoint_storage.py`).
-- Resuming: the checkpoint must come from the same model, the same parallel layout, the same
-  training settings (`training_settings`: sequence length, steps, batch shape, optimizer; those
+- Resuming: the checkpoint must come from the same model, the same training settings
+  (`training_settings`: sequence length, steps, batch shape, optimizer; those
   `checkpoint.resume_may_change` lists may differ) and the same data (the loader's dataset hash and
   shuffle seed); anything else is refused naming each difference, on the driver before the workers
   start (`latest_registered_checkpoint`) and again by the workers.
+- Resharding: the parallel degrees (tp x cp x dp) may differ from the checkpoint's. The same layout
+  loads DeepSpeed's own shards; another one loads the optimizer state by parameter name
+  (`universal_checkpoint.py`), sliced for its TP ranks and partitioned by its ZeRO. The global batch
+  in rows (micro_batch_size x grad_accum_steps x dp) must stay the same: the data position and the
+  schedule count steps of it. Micro-batch size and accumulation may change with it (the same rows
+  make each step: the loader hands out global sample indices); a different global batch is refused
+  naming the product, and so is a checkpoint written before the universal state was kept.
 """
 
 from __future__ import annotations
@@ -38,15 +45,19 @@ from forge_platform.parallel.sharding import gather_state_dict
 from forge_platform.training.checkpoint_files import (
     DEEPSPEED_TAG,
     META_FILE,
+    UNIVERSAL_DIR,
     CheckpointMeta,
     IncompatibleCheckpointError,
     read_meta,
     save_rank_zero_files,
 )
-from forge_platform.training.checkpoint_storage import checkpoint_target, prepare_folder
+from forge_platform.training.checkpoint_storage import CheckpointTarget, checkpoint_target, prepare_folder
+from forge_platform.training.universal_checkpoint import load_universal_state, save_universal_state
 
 
 IGNORED_ON_RESUME = ("train.recompute", "train.log_every")
+BATCH_SHAPE = ("train.micro_batch_size", "train.grad_accum_steps")
+"""May change on resume when the global batch in rows (with the data-parallel degree) stays the same."""
 """Settings that change memory, speed or what is printed, never the numbers: a rerun may change them
 freely (on another GPU `auto` may resolve the recompute mode differently and still continue)."""
 
@@ -100,20 +111,53 @@ def settings_changed(meta: CheckpointMeta, identity: RunIdentity) -> dict[str, t
             if meta.training.get(n) != identity.training.get(n)}
 
 
+def layout_name(tensor_parallel: int, context_parallel: int, data_parallel: int) -> str:
+    """'tp 2 x dp 2', or 'tp 1 x cp 2 x dp 2' when context parallel."""
+    middle = f" x cp {context_parallel}" if context_parallel > 1 else ""
+    return f"tp {tensor_parallel}{middle} x dp {data_parallel}"
+
+
+def _global_batch(training: Mapping[str, Any], data_parallel: int) -> tuple[int, str]:
+    """Rows per optimizer step, and how they are made ('4 x 2 x 2 = 16')."""
+    micro, accum = training["train.micro_batch_size"], training["train.grad_accum_steps"]
+    rows = micro * accum * data_parallel
+    return rows, f"{micro} x {accum} x {data_parallel} = {rows}"
+
+
+def _check_global_batch(meta: CheckpointMeta, identity: RunIdentity, data_parallel: int) -> None:
+    """Refuse a resume whose global batch in rows differs from the checkpoint's, naming both products
+    and, when one exists, the accumulation that keeps it."""
+    old, old_text = _global_batch(meta.training, meta.data_parallel)
+    new, new_text = _global_batch(identity.training, data_parallel)
+    if old == new:
+        return
+    micro = identity.training["train.micro_batch_size"]
+    hint = (f" (e.g. train.grad_accum_steps {old // (micro * data_parallel)} with micro_batch_size {micro} at dp "
+            f"{data_parallel})" if old % (micro * data_parallel) == 0 else "")
+    raise IncompatibleCheckpointError(
+        f"checkpoint of stage {meta.stage!r} at step {meta.step} was trained with a global batch of {old_text} rows "
+        f"(micro_batch_size x grad_accum_steps x data-parallel degree); this run's is {new_text}: the data "
+        f"position and the schedule count steps of the global batch, so it must stay {old}{hint}"
+    )
+
+
 def check_resumable(meta: CheckpointMeta, identity: RunIdentity, *, tensor_parallel: int,
-                    data_parallel: int) -> dict[str, tuple[Any, Any]]:
+                    data_parallel: int, context_parallel: int = 1) -> dict[str, tuple[Any, Any]]:
     """Refuse, with the reason, a checkpoint the run `identity` cannot continue from; return the
-    changed settings the run's `checkpoint.resume_may_change` allows (empty when nothing changed)."""
+    changed settings it may continue with (empty when nothing changed): those the run's
+    `checkpoint.resume_may_change` allows, and a batch shape that keeps the global batch."""
     if meta.model_hash != identity.model_hash:
         raise IncompatibleCheckpointError(
             f"checkpoint of stage {meta.stage!r} was written by another model (model hash {meta.model_hash}, "
             f"this run's is {identity.model_hash}); start a new run or point at the right checkpoint"
         )
-    if (meta.tensor_parallel, meta.data_parallel) != (tensor_parallel, data_parallel):
+    old_layout = layout_name(meta.tensor_parallel, meta.context_parallel, meta.data_parallel)
+    new_layout = layout_name(tensor_parallel, context_parallel, data_parallel)
+    if old_layout != new_layout and not meta.universal_state:
         raise IncompatibleCheckpointError(
-            f"checkpoint layout tp {meta.tensor_parallel} x dp {meta.data_parallel} differs from this run's "
-            f"tp {tensor_parallel} x dp {data_parallel}; resharding is not supported yet: resume with the same "
-            "layout, or start the next stage from its consolidated weights (model.pt)"
+            f"checkpoint layout {old_layout} differs from this run's {new_layout}, and it was written before "
+            f"checkpoints kept their optimizer state by parameter name ({UNIVERSAL_DIR}/), so it cannot be "
+            "resharded: resume with its layout, or start the next stage from its consolidated weights (model.pt)"
         )
     if not meta.training or not identity.training:  # a checkpoint from before the settings were kept
         if meta.config_hash != identity.training_hash:
@@ -124,7 +168,9 @@ def check_resumable(meta: CheckpointMeta, identity: RunIdentity, *, tensor_paral
             )
         return {}
     changed = settings_changed(meta, identity)
-    refused = [n for n in changed if not identity.may_differ(n)]
+    if meta.data_parallel != data_parallel or any(n in changed for n in BATCH_SHAPE):
+        _check_global_batch(meta, identity, data_parallel)
+    refused = [n for n in changed if not identity.may_differ(n) and n not in BATCH_SHAPE]
     if refused:
         listed = ", ".join(f"{n} {changed[n][0]!r} -> {changed[n][1]!r}" for n in refused)
         fixable = all(may_change_on_resume(n) for n in refused)
@@ -176,14 +222,27 @@ class CheckpointManager:
         if checkpoint is None:
             return 0
         with checkpoint.as_directory() as folder:
-            meta = read_meta(Path(folder))
-            changed = check_resumable(meta, self.identity, tensor_parallel=parallel.groups.tp,
-                                      data_parallel=parallel.groups.dp)
-            if changed and parallel.groups.rank == 0:
-                print(f"[{meta.stage}] resuming from step {meta.step} with settings changed as "
-                      f"checkpoint.resume_may_change allows: "
-                      + ", ".join(f"{n} {old!r} -> {new!r}" for n, (old, new) in changed.items()), flush=True)
+            return self.restore_from(Path(folder), parallel, loader)
+
+    def restore_from(self, folder: Path, parallel: ParallelModel, loader: PackedShardLoader) -> int:
+        """Load the checkpoint in `folder` into `parallel` and `loader`, resharding it when this run's
+        layout differs from the one that wrote it; return the step to start at."""
+        groups = parallel.groups
+        meta = read_meta(folder)
+        changed = check_resumable(meta, self.identity, tensor_parallel=groups.tp, data_parallel=groups.dp,
+                                  context_parallel=groups.cp)
+        if changed and groups.rank == 0:
+            print(f"[{meta.stage}] resuming from step {meta.step} with settings changed: "
+                  + ", ".join(f"{n} {old!r} -> {new!r}" for n, (old, new) in changed.items()), flush=True)
+        old_layout = layout_name(meta.tensor_parallel, meta.context_parallel, meta.data_parallel)
+        new_layout = layout_name(groups.tp, groups.cp, groups.dp)
+        if old_layout == new_layout:
             parallel.engine.load_checkpoint(folder, tag=DEEPSPEED_TAG)
+        else:
+            if groups.rank == 0:
+                print(f"[{meta.stage}] resharding the checkpoint of step {meta.step} from {old_layout} to "
+                      f"{new_layout} (weights and optimizer state)", flush=True)
+            load_universal_state(folder, parallel, self.model_config)
         if meta.data:
             try:
                 loader.load_state_dict(meta.data)
@@ -198,7 +257,17 @@ class CheckpointManager:
 
     def save(self, step: int, parallel: ParallelModel, loader: PackedShardLoader, tokens_per_step: int,
              metrics: dict[str, float]) -> None:
-        """Every rank writes its DeepSpeed shard into one folder; Ray Train collects and registers it.
+        """Every rank writes its part of the checkpoint (`write`); Ray Train then registers the folder."""
+        target, meta = self.write(step, parallel, loader, tokens_per_step)
+        report = {**metrics, **{k: v for k, v in dataclasses.asdict(meta).items()
+                                if k not in ("data", "training", "universal_state")}}
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(target.folder)),
+                         **target.report_options)
+
+    def write(self, step: int, parallel: ParallelModel, loader: PackedShardLoader, tokens_per_step: int,
+              target: CheckpointTarget | None = None) -> tuple[CheckpointTarget, CheckpointMeta]:
+        """Every rank writes its DeepSpeed shard and its universal state into the step's folder
+        (`target`, by default `checkpoint_storage.checkpoint_target`); return where, and the metadata.
 
         Rank 0 also writes the consolidated single-device weights, gathered across tensor-parallel
         ranks (a collective: every rank takes part), so evaluation and the next stage never depend
@@ -214,9 +283,11 @@ class CheckpointManager:
             model_hash=self.identity.model_hash,
             tensor_parallel=groups.tp,
             data_parallel=groups.dp,
+            context_parallel=groups.cp,
             run_id=self.identity.run_id,
             data=loader.state_dict(),
             training=dict(self.identity.training),
+            universal_state=True,
         )
         if engine.zero_optimization_stage() == 3:
             with deepspeed.zero.GatheredParameters(list(model.parameters())):
@@ -226,14 +297,12 @@ class CheckpointManager:
         # In place under the run's storage (a shared filesystem) and registered without a copy (an 8B
         # model's checkpoint is ~100 GB); on an object store, each rank's scratch folder is uploaded
         # (checkpoint_storage.py). Either way, what an attempt that died left there is cleared first.
-        target = checkpoint_target(self.root, step, groups.rank)
+        target = target or checkpoint_target(self.root, step, groups.rank)
         prepare_folder(target)
         dist.barrier()
         engine.save_checkpoint(str(target.folder), tag=DEEPSPEED_TAG)
+        save_universal_state(target.folder, parallel)  # what a resume with other degrees loads
         if groups.rank == 0:
             save_rank_zero_files(target.folder, meta, self.model_config, full_weights)
         dist.barrier()
-        report = {**metrics, **{k: v for k, v in dataclasses.asdict(meta).items() if k not in ("data", "training")}}
-        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(target.folder)),
-                         **target.report_options)
-
+        return target, meta
