@@ -111,6 +111,6 @@ def refuse_unresumable(run: StageRun, stage_uri: str | None = None) -> None:
         meta = read_meta(latest)
     dims = run.parallel.dims
     try:
-        check_resumable(meta, run.identity, tensor_parallel=dims.tp, data_parallel=dims.dp)
+        check_resumable(meta, run.identity, tensor_parallel=dims.tp, data_parallel=dims.dp, context_parallel=dims.cp)
     except IncompatibleCheckpointError as err:
         raise StageInputError(f"stage {run.stage.name!r}: {err}") from None
