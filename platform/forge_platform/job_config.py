@@ -239,8 +239,10 @@ class CheckpointConfig:
     """Training settings a rerun may change and still continue from this stage's last checkpoint, e.g.
     `["train.steps"]` to train longer (the schedule is then recomputed for the new length). Only
     `train.steps`, `train.precision` and `optim.*` (or one `optim.<field>`) may be listed: the sequence
-    length, batch shape, ZeRO stage and seed change what a checkpoint holds or which rows come next.
-    Without it a rerun whose settings differ from its checkpoint's is refused, naming each change."""
+    length, global batch, ZeRO stage and seed change what a checkpoint holds or which rows come next.
+    Without it a rerun whose settings differ from its checkpoint's is refused, naming each change.
+    Not listed here because always allowed: other parallel degrees (the checkpoint is resharded) with
+    micro_batch_size and grad_accum_steps regrouping the same global batch (micro x accum x dp)."""
 
     def __post_init__(self) -> None:
         _require(self.every_steps >= 1, f"checkpoint.every_steps = {self.every_steps}: must be >= 1")
