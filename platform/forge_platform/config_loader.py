@@ -166,7 +166,8 @@ def _coerce(hint: Any, value: Any, path: str, presets: PresetResolvers, current:
             return tuple(items) if origin is tuple else items
         raw = _parse_cli(value, None)
         if isinstance(raw, str) and isinstance(value, _CliText):
-            raw = [part for part in raw.split(",") if part]
+            # Each item is command-line text too, read as the item type (`4096,16384` -> ints).
+            raw = [_CliText(part) for part in raw.split(",") if part]
         if not isinstance(raw, (list, tuple)):
             raise ConfigError(f"{path} = {raw!r}: expected a list")
         items = [_coerce(item, v, f"{path}.{i}", presets, None) for i, v in enumerate(raw)]

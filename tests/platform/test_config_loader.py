@@ -34,6 +34,10 @@ class Outer:
     """Tags."""
     limit: Optional[int] = None
     """Limit."""
+    sizes: list[int] = field(default_factory=list)
+    """Sizes."""
+    ratios: list[float] = field(default_factory=list)
+    """Ratios."""
     inner: Inner = field(default_factory=Inner)
     """Inner section."""
     items: list[Inner] = field(default_factory=lambda: [Inner(), Inner(width=2)])
@@ -90,6 +94,18 @@ def test_int_is_accepted_for_float_and_strings_stay_strings() -> None:
     assert cfg.name == "123"
     assert cfg.limit is None
     assert cfg.tags == ["a", "b"]
+
+
+def test_comma_lists_take_their_item_type() -> None:
+    # `--eval.phonebook_lengths 4096,16384` as jobs.evaluate's docstring shows: each item is read
+    # as its field's type (it was kept as text, and the int check refused "4096").
+    cfg = load_config(Outer, None, ["--sizes", "4096,16384", "--ratios", "0.5,1,2e0", "--tags", "1,2"])
+    assert cfg.sizes == [4096, 16384]
+    assert cfg.ratios == [0.5, 1.0, 2.0] and all(isinstance(r, float) for r in cfg.ratios)
+    assert cfg.tags == ["1", "2"]
+    assert load_config(Outer, None, ["--sizes", "[1, 2]"]).sizes == [1, 2]
+    with pytest.raises(ConfigError, match=r"sizes\.1 = 'x': expected int, got str"):
+        load_config(Outer, None, ["--sizes", "1,x"])
 
 
 def test_list_items_are_addressed_by_index(tmp_path: Path) -> None:
