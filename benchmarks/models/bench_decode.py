@@ -205,7 +205,8 @@ def measure_preset(preset: str, args: argparse.Namespace, device: torch.device, 
                 point["skipped"] = "buffers do not fit in memory"
             else:
                 engine = InferenceEngine(model, max_batch=batch, max_seq_len=capacity,
-                                         cuda_graphs=device.type == "cuda" and not args.no_graphs)
+                                         cuda_graphs=device.type == "cuda" and not args.no_graphs,
+                                         compiled_pointwise=device.type == "cuda" and not args.eager_pointwise)
                 ms = time_decode_steps(engine, batch, context, args.steps)
                 point.update(ms_per_token=ms, tokens_per_s=batch * 1e3 / ms,
                              achieved_gb_s=traffic.total_bytes / (ms * 1e-3) / 1e9,
@@ -246,6 +247,8 @@ def main() -> None:
     parser.add_argument("--anchor", action="store_true", help="also time mamba_ssm's MambaLMHeadModel (CUDA)")
     parser.add_argument("--anchor-batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--no-graphs", action="store_true", help="eager decode step (to see what the graphs save)")
+    parser.add_argument("--eager-pointwise", action="store_true",
+                        help="norms, RoPE and softmax unfused (to see what torch.compile saves)")
     parser.add_argument("--pair", nargs=2, default=[HYBRID, TRANSFORMER], metavar=("HYBRID", "TRANSFORMER"),
                         help="the two presets whose speedup is reported")
     parser.add_argument("--json", default=None)
@@ -255,6 +258,7 @@ def main() -> None:
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "bandwidth_gbs": args.bandwidth_gbs,
               "torch": torch.__version__, "cuda_graphs": device.type == "cuda" and not args.no_graphs,
+              "compiled_pointwise": device.type == "cuda" and not args.eager_pointwise,
               "points": [], "prefill": [], "anchor": []}
     for preset in args.presets:
         part = measure_preset(preset, args, device, dtype)

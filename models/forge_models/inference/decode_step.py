@@ -27,8 +27,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from forge_models.attention import Attention, apply_rope
+from forge_models.attention import Attention
 from forge_models.inference.buffers import DecodeBuffers, KVBuffers, LayerBuffers, MambaBuffers
+from forge_models.inference.pointwise import PointwiseOps
 from forge_models.inference.prefill import mamba1_dt
 from forge_models.mamba1 import MambaMixer
 from forge_models.mamba2 import Mamba2Mixer
@@ -45,17 +46,12 @@ def state_update_kernels() -> tuple:  # (selective_state_update, causal_conv1d_u
     return ssu, importlib.import_module("causal_conv1d").causal_conv1d_update
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """norms.RMSNorm's eager math (never its torch.compile'd variant: the step may be graph-captured)."""
-    x32 = x.float()
-    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
-
-
 class Mamba2Step:
     """One token through a Mamba-2 mixer with its state in a MambaBuffers."""
 
-    def __init__(self, mixer: Mamba2Mixer, use_kernels: bool, dtype: torch.dtype) -> None:
+    def __init__(self, mixer: Mamba2Mixer, use_kernels: bool, dtype: torch.dtype, ops: PointwiseOps | None = None) -> None:
         self.mixer, self.use_kernels, self.dtype = mixer, use_kernels, dtype
+        self.ops = ops or PointwiseOps(compiled=False)
         self.in_proj_weight = torch.empty(0)
         self.conv_weight = torch.empty(0)
         self.conv_bias: torch.Tensor | None = None
@@ -99,7 +95,9 @@ class Mamba2Step:
             y_bHP, new_ssm = ssd_step(x_bHP, dt_bH, self.A_H, B_bGN, C_bGN, buf.ssm[:rows])
             buf.ssm[:rows].copy_(new_ssm)
             y_bHP = y_bHP + x_bHP.float() * m.D.float()[:, None]
-        return m.out_proj(m.norm(y_bHP.flatten(-2).to(h_bD.dtype), z))
+        normed = self.ops.gated_group_rms_norm(y_bHP.flatten(-2).to(h_bD.dtype), z, m.norm.weight, m.norm.num_groups,
+                                               m.norm.eps)
+        return m.out_proj(normed)
 
 
 class Mamba1Step:
@@ -143,8 +141,9 @@ class Mamba1Step:
 class AttentionStep:
     """One token through an attention mixer over a KVBuffers with per-row lengths."""
 
-    def __init__(self, mixer: Attention, capacity: int, device: torch.device) -> None:
+    def __init__(self, mixer: Attention, capacity: int, device: torch.device, ops: PointwiseOps | None = None) -> None:
         self.mixer = mixer
+        self.ops = ops or PointwiseOps(compiled=False)
         self.key_positions_S = torch.arange(capacity, device=device)
         self.scale = 1.0 / math.sqrt(mixer.head_dim)
 
@@ -158,17 +157,16 @@ class AttentionStep:
         k = m.k_proj(h_bD).view(rows, 1, groups, head_dim)
         v = m.v_proj(h_bD).view(rows, groups, 1, head_dim)
         if m.rope:
-            q = apply_rope(q, positions_b[:, None], m.rope_base)
-            k = apply_rope(k, positions_b[:, None], m.rope_base)
+            q = self.ops.rope(q, positions_b[:, None], m.rope_base)
+            k = self.ops.rope(k, positions_b[:, None], m.rope_base)
         k_cache, v_cache = buf.k[:rows], buf.v[:rows]
         slot = positions_b.view(rows, 1, 1, 1).expand(rows, groups, 1, head_dim)
         k_cache.scatter_(2, slot, k.view(rows, groups, 1, head_dim).to(k_cache.dtype))
         v_cache.scatter_(2, slot, v.to(v_cache.dtype))
         # Query head h reads kv group h // per_group (SDPA's enable_gqa order).
         q_bGrE = q.view(rows, groups, per_group, head_dim)
-        scores = torch.matmul(q_bGrE, k_cache.transpose(-1, -2)).float() * self.scale  # (b, G, r, S)
-        future = (self.key_positions_S[None, :] > positions_b[:, None])[:, None, None, :]
-        probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1).to(v_cache.dtype)
+        scores = torch.matmul(q_bGrE, k_cache.transpose(-1, -2))  # (b, G, r, S)
+        probs = self.ops.masked_softmax(scores, positions_b, self.key_positions_S, self.scale, v_cache.dtype)
         out = torch.matmul(probs, v_cache)  # (b, G, r, E)
         return m.o_proj(out.reshape(rows, m.num_heads * head_dim))
 
@@ -189,18 +187,20 @@ class MLPStep:
 class DecodeProgram:
     """The whole step: embedding -> every layer -> final norm -> LM head, over `buffers`' first rows."""
 
-    def __init__(self, model: LanguageModel, buffers: DecodeBuffers, use_kernels: bool) -> None:
+    def __init__(self, model: LanguageModel, buffers: DecodeBuffers, use_kernels: bool,
+                 compiled_pointwise: bool = False) -> None:
         self.model, self.buffers, self.use_kernels = model, buffers, use_kernels
+        self.ops = PointwiseOps(compiled=compiled_pointwise)
         dtype, device = model.embedding.weight.dtype, model.embedding.weight.device
         self.steps = []
         for block in model.layers:
             mixer = block.mixer
             if isinstance(mixer, Mamba2Mixer):
-                self.steps.append(Mamba2Step(mixer, use_kernels, dtype))
+                self.steps.append(Mamba2Step(mixer, use_kernels, dtype, self.ops))
             elif isinstance(mixer, MambaMixer):
                 self.steps.append(Mamba1Step(mixer, use_kernels, dtype))
             elif isinstance(mixer, Attention):
-                self.steps.append(AttentionStep(mixer, buffers.capacity, device))
+                self.steps.append(AttentionStep(mixer, buffers.capacity, device, self.ops))
             else:
                 self.steps.append(MLPStep(mixer))
 
@@ -211,11 +211,13 @@ class DecodeProgram:
 
     def __call__(self, tokens_b: torch.Tensor) -> torch.Tensor:
         """Logits (b, V) for the next token of each of the first b rows; advances their lengths by one."""
-        model, rows = self.model, tokens_b.shape[0]
+        model, rows, ops = self.model, tokens_b.shape[0], self.ops
         positions_b = self.buffers.lengths[:rows]
         x = F.embedding(tokens_b, model.embedding.weight)
-        for block, step, buf in zip(model.layers, self.steps, self.buffers.layers):
-            x = x + step(rms_norm(x, block.norm.weight, block.norm.eps), buf, positions_b)
+        norms = [block.norm for block in model.layers] + [model.final_norm]
+        h = ops.rms_norm(x, norms[0].weight, norms[0].eps)
+        for i, (step, buf) in enumerate(zip(self.steps, self.buffers.layers)):
+            # The residual add and the next pre-norm (the final norm after the last layer) in one op.
+            x, h = ops.add_rms_norm(x, step(h, buf, positions_b), norms[i + 1].weight, norms[i + 1].eps)
         positions_b.add_(1)
-        h = rms_norm(x, model.final_norm.weight, model.final_norm.eps)
         return F.linear(h, model.lm_head_weight())

@@ -57,7 +57,7 @@ class InferenceEngine:
 
     def __init__(self, model: LanguageModel, max_batch: int, max_seq_len: int,
                  buckets: Sequence[int] = DEFAULT_BUCKETS, cuda_graphs: bool | None = None,
-                 max_prefill_tokens: int = 65536) -> None:
+                 max_prefill_tokens: int = 65536, compiled_pointwise: bool | None = None) -> None:
         buckets = tuple(sorted(buckets))
         if not buckets or buckets[0] < 1:
             raise ValueError(f"buckets={buckets}: must be batch sizes >= 1")
@@ -76,7 +76,10 @@ class InferenceEngine:
         self.buckets = tuple(b for b in buckets if b < max_batch) + (self.bucket_for(max_batch, buckets),)
         self.max_batch, self.max_seq_len, self.max_prefill_tokens = max_batch, max_seq_len, max_prefill_tokens
         self.buffers = DecodeBuffers(model, self.buckets[-1], max_seq_len, self.device, self.dtype)
-        self.program = DecodeProgram(model, self.buffers, self.use_kernels)
+        if compiled_pointwise and self.device.type != "cuda":
+            raise ValueError(f"compiled_pointwise=True is for CUDA models, this one is on {self.device}")
+        compiled = self.device.type == "cuda" if compiled_pointwise is None else compiled_pointwise
+        self.program = DecodeProgram(model, self.buffers, self.use_kernels, compiled_pointwise=compiled)
         use_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self.graphs = (GraphedDecodeStep(self.program, self.buffers.lengths, self.buckets[-1], self.device)
                        if use_graphs else None)
