@@ -278,7 +278,8 @@ def print_summary(result: dict) -> None:
     for p in result["points"]:
         gb = p["traffic"]["total_bytes"] / 1e9
         if "ms_per_token" not in p:
-            print(f"{p['preset']} | {p['batch']} | {p['context']} | {p['skipped']} | | {gb:.2f} | | {p['floor_ms']:.3f} |")
+            print(f"{p['preset']} | {p['batch']} | {p['context']} | {p['skipped']} | | {gb:.2f} | | "
+                  f"{p['floor_ms']:.3f} |")
             continue
         print(f"{p['preset']} | {p['batch']} | {p['context']} | {p['ms_per_token']:.3f} | {p['tokens_per_s']:.0f} | "
               f"{gb:.2f} | {p['achieved_gb_s']:.0f} | {p['floor_ms']:.3f} | {p['over_floor']:.2f}")

@@ -1,5 +1,7 @@
 """Batched incremental decoding: one prefill, then one token per step through the layer caches.
 
+The simple loop, kept as the oracle of the fast engine (forge_models.inference.InferenceEngine:
+packed prefill of prompts of any lengths, CUDA-graph decode), which must give the same greedy tokens.
 Prompts in a batch share one length T (no padding): each row is one document. Decoding is
 greedy at temperature 0, otherwise sampling from softmax(logits / temperature), optionally
 restricted to the top_k logits, drawing from `generator` so a seed reproduces the output.

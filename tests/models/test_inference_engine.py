@@ -88,7 +88,8 @@ def test_sampling_is_reproducible_and_respects_top_k_and_top_p() -> None:
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, other))
     greedy = engine.generate(prompts, 12)
-    for narrow in (SamplingConfig(temperature=1.0, top_k=1, seed=0), SamplingConfig(temperature=1.0, top_p=1e-6, seed=0)):
+    for narrow in (SamplingConfig(temperature=1.0, top_k=1, seed=0),
+                   SamplingConfig(temperature=1.0, top_p=1e-6, seed=0)):
         assert all(torch.equal(x, y) for x, y in zip(engine.generate(prompts, 12, sampling=narrow), greedy))
     top3 = engine.generate(prompts, 1, sampling=SamplingConfig(temperature=5.0, top_k=3, seed=0))
     with torch.no_grad():
@@ -111,7 +112,8 @@ def test_bad_sampling_settings_are_refused(kwargs: dict, match: str) -> None:
 def test_bad_requests_are_refused_by_name() -> None:
     model = build_model(get_preset("hybrid-debug")).eval()
     engine = InferenceEngine(model, max_batch=2, max_seq_len=16)
-    with pytest.raises(ValueError, match=r"prompt 1 has 12 tokens \+ max_new_tokens 8 = 20 > the engine's max_seq_len 16"):
+    too_long = r"prompt 1 has 12 tokens \+ max_new_tokens 8 = 20 > the engine's max_seq_len 16"
+    with pytest.raises(ValueError, match=too_long):
         engine.generate([torch.ones(3, dtype=torch.long), torch.ones(12, dtype=torch.long)], 8)
     with pytest.raises(ValueError, match="batch of 3 prompts is larger than the engine's max_batch 2"):
         engine.generate([[1], [2], [3]], 2)

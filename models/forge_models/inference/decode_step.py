@@ -49,7 +49,8 @@ def state_update_kernels() -> tuple:  # (selective_state_update, causal_conv1d_u
 class Mamba2Step:
     """One token through a Mamba-2 mixer with its state in a MambaBuffers."""
 
-    def __init__(self, mixer: Mamba2Mixer, use_kernels: bool, dtype: torch.dtype, ops: PointwiseOps | None = None) -> None:
+    def __init__(self, mixer: Mamba2Mixer, use_kernels: bool, dtype: torch.dtype,
+                 ops: PointwiseOps | None = None) -> None:
         self.mixer, self.use_kernels, self.dtype = mixer, use_kernels, dtype
         self.ops = ops or PointwiseOps(compiled=False)
         self.in_proj_weight = torch.empty(0)

@@ -46,7 +46,8 @@ class PackedPrompts:
         lengths = [int(p.numel()) for p in prompts]
         self.lengths = lengths
         self.ids_1T = torch.cat([p.reshape(-1) for p in prompts]).to(device=device, dtype=torch.long)[None]
-        self.seq_idx_1T = torch.cat([torch.full((n,), i, dtype=torch.int32) for i, n in enumerate(lengths)])[None].to(device)
+        doc_index = [torch.full((n,), i, dtype=torch.int32) for i, n in enumerate(lengths)]
+        self.seq_idx_1T = torch.cat(doc_index)[None].to(device)
         cu = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0)
         self.cu_seqlens = cu.to(device=device, dtype=torch.int32)
         self.starts = [int(s) for s in cu[:-1]]
