@@ -14,12 +14,13 @@ instead of running a prefill: a decode step's time does not depend on the cached
 free GPU memory are recorded as skipped. `--prefill-contexts` also times one packed prefill of a
 single prompt of that length (after one warm-up call, which includes Triton's autotuning).
 
-`--anchor`: in the same process, mamba_ssm's own `MambaLMHeadModel` pure Mamba-2 built with the
-shape of `mamba2-2b-bench` (d_model 2048, 56 Mamba-2 layers, d_state 128, head dim 64, 8
-groups, vocab 32K, untied: the hybrid's depth and size, ~1.78B) decodes with its CUDA-graph
-path, `generate(..., cg=True, top_k=1)`. Both sides are timed the same way: a whole generate
-call of 1 + n new tokens minus one of 1 new token, divided by n (so the prefill and graph
-capture drop out; the graph is captured by a first, untimed call). Only its pure Mamba-2 model
+`--anchor`: in the same process, for every pure Mamba-2 preset measured, mamba_ssm's own
+`MambaLMHeadModel` built with the same shape decodes with its CUDA-graph path. By default that
+is `mamba2-2b-bench`: d_model 2048, 56 Mamba-2 layers, d_state 128, head dim 64, 8 groups,
+vocab 32K, untied (the hybrid bench's depth and size, ~1.78B); mamba2-8b when asked. Theirs runs
+`generate(..., cg=True, top_k=1)`, ours `InferenceEngine.generate`, timed the same way: a whole
+generate call of 1 + n new tokens minus one of 1 new token, divided by n (so the prefill and
+graph capture drop out; the graphs are captured by a first, untimed call). Only its pure Mamba-2 model
 is compared: mamba_ssm's attention decode is wrong without flash-attn (issue #15).
 
 Laptop (CPU smoke test of the script):
@@ -29,6 +30,9 @@ One GPU (H200, ~3 minutes):
     source .carry/bootstrap.sh && python3 benchmarks/models/bench_decode.py --anchor \
         --prefill-contexts 4096 32768 --json $OUT/decode.json && \
     python3 benchmarks/models/plot_decode.py $OUT/decode.json $OUT/decode_speedup.png
+The 8B presets (points that do not fit are skipped: the Transformer's full-MHA KV is 69 GB per row at 128K):
+    python3 benchmarks/models/bench_decode.py --presets hybrid-8b transformer-8b mamba2-8b \
+        --pair hybrid-8b transformer-8b --batches 1 8 --anchor --anchor-batches 1 --json $OUT/decode_8b.json
 """
 
 from __future__ import annotations
@@ -223,7 +227,7 @@ def measure_preset(preset: str, args: argparse.Namespace, device: torch.device, 
         prefill.append({"preset": preset, "context": context, "prefill_ms": ms, "tokens_per_s": context * 1e3 / ms})
         print(json.dumps(prefill[-1]), flush=True)
     anchor = None
-    if args.anchor and preset in BENCH_ONLY_PRESETS and device.type == "cuda":
+    if args.anchor and set(cfg.pattern) == {"M"} and device.type == "cuda":  # pure Mamba-2 only
         anchor = [{"preset": preset, "batch": b, **anchor_comparison(cfg, model, b, args.steps, device)}
                   for b in args.anchor_batches]
         for row in anchor:
@@ -274,15 +278,16 @@ def main() -> None:
 def print_summary(result: dict) -> None:
     """One line per point, then the speedups and the anchor, readable in a log."""
     print(f"\n# decode on {result['device']} ({result['date']}), floor at {result['bandwidth_gbs']:.0f} GB/s")
-    print("preset | batch | context | ms/token | tokens/s | model GB/step | achieved GB/s | floor ms | x floor")
+    print("| preset | batch | context | ms/token | tokens/s | model GB/step | achieved GB/s | floor ms | x floor |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for p in result["points"]:
         gb = p["traffic"]["total_bytes"] / 1e9
         if "ms_per_token" not in p:
-            print(f"{p['preset']} | {p['batch']} | {p['context']} | {p['skipped']} | | {gb:.2f} | | "
-                  f"{p['floor_ms']:.3f} |")
+            print(f"| {p['preset']} | {p['batch']} | {p['context']} | {p['skipped']} | | {gb:.2f} | | "
+                  f"{p['floor_ms']:.3f} | |")
             continue
-        print(f"{p['preset']} | {p['batch']} | {p['context']} | {p['ms_per_token']:.3f} | {p['tokens_per_s']:.0f} | "
-              f"{gb:.2f} | {p['achieved_gb_s']:.0f} | {p['floor_ms']:.3f} | {p['over_floor']:.2f}")
+        print(f"| {p['preset']} | {p['batch']} | {p['context']} | {p['ms_per_token']:.3f} | {p['tokens_per_s']:.0f} | "
+              f"{gb:.2f} | {p['achieved_gb_s']:.0f} | {p['floor_ms']:.3f} | {p['over_floor']:.2f} |")
     for s in result["speedups"]:
         print(f"speedup hybrid/transformer batch {s['batch']} context {s['context']}: measured "
               f"{s['measured_speedup']:.2f}, predicted {s['predicted_speedup']:.2f} "
