@@ -349,6 +349,10 @@ def plan_for_job(model: ModelConfig, stages: list[StageConfig], parallel: Parall
     """What every job does before it starts anything: plan each stage, print the plans, refuse
     (ConfigError, one line) a stage that cannot fit, and return the stages with `auto` resolved."""
     capacity = gpu_capacity(parallel)
+    for stage in stages:  # a shard is a whole number of tokens (the workers would refuse it one by one)
+        if stage.seq_len % parallel.context_parallel:
+            raise ConfigError(f"stages.{stage.name}: seq_len = {stage.seq_len} is not divisible by "
+                              f"parallel.context_parallel = {parallel.context_parallel}")
     plans = plan_stages(model, stages, parallel, capacity=capacity)
     if echo:
         for plan in plans:

@@ -20,7 +20,7 @@ from _tp_workers import RunSpec, assert_close, launch, reference_run
 from forge_models import get_preset
 from forge_models.tp_plan import check_context_parallel
 
-from forge_platform.job_config import ParallelConfig
+from forge_platform.job_config import ParallelConfig, TrainConfig
 from forge_platform.parallel import ParallelDims
 
 WEIGHT_ATOL = 5e-5  # as test_tensor_parallel: Adam turns rounding-level gradient differences into ~1% of a step
@@ -108,3 +108,30 @@ def test_cp2_dp2_deepspeed_zero2_matches_single_process(tmp_path: Path) -> None:
     weights = torch.load(tmp_path / "weights.pt", weights_only=True)
     for name, expected in ref_weights.items():
         torch.testing.assert_close(weights[name], expected, rtol=0, atol=WEIGHT_ATOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.slow
+def test_context_parallel_stage_matches_one_worker(packed_data, tmp_path: Path) -> None:
+    """CP=2 through the trainer (Ray Train + DeepSpeed ZeRO-2 over the two CP replicas): each worker
+    keeps its half of every 64-token row, and the run follows one worker step for step."""
+    from forge_platform.cluster import ensure_ray
+    from forge_platform.training.stage_runner import run_stage
+
+    from tests.platform.test_fault_tolerance import losses_by_step, stage_run
+
+    ensure_ray(4, workspace=tmp_path)
+    short = {"stage": dataclasses.replace(stage_run(packed_data).stage,
+                                          train=TrainConfig(steps=3, micro_batch_size=2, zero_stage=2, seed=3))}
+    one = run_stage(stage_run(packed_data, parallel=ParallelConfig(num_workers=1, peak_tflops=1.0), **short),
+                    tmp_path / "storage", "cp1")
+    two = run_stage(stage_run(packed_data, parallel=ParallelConfig(num_workers=2, context_parallel=2,
+                                                                   peak_tflops=1.0), **short),
+                    tmp_path / "storage", "cp2")
+    one_losses, two_losses = losses_by_step(one.raw), losses_by_step(two.raw)
+    assert sorted(one_losses) == [1, 2, 3]
+    for step, loss in one_losses.items():
+        assert two_losses[step] == pytest.approx(loss, rel=1e-5), step
+    full_one = torch.load(one.checkpoint_dir / "model.pt", weights_only=True)
+    full_two = torch.load(two.checkpoint_dir / "model.pt", weights_only=True)
+    for name, tensor in full_one.items():
+        torch.testing.assert_close(full_two[name], tensor, rtol=1e-4, atol=1e-5)  # Adam amplifies 1e-7 grad noise

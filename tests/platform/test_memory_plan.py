@@ -206,3 +206,9 @@ def test_an_unfit_stage_is_offered_a_larger_context_parallel_degree() -> None:
     eight = ParallelConfig(num_workers=8, context_parallel=2, use_gpu=True, gpu_memory_gib=80.0)
     with pytest.raises(ConfigError, match=r"it would fit with recompute = full, micro-batch 1, context_parallel = 4 "):
         plan_for_job(model, [stage(262144)], eight, echo=False)
+
+
+def test_a_sequence_length_context_parallelism_cannot_split_is_refused() -> None:
+    two = ParallelConfig(num_workers=2, context_parallel=2)
+    with pytest.raises(ConfigError, match=r"stages.s4097: seq_len = 4097 is not divisible by parallel.context_parallel = 2"):
+        plan_for_job(get_preset("hybrid-debug"), [stage(4097)], two, echo=False)
