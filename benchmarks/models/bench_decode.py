@@ -42,13 +42,14 @@ import gc
 import json
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 
 import torch
 
 from forge_models import ModelConfig, build_model, get_preset, keep_fp32_names
 from forge_models.inference import InferenceEngine
-from forge_models.inference.traffic import decode_step_traffic
+from forge_models.inference.traffic import StepTraffic, decode_step_traffic
 
 H200_COPY_GB_S = 4300.0  # what an H200 copies in practice (HBM3e spec 4.8 TB/s)
 BENCH_ONLY_PRESETS: dict[str, Callable[[], ModelConfig]] = {
@@ -194,6 +195,18 @@ def speedups(points: list[dict], hybrid_name: str = HYBRID, transformer_name: st
     return rows
 
 
+def measure_point(model: torch.nn.Module, batch: int, context: int, capacity: int, traffic: StepTraffic,
+                  args: argparse.Namespace, device: torch.device) -> dict:
+    """Latency, throughput and achieved bandwidth of one (batch, context) point."""
+    engine = InferenceEngine(model, max_batch=batch, max_seq_len=capacity,
+                             cuda_graphs=device.type == "cuda" and not args.no_graphs,
+                             compiled_pointwise=device.type == "cuda" and not args.eager_pointwise)
+    ms = time_decode_steps(engine, batch, context, args.steps)
+    return {"ms_per_token": ms, "tokens_per_s": batch * 1e3 / ms,
+            "achieved_gb_s": traffic.total_bytes / (ms * 1e-3) / 1e9,
+            "over_floor": ms / traffic.floor_ms(args.bandwidth_gbs), "buffer_bytes": engine.buffers.nbytes()}
+
+
 def measure_preset(preset: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
     """Every (batch, context) point of one preset, plus its prefill timings."""
     cfg = preset_config(preset)
@@ -208,14 +221,10 @@ def measure_preset(preset: str, args: argparse.Namespace, device: torch.device, 
             if not fits(cfg, batch, capacity, device, args.memory_fraction):
                 point["skipped"] = "buffers do not fit in memory"
             else:
-                engine = InferenceEngine(model, max_batch=batch, max_seq_len=capacity,
-                                         cuda_graphs=device.type == "cuda" and not args.no_graphs,
-                                         compiled_pointwise=device.type == "cuda" and not args.eager_pointwise)
-                ms = time_decode_steps(engine, batch, context, args.steps)
-                point.update(ms_per_token=ms, tokens_per_s=batch * 1e3 / ms,
-                             achieved_gb_s=traffic.total_bytes / (ms * 1e-3) / 1e9,
-                             over_floor=ms / point["floor_ms"], buffer_bytes=engine.buffers.nbytes())
-                del engine
+                try:
+                    point.update(measure_point(model, batch, context, capacity, traffic, args, device))
+                except torch.cuda.OutOfMemoryError as exc:  # the estimate was short: record and go on
+                    point["skipped"] = f"out of memory: {str(exc).splitlines()[0]}"
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -223,17 +232,28 @@ def measure_preset(preset: str, args: argparse.Namespace, device: torch.device, 
             print(json.dumps(point), flush=True)
     prefill = []
     for context in args.prefill_contexts:
-        ms = time_prefill(model, context, device)
-        prefill.append({"preset": preset, "context": context, "prefill_ms": ms, "tokens_per_s": context * 1e3 / ms})
-        print(json.dumps(prefill[-1]), flush=True)
-    anchor = None
+        row = {"preset": preset, "context": context}
+        try:
+            ms = time_prefill(model, context, device)
+            row.update(prefill_ms=ms, tokens_per_s=context * 1e3 / ms)
+        except Exception as exc:  # noqa: BLE001 - one failed measurement must not lose the others
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        prefill.append(row)
+        print(json.dumps(row), flush=True)
+    anchor = []
     if args.anchor and set(cfg.pattern) == {"M"} and device.type == "cuda":  # pure Mamba-2 only
-        anchor = [{"preset": preset, "batch": b, **anchor_comparison(cfg, model, b, args.steps, device)}
-                  for b in args.anchor_batches]
-        for row in anchor:
+        for batch in args.anchor_batches:
+            row = {"preset": preset, "batch": batch}
+            try:
+                row.update(anchor_comparison(cfg, model, batch, args.steps, device))
+            except Exception as exc:  # noqa: BLE001 - mamba_ssm's side failing must not lose our numbers
+                row["error"] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+            anchor.append(row)
             print(json.dumps(row), flush=True)
     del model
-    return {"points": points, "prefill": prefill, "anchor": anchor or []}
+    return {"points": points, "prefill": prefill, "anchor": anchor}
 
 
 def main() -> None:
@@ -293,9 +313,15 @@ def print_summary(result: dict) -> None:
               f"{s['measured_speedup']:.2f}, predicted {s['predicted_speedup']:.2f} "
               f"(measured/predicted {s['measured_over_predicted']:.2f})")
     for a in result["anchor"]:
+        if "error" in a:
+            print(f"anchor mamba_ssm {a['preset']} batch {a['batch']}: {a['error']}")
+            continue
         print(f"anchor mamba_ssm {a['preset']} batch {a['batch']}: theirs {a['anchor_ms_per_token']:.3f} ms/token, "
               f"ours {a['ours_ms_per_token']:.3f}; theirs/ours {a['anchor_over_ours']:.2f}")
     for p in result["prefill"]:
+        if "error" in p:
+            print(f"prefill {p['preset']} {p['context']} tokens: {p['error']}")
+            continue
         print(f"prefill {p['preset']} {p['context']} tokens: {p['prefill_ms']:.1f} ms ({p['tokens_per_s']:.0f} tok/s)")
 
 

@@ -88,6 +88,11 @@ def test_cuda_graph_decode_equals_eager_decode() -> None:
     assert graphed.graphs is not None and graphed.graphs.captured(8)
     for a, b in zip(out_graphed, out_eager):
         assert a.shape == (32,) and torch.equal(a, b)
+    # A second bucket's graph over the same buffers, after the first one ran.
+    single = [prompts[3]]
+    assert torch.equal(graphed.generate(single, 32)[0], eager.generate(single, 32)[0])
+    assert graphed.graphs.captured(1)
+    assert torch.equal(graphed.generate(prompts, 32)[2], out_graphed[2])  # bucket 8 again, unchanged
 
 
 def test_kernel_engine_greedy_equals_reference_generate_fp32() -> None:
