@@ -135,3 +135,16 @@ def test_a_conv_width_the_decode_kernel_lacks_is_refused() -> None:
     prompt = torch.randint(0, 256, (6,))
     out = InferenceEngine(model, max_batch=1, max_seq_len=16).generate([prompt], 4)[0]
     assert torch.equal(out, generate(model, prompt[None], 4)[0, 6:])
+
+
+@pytest.mark.parametrize("name", ["hybrid-debug", "mamba-debug"])
+def test_refresh_weights_after_loading_new_weights_in_place(name: str) -> None:
+    model = build_model(get_preset(name)).eval()
+    engine = InferenceEngine(model, max_batch=2, max_seq_len=32)
+    prompts = _prompts([6, 11])
+    before = engine.generate(prompts, 8)
+    model.load_state_dict(build_model(get_preset(name)).state_dict())  # other weights, same tensors
+    expected = [generate(model, p[None], 8)[0, p.numel():] for p in prompts]
+    assert not all(torch.equal(a, b) for a, b in zip(before, expected))
+    engine.refresh_weights()
+    assert all(torch.equal(a, b) for a, b in zip(engine.generate(prompts, 8), expected))

@@ -64,7 +64,7 @@ class Mamba2Step:
         """(Re)build the concatenated weights from the mixer's parameters, in place once built."""
         m = self.mixer
         fresh = {"in_proj_weight": m.in_proj_weight().to(self.dtype), "conv_weight": m.conv_weight().to(self.dtype),
-                 "A_H": -torch.exp(m.A_log.float())}
+                 "A_H": -torch.exp(m.A_log.float())}  # concatenations: new tensors, never the parameters
         bias = m.conv_bias()
         if bias is not None:
             fresh["conv_bias"] = bias.to(self.dtype)
@@ -110,15 +110,17 @@ class Mamba1Step:
 
     @torch.no_grad()
     def refresh_weights(self) -> None:
-        """Recompute A = -exp(A_log) (fp32) and the conv weight in the compute dtype."""
+        """Recompute A = -exp(A_log) (fp32) and the conv weight and bias in the compute dtype, in place
+        once built (a captured graph keeps reading the same tensors)."""
         m = self.mixer
-        for name, value in (("A_IN", -torch.exp(m.A_log.float())), ("conv_weight", m.conv_weight.to(self.dtype))):
+        fresh = {"A_IN": -torch.exp(m.A_log.float()), "conv_weight": m.conv_weight.to(self.dtype, copy=True),
+                 "conv_bias": None if m.conv_bias is None else m.conv_bias.to(self.dtype, copy=True)}
+        for name, value in fresh.items():
             current = getattr(self, name, None)
-            if current is not None and current.shape == value.shape:
+            if current is not None and value is not None and current.shape == value.shape:
                 current.copy_(value)
             else:
                 setattr(self, name, value)
-        self.conv_bias = None if m.conv_bias is None else m.conv_bias.to(self.dtype)
 
     def __call__(self, h_bD: torch.Tensor, buf: MambaBuffers, positions_b: torch.Tensor) -> torch.Tensor:
         m, rows = self.mixer, h_bD.shape[0]
