@@ -12,12 +12,13 @@ from forge_platform.job_config import ParallelConfig
 
 
 def worker_env(workspace: str | Path) -> dict[str, str]:
-    """Environment for Ray workers: keep caches out of $HOME and DeepSpeed quiet on CPU."""
+    """Environment for Ray workers: keep caches out of $HOME and DeepSpeed quiet on CPU. Cache folders
+    the driver's environment already names are kept (the workers share the driver's caches)."""
     workspace = Path(workspace).resolve()
     env = {
         # DeepSpeed JIT-compiles C++ ops on first use: cache them in the workspace, once.
-        "TORCH_EXTENSIONS_DIR": str(workspace / ".cache" / "torch_extensions"),
-        "MPLCONFIGDIR": str(workspace / ".cache" / "matplotlib"),
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR") or str(workspace / ".cache" / "torch_extensions"),
+        "MPLCONFIGDIR": os.environ.get("MPLCONFIGDIR") or str(workspace / ".cache" / "matplotlib"),
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "PYTHONUNBUFFERED": "1",
     }
