@@ -204,3 +204,25 @@ def test_a_campaigns_final_weights_are_a_registered_model_version_with_lineage(s
     assert (local / "model.pt").read_bytes() == (extend.checkpoint_dir / "model.pt").read_bytes()
     assert (local / "tokenizer.model").read_bytes() == packed_data.tokenizer.read_bytes()
     assert (local / "hf" / "config.json").is_file()
+
+
+def test_a_model_registered_while_the_server_is_down_is_registered_when_it_answers(packed_data, tmp_path: Path,
+                                                                                  capsys) -> None:
+    """The end of a campaign during an outage: the model folder is kept in the spill folder, the
+    registration queued after it, and both are made (run ids resolved) once the server is back."""
+    from forge_platform.tracking.model_registry import register_campaign_model
+
+    port = free_port()
+    with local_mlflow_server(tmp_path / "store", port=port) as first:
+        cfg, outcome, runs = _tiny_campaign_run(first, tmp_path / "job", packed_data.tokenizer,
+                                                packed_data.vocab_size)
+    register_campaign_model(cfg, outcome, runs)  # the server is gone
+    assert "unreachable" in capsys.readouterr().out
+    assert [c["op"] for c in runs.journal.calls] == ["log_artifact", "register_model"]
+    with local_mlflow_server(tmp_path / "store", port=port) as again:
+        runs.close()
+        client = MlflowClient(again.uri)
+        (version,) = client.search_model_versions("name = 'registry-test'")
+        assert version.run_id == outcome.parent_run_id
+        assert {a.path for a in client.list_artifacts(outcome.parent_run_id, "model")} >= {"model/model.pt"}
+    assert not runs.journal
