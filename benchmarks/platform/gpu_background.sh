@@ -37,4 +37,4 @@ done
 elapsed=$(( $(date +%s) - $(cat "$work/started") ))
 if kill -0 "$pid" 2>/dev/null; then echo "== $name still running after $elapsed s"; else echo "== $name finished after $elapsed s"; fi
 cp -r "$work/out/." "$out/" 2>/dev/null || true
-cp "$log" "$out/$name.log"
+cp "$log" "$out/background-$name.log"  # not $name.log: the script may write that name itself
