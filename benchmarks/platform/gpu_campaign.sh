@@ -4,8 +4,7 @@
 # background with gpu_background.sh: the first call starts it, a second call made while the machine is
 # still warm follows it to the end. It leaves the run's small files (progress, manifests' summaries,
 # evaluation results) in $OUT; the log comes back as background-campaign.log. Tracking is the console
-# backend: the
-# device image has no MLflow server. summarize_campaign.py turns the log into the loss-per-stage plot.
+# backend: the device image has no MLflow server. summarize_campaign.py turns the log into the loss-per-stage plot.
 #
 # On the device machine, from the repo root, after `bash ../shared/device/prepare_carry.sh` here:
 #     source .carry/bootstrap.sh && bash benchmarks/platform/gpu_background.sh campaign bash benchmarks/platform/gpu_campaign.sh
