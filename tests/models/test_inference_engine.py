@@ -148,3 +148,12 @@ def test_refresh_weights_after_loading_new_weights_in_place(name: str) -> None:
     assert not all(torch.equal(a, b) for a, b in zip(before, expected))
     engine.refresh_weights()
     assert all(torch.equal(a, b) for a, b in zip(engine.generate(prompts, 8), expected))
+
+
+def test_decode_attention_over_several_kv_chunks() -> None:
+    model = build_model(get_preset("transformer-debug")).eval()
+    engine = InferenceEngine(model, max_batch=2, max_seq_len=600)
+    assert engine.buffers.capacity == 768  # rounded up to whole chunks of KV_CHUNK = 256 keys
+    prompts = _prompts([270, 520])  # keys in two and three chunks
+    for prompt, out in zip(prompts, engine.generate(prompts, 6)):
+        assert torch.equal(out, generate(model, prompt[None], 6)[0, prompt.numel():])

@@ -53,11 +53,18 @@ class KVBuffers:
 LayerBuffers = MambaBuffers | KVBuffers | None
 
 
+KV_CHUNK = 256
+"""A KV capacity above this is a multiple of it: the decode attention sums its values chunk by chunk."""
+
+
 class DecodeBuffers:
-    """All layers' state for `batch` rows of up to `capacity` tokens, plus per-row lengths."""
+    """All layers' state for `batch` rows of up to `capacity` tokens (above KV_CHUNK rounded up to a
+    multiple of it), plus per-row lengths."""
 
     def __init__(self, model: LanguageModel, batch: int, capacity: int, device: torch.device,
                  dtype: torch.dtype) -> None:
+        if capacity > KV_CHUNK:
+            capacity = -(-capacity // KV_CHUNK) * KV_CHUNK
         self.batch, self.capacity = batch, capacity
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self.layers: list[LayerBuffers] = [_allocate(block.mixer, batch, capacity, device, dtype)

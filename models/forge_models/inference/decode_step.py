@@ -15,7 +15,7 @@ torch.cuda.graph capture (cuda_graph.py). Per layer kind:
   at decode would move the weights three times), see `refresh_weights`.
 - Attention: the new key/value is scattered to position lengths[row] of the preallocated cache,
   then softmax(q K^T / sqrt(E)) V over the whole capacity with keys past lengths[row] masked:
-  two batched matmuls per layer, static shapes whatever each row's length.
+  batched matmuls (the second split over chunks of keys), static shapes whatever each row's length.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from forge_models.attention import Attention
-from forge_models.inference.buffers import DecodeBuffers, KVBuffers, LayerBuffers, MambaBuffers
+from forge_models.inference.buffers import KV_CHUNK, DecodeBuffers, KVBuffers, LayerBuffers, MambaBuffers
 from forge_models.inference.pointwise import PointwiseOps
 from forge_models.inference.prefill import mamba1_dt
 from forge_models.mamba1 import MambaMixer
@@ -170,7 +170,14 @@ class AttentionStep:
         q_bGrE = q.view(rows, groups, per_group, head_dim)
         scores = torch.matmul(q_bGrE, k_cache.transpose(-1, -2))  # (b, G, r, S)
         probs = self.ops.masked_softmax(scores, positions_b, self.key_positions_S, self.scale, v_cache.dtype)
-        out = torch.matmul(probs, v_cache)  # (b, G, r, E)
+        # probs @ V is a reduction over all S keys with only r x E outputs per (row, group): as one
+        # matmul it would run on a handful of thread blocks. Per KV_CHUNK keys it is b*G*S/KV_CHUNK
+        # small matmuls in parallel, then a sum of their partial outputs (flash-decoding's split).
+        chunk = min(KV_CHUNK, v_cache.shape[2])  # a capacity above KV_CHUNK is a multiple of it
+        chunks = v_cache.shape[2] // chunk
+        probs_chunked = probs.view(rows, groups, per_group, chunks, chunk).transpose(2, 3)
+        values_chunked = v_cache.view(rows, groups, chunks, chunk, head_dim)
+        out = torch.matmul(probs_chunked, values_chunked).sum(dim=2, dtype=torch.float32).to(v_cache.dtype)
         return m.o_proj(out.reshape(rows, m.num_heads * head_dim))
 
 
