@@ -68,16 +68,17 @@ class InferenceEngine:
         if max_prefill_tokens < 1:
             raise ValueError(f"max_prefill_tokens={max_prefill_tokens}: must be >= 1")
         weight = model.embedding.weight
-        self.model, self.device, self.dtype = model.eval(), weight.device, weight.dtype
+        # The model's train/eval mode is left alone: no layer here behaves differently in training.
+        self.model, self.device, self.dtype = model, weight.device, weight.dtype
         self.use_kernels = weight.device.type != "meta" and kernels.use_kernels(model.config.kernels, weight)
         check_servable(model, self.use_kernels)
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA model, this one is on {self.device}")
+        if compiled_pointwise and self.device.type != "cuda":
+            raise ValueError(f"compiled_pointwise=True is for CUDA models, this one is on {self.device}")
         self.buckets = tuple(b for b in buckets if b < max_batch) + (self.bucket_for(max_batch, buckets),)
         self.max_batch, self.max_seq_len, self.max_prefill_tokens = max_batch, max_seq_len, max_prefill_tokens
         self.buffers = DecodeBuffers(model, self.buckets[-1], max_seq_len, self.device, self.dtype)
-        if compiled_pointwise and self.device.type != "cuda":
-            raise ValueError(f"compiled_pointwise=True is for CUDA models, this one is on {self.device}")
         compiled = self.device.type == "cuda" if compiled_pointwise is None else compiled_pointwise
         self.program = DecodeProgram(model, self.buffers, self.use_kernels, compiled_pointwise=compiled)
         use_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
