@@ -25,8 +25,10 @@ norm output) and its backward holds the whole rows' output gradient and input gr
 d_model). The plan assumes the collectives' own buffers are one whole-row (L x d_model) tensor
 and its pieces, live one mixer at a time (the all-gather's pieces and their concatenation), and
 that NCCL's internal buffers sit inside the CUDA-context term. ZeRO shards over the replica
-ranks (dp x cp). Sequence parallelism inside TP regions is not built: block inputs are not
-divided by tp.
+ranks (dp x cp). Sequence parallelism (`parallel.sequence_parallel`) shards the residual stream
+over the TP group too: every layer's fp32 input (and the residual stream's gradient) is counted
+for 1/tp of the rank's tokens; what the mixers and MLPs keep is unchanged (their first linear
+saves the gathered input, as it saved the replicated one).
 
 Recompute modes: "none" keeps everything; "full" recomputes every layer from its input;
 "selective" recomputes every layer but attention (an attention layer's backward would redo the
@@ -37,13 +39,14 @@ quadratic score computation, while what it keeps is linear in the length and sma
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 from forge_models import ModelConfig, build_model, parse_pattern
 from forge_models import memory as act
-from forge_models.tp_plan import check_context_parallel, partition_dims
+from forge_models.tp_plan import check_context_parallel, check_tensor_parallel, partition_dims
 
 from forge_platform.config_loader import ConfigError
 from forge_platform.job_config import ParallelConfig, StageConfig
@@ -196,7 +199,8 @@ def plan_stage(model: ModelConfig, stage: StageConfig, parallel: ParallelConfig,
 
     kinds = [spec.kind for spec in parse_pattern(model.pattern)]
     fused_mlp = model.compile_pointwise and tp == 1 and parallel.use_gpu
-    block_input = act.block_input_bytes(model) * tokens
+    sequence_shards = tp if parallel.sequence_parallel else 1
+    block_input = act.block_input_bytes(model) * tokens // sequence_shards
     saved, transient, grads = [], [], []
     for kind, layer_params in zip(kinds, params.layers):
         layer = act.layer_activations(model, kind, a, tp, fused_mlp)
@@ -279,16 +283,15 @@ def suggestions(model: ModelConfig, stage: StageConfig, parallel: ParallelConfig
                 yield f"recompute = full, micro-batch 1, zero_stage = {z}", _with_train(one, zero_stage=z), parallel
         cp = parallel.context_parallel
         for tp in (2, 4, 8):
-            if tp > parallel.tensor_parallel and parallel.num_workers % (tp * cp) == 0:
+            if tp > parallel.tensor_parallel and parallel.num_workers % (tp * cp) == 0 and _splits(model, tp, cp):
                 yield (f"recompute = full, micro-batch 1, tensor_parallel = {tp}", one,
                        dataclasses.replace(parallel, tensor_parallel=tp))
         tp = parallel.tensor_parallel
+        if tp > 1 and not parallel.sequence_parallel:
+            yield ("recompute = full, micro-batch 1, sequence_parallel = true", one,
+                   dataclasses.replace(parallel, sequence_parallel=True))
         for cp in (2, 4, 8, 16):
-            if cp > parallel.context_parallel and parallel.num_workers % (tp * cp) == 0:
-                try:
-                    check_context_parallel(model, tp, cp)
-                except ValueError:
-                    continue
+            if cp > parallel.context_parallel and parallel.num_workers % (tp * cp) == 0 and _splits(model, tp, cp):
                 yield (f"recompute = full, micro-batch 1, context_parallel = {cp}", one,
                        dataclasses.replace(parallel, context_parallel=cp))
     for label, s, p in tries():
@@ -300,6 +303,18 @@ def suggestions(model: ModelConfig, stage: StageConfig, parallel: ParallelConfig
             found.append(label)
             break
     return found
+
+
+def _splits(model: ModelConfig, tp: int, cp: int) -> bool:
+    """Whether the model's heads, groups, vocabulary and MLP split tp x cp ways (a layout to suggest)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the norm group-size rule is advice, not a refusal
+            check_tensor_parallel(model, tp)
+        check_context_parallel(model, tp, cp)
+    except ValueError:
+        return False
+    return True
 
 
 def _with_train(stage: StageConfig, **changes: object) -> StageConfig:
@@ -320,7 +335,7 @@ def unfit_message(model: ModelConfig, stage: StageConfig, parallel: ParallelConf
     if fixes:
         hint = f"it would fit with {fixes[0]}"
     else:
-        hint = ("nothing tried on this layout fits (recompute, micro-batch, ZeRO stage, tensor or context "
+        hint = ("nothing tried on this layout fits (recompute, micro-batch, ZeRO stage, tensor, sequence or context "
                 "parallelism): it needs more GPUs or GPUs with more memory")
     return (f"stages.{stage.name}: needs {plan.total / GiB:.1f} GiB per GPU, more than the GPU's "
             f"{plan.capacity / GiB:.1f} GiB (recompute {plan.recompute}; biggest, GiB: {plan.biggest()}); {hint} "
@@ -353,6 +368,10 @@ def plan_for_job(model: ModelConfig, stages: list[StageConfig], parallel: Parall
         if stage.seq_len % parallel.context_parallel:
             raise ConfigError(f"stages.{stage.name}: seq_len = {stage.seq_len} is not divisible by "
                               f"parallel.context_parallel = {parallel.context_parallel}")
+        if parallel.sequence_parallel and (stage.seq_len // parallel.context_parallel) % parallel.tensor_parallel:
+            raise ConfigError(f"stages.{stage.name}: seq_len = {stage.seq_len} is not divisible by "
+                              f"parallel.tensor_parallel x parallel.context_parallel = "
+                              f"{parallel.tensor_parallel * parallel.context_parallel} (sequence parallelism)")
     plans = plan_stages(model, stages, parallel, capacity=capacity)
     if echo:
         for plan in plans:

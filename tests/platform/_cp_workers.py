@@ -23,6 +23,7 @@ from forge_platform.job_config import OptimConfig, TrainConfig
 from forge_platform.parallel import (
     ModelParallelUnit,
     ParallelDims,
+    ParallelGroups,
     build_loss_fn,
     build_process_groups,
     global_grad_norm,
@@ -74,38 +75,51 @@ def split_edge_at_shards(seq_idx_BLs: torch.Tensor | None, position_ids_BLs: tor
     return seq_idx + offsets.to(seq_idx.dtype), positions
 
 
-def cp_parity_worker(rank: int, world_size: int, tp: int, cp: int, broken_too: bool, out_dir: str) -> None:
-    """tp x cp ranks on the same rows (dp 1): loss, full gradients and norm to out_dir (rank 0)."""
-    groups = build_process_groups(ParallelDims(tp=tp, cp=cp, dp=1, world_size=world_size))
-    runs = {"parity": context_parallel.gather_row_ids}
-    if broken_too:
-        runs["broken"] = split_edge_at_shards
-    for label, gather in runs.items():
-        context_parallel.gather_row_ids = gather
-        cfg = cp_config()
-        model = parallelize_model(fresh_model(cfg), groups)
-        assert apply_context_parallel(model, groups) == 4  # M+M*+M+: three Mamba-2 mixers, one attention
-        batch = shard_batch(cp_batch(), groups.cp_rank, cp)
-        assert batch["input_ids"].shape == (BATCH, LENGTH // cp)
-        count = (batch["labels"] != IGNORE_INDEX).sum()
-        total = count.clone()
+def cp_parity_worker(rank: int, world_size: int, layouts: list[tuple[str, int, int, bool]], out_dir: str) -> None:
+    """Per layout (label, tp, cp, sequence_parallel), tp x cp ranks on the same rows (dp 1): loss, full
+    gradients and norm to out_dir/<label>.pt (rank 0). A label starting with "broken" runs with
+    `split_edge_at_shards` in place of the CP gather of seq_idx."""
+    for label, tp, cp, sequence_parallel in layouts:
+        groups = build_process_groups(ParallelDims(tp=tp, cp=cp, dp=1, world_size=world_size))
+        gather = context_parallel.gather_row_ids
+        context_parallel.gather_row_ids = split_edge_at_shards if label.startswith("broken") else gather
+        try:
+            _parity_run(rank, groups, label, sequence_parallel, out_dir)
+        finally:
+            context_parallel.gather_row_ids = gather
+
+
+def _parity_run(rank: int, groups: ParallelGroups, label: str, sequence_parallel: bool, out_dir: str) -> None:
+    """One layout's loss, gradients and norm on cp_batch(), as the reference computes them."""
+    cp = groups.cp
+    cfg = cp_config()
+    model = parallelize_model(fresh_model(cfg), groups, sequence_parallel=sequence_parallel)
+    assert apply_context_parallel(model, groups) == (4 if cp > 1 else 0)  # M+M*+M+: 3 Mamba-2, 1 attention
+    batch = shard_batch(cp_batch(), groups.cp_rank, cp)
+    assert batch["input_ids"].shape == (BATCH, LENGTH // cp)
+    if sequence_parallel:  # the residual stream really is sharded: 1/tp of the rank's tokens
+        with torch.no_grad():
+            assert model.embedding(batch["input_ids"]).shape[1] == LENGTH // cp // groups.tp
+    count = (batch["labels"] != IGNORE_INDEX).sum()
+    total = count.clone()
+    if cp > 1:
         dist.all_reduce(total, group=groups.cp_group)
-        logits = model(batch["input_ids"], seq_idx=batch["seq_idx"], position_ids=batch["position_ids"])
-        # The shard's share of the rows' per-token mean: its mean times its share of the labels.
-        loss = build_loss_fn(groups)(logits, batch["labels"]) * count / total
-        loss.backward()
-        # CP ranks hold whole weights: the rows' gradient is the sum of the ranks' (slices for the
-        # mixers, shard contributions elsewhere), what the replica all-reduce does in training.
+    logits = model(batch["input_ids"], seq_idx=batch["seq_idx"], position_ids=batch["position_ids"])
+    # The shard's share of the rows' per-token mean: its mean times its share of the labels.
+    loss = build_loss_fn(groups)(logits, batch["labels"]) * count / total
+    loss.backward()
+    # CP ranks hold whole weights: the rows' gradient is the sum of the ranks' (slices for the
+    # mixers, shard contributions elsewhere), what the replica all-reduce does in training.
+    whole_loss = loss.detach().clone()
+    if cp > 1:
         for param in model.parameters():
             dist.all_reduce(param.grad, group=groups.cp_group)
-        whole_loss = loss.detach().clone()
         dist.all_reduce(whole_loss, group=groups.cp_group)
-        norm = global_grad_norm(model, groups)
-        grads = gather_grads(model, cfg, groups)
-        if rank == 0:
-            result = {"loss": whole_loss, "grad_norm": norm, **{f"grad/{n}": g for n, g in grads.items()}}
-            torch.save(result, Path(out_dir) / f"{label}.pt")
-    context_parallel.gather_row_ids = runs["parity"]
+    norm = global_grad_norm(model, groups)
+    grads = gather_grads(model, cfg, groups)
+    if rank == 0:
+        result = {"loss": whole_loss, "grad_norm": norm, **{f"grad/{n}": g for n, g in grads.items()}}
+        torch.save(result, Path(out_dir) / f"{label}.pt")
 
 
 def cp_deepspeed_worker(rank: int, world_size: int, cp: int, zero_stage: int, spec: RunSpec, out_dir: str) -> None:

@@ -58,6 +58,12 @@ def test_parallel_config_validates_context_parallel() -> None:
         ParallelConfig(num_workers=8, tensor_parallel=2, context_parallel=3)
 
 
+def test_sequence_parallelism_needs_tensor_parallelism() -> None:
+    assert ParallelConfig(num_workers=2, tensor_parallel=2, sequence_parallel=True).sequence_parallel
+    with pytest.raises(ValueError, match=r"parallel.sequence_parallel = true: needs parallel.tensor_parallel > 1"):
+        ParallelConfig(num_workers=2, sequence_parallel=True)
+
+
 def test_context_parallel_needs_heads_and_groups_divisible_by_tp_times_cp() -> None:
     hybrid = get_preset("hybrid-debug")
     check_context_parallel(hybrid, tp=1, cp=1)
@@ -81,19 +87,24 @@ def _compare(result: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
 
 
 @pytest.mark.slow
-def test_cp2_matches_single_process_and_a_reset_at_the_shard_edge_does_not(tmp_path: Path) -> None:
-    launch(cp_parity_worker, 2, 1, 2, True, str(tmp_path))
+def test_cp2_and_sp_tp2_match_single_process_and_a_reset_at_the_shard_edge_does_not(tmp_path: Path) -> None:
+    # (label, tp, cp, sequence_parallel): three layouts in one launch of 2 processes.
+    launch(cp_parity_worker, 2, [("cp2", 1, 2, False), ("broken-cp2", 1, 2, False), ("sp-tp2", 2, 1, True)],
+           str(tmp_path))
     reference = reference_result()
-    _compare(torch.load(tmp_path / "parity.pt", weights_only=True), reference)
+    _compare(torch.load(tmp_path / "cp2.pt", weights_only=True), reference)
+    _compare(torch.load(tmp_path / "sp-tp2.pt", weights_only=True), reference)
     # The same comparison catches the bug CP exists to avoid: documents restarting at a shard edge.
     with pytest.raises(AssertionError):
-        _compare(torch.load(tmp_path / "broken.pt", weights_only=True), reference)
+        _compare(torch.load(tmp_path / "broken-cp2.pt", weights_only=True), reference)
 
 
 @pytest.mark.slow
-def test_tp2_cp2_matches_single_process(tmp_path: Path) -> None:
-    launch(cp_parity_worker, 4, 2, 2, False, str(tmp_path))
-    _compare(torch.load(tmp_path / "parity.pt", weights_only=True), reference_result())
+def test_tp2_cp2_with_and_without_sequence_parallelism_match_single_process(tmp_path: Path) -> None:
+    launch(cp_parity_worker, 4, [("tp2-cp2", 2, 2, False), ("sp-tp2-cp2", 2, 2, True)], str(tmp_path))
+    reference = reference_result()
+    _compare(torch.load(tmp_path / "tp2-cp2.pt", weights_only=True), reference)
+    _compare(torch.load(tmp_path / "sp-tp2-cp2.pt", weights_only=True), reference)
 
 
 @pytest.mark.slow

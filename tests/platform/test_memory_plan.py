@@ -212,3 +212,19 @@ def test_a_sequence_length_context_parallelism_cannot_split_is_refused() -> None
     two = ParallelConfig(num_workers=2, context_parallel=2)
     with pytest.raises(ConfigError, match=r"stages.s4097: seq_len = 4097 is not divisible by parallel.context_parallel = 2"):
         plan_for_job(get_preset("hybrid-debug"), [stage(4097)], two, echo=False)
+
+
+def test_sequence_parallelism_divides_the_block_inputs_by_tp() -> None:
+    model = get_preset("hybrid-2b-anchor")
+    tokens = 65536
+    tp2 = ParallelConfig(num_workers=2, tensor_parallel=2, use_gpu=True)
+    plain = plan_stage(model, stage(tokens), tp2, capacity=None)
+    sp = plan_stage(model, stage(tokens), dataclasses.replace(tp2, sequence_parallel=True), capacity=None)
+    # Fully recomputed, both peak at the loss holding every layer's input and the final norm's:
+    # whole rows at TP 2, half rows with SP, so SP holds 57 half rows fewer.
+    assert plain.moment == sp.moment == "at the loss"
+    block_input = 4 * model.d_model * tokens
+    held = plain.terms["saved activations (held)"] - sp.terms["saved activations (held)"]
+    assert held == (model.num_layers + 1) * block_input // 2
+    with pytest.raises(ConfigError, match=r"seq_len = 4097 is not divisible by parallel.tensor_parallel x "):
+        plan_for_job(model, [stage(4097)], dataclasses.replace(tp2, sequence_parallel=True), echo=False)

@@ -121,6 +121,18 @@ class _ReduceScatterSequence(torch.autograd.Function):
         return _gather_sequence_raw(grad, ctx.group), None
 
 
+def gather_sequence(x_BLsD: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+    """Concatenate the group's sequence shards (dim 1); the backward sums the gradients and keeps this
+    rank's shard (a reduce-scatter). For a consumer that computes a partial result per rank."""
+    return _GatherSequence.apply(x_BLsD, group)
+
+
+def reduce_scatter_sequence(x_BLD: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+    """Sum the group's partial (B, L, D) results and keep this rank's sequence shard; the backward
+    all-gathers the gradient."""
+    return _ReduceScatterSequence.apply(x_BLD, group)
+
+
 def gather_row_ids(seq_idx_BLs: torch.Tensor | None, position_ids_BLs: torch.Tensor | None,
                    group: ProcessGroup) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The whole rows' seq_idx and position_ids from every rank's shard (no gradient): the mixer
@@ -160,10 +172,10 @@ def _context_parallel_forward(mixer: nn.Module, forward: Any, splits: dict[str, 
     if state is not None:
         raise RuntimeError("a context-parallel model does not decode with a cache; gather its weights "
                            "(parallel.gather_state_dict) into a single-device model to generate")
-    u_BLD = _GatherSequence.apply(u_BLsD, group)
+    u_BLD = gather_sequence(u_BLsD, group)
     with _sliced_parameters(mixer, splits, cp_rank, cp):
         out_BLD = forward(u_BLD, *gather_row_ids(seq_idx_BLs, position_ids_BLs, group), None)
-    return _ReduceScatterSequence.apply(out_BLD, group)
+    return reduce_scatter_sequence(out_BLD, group)
 
 
 def _shrink_mixer(mixer: nn.Module, cp: int) -> None:

@@ -4,7 +4,8 @@
 
 1. Tensor parallelism: slice the full weights in place and hook the TP collectives around every
    mixer (`tensor_parallel.parallelize_model`). Needs the full weights already loaded, identical
-   on every TP rank.
+   on every TP rank. With sequence parallelism the residual stream between the mixers is
+   sharded along the sequence over the TP group too (the same hooks, other collectives).
 2. Context parallelism (cp > 1): every Mamba-2 and attention mixer runs whole rows for its
    share of heads between an all-gather and a reduce-scatter along the sequence over the CP
    group (`context_parallel.apply_context_parallel`); everything else runs on the rank's
@@ -72,12 +73,16 @@ def effective_zero_stage(stage: StageConfig, groups: ParallelGroups) -> int:
 
 
 def parallelize_hybrid(model: LanguageModel, groups: ParallelGroups, stage: StageConfig, *,
-                       tokens_per_step: int) -> ParallelModel:
-    """Apply TP, CP, recompute and the ZeRO engine to `model` (full weights loaded) for one stage."""
+                       tokens_per_step: int, sequence_parallel: bool = False) -> ParallelModel:
+    """Apply TP (with sequence parallelism if asked), CP, recompute and the ZeRO engine to `model`
+    (full weights loaded) for one stage."""
     train = stage.train
-    # 1. Tensor parallelism (a tagged no-op at tp 1).
+    # 1. Tensor parallelism (a tagged no-op at tp 1), sequence-parallel outside the mixers if asked.
     if groups.tp > 1:
-        parallelize_model(model, groups)
+        if sequence_parallel and (stage.seq_len // groups.cp) % groups.tp:
+            raise ValueError(f"stage {stage.name!r}: seq_len = {stage.seq_len} / context_parallel {groups.cp} is not "
+                             f"divisible by parallel.tensor_parallel = {groups.tp} (sequence parallelism)")
+        parallelize_model(model, groups, sequence_parallel=sequence_parallel)
     # 2. Context parallelism (nothing installed at cp 1).
     if groups.cp > 1:
         if train.zero_stage == 3:

@@ -19,6 +19,16 @@ Nothing in forge_models changes. `parallelize_model`:
 
 Hooks rather than wrapper modules keep parameter names, hence state_dict keys, identical to the
 single-device model's (the same mechanism torch.distributed.tensor.parallel uses).
+
+Sequence parallelism (`sequence_parallel=True`, Megatron's): outside the mixers the residual
+stream, the norms and the residual adds run on 1/tp of the sequence (shard r of every row), so
+each TP rank keeps 1/tp of every block input. The collectives change, not their number: a
+mixer's copy-to-TP becomes an all-gather along the sequence (backward: reduce-scatter) and its
+reduce-from-TP a reduce-scatter (backward: all-gather); the embedding's all-reduce becomes a
+reduce-scatter and the head's copy an all-gather, so the logits and the loss cover every token
+of the rows on every TP rank. The replicated norm weights now see 1/tp of the tokens each, so
+their gradients are summed over the TP group by a hook (Megatron's all-reduce of "sequence-parallel"
+parameters). The sequence length must divide by tp.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from torch import nn
 from torch.distributed import ProcessGroup
 
 from forge_platform.parallel.comm import copy_to_tp_region, reduce_from_tp_region
+from forge_platform.parallel.context_parallel import gather_sequence, reduce_scatter_sequence
 from forge_platform.parallel.groups import ParallelGroups
 from forge_platform.parallel.sharding import shard_tensor
 
@@ -46,44 +57,65 @@ class VocabParallelEmbedding(nn.Module):
     """Embedding rows [vocab_start, vocab_start + Vl) on this rank; ids elsewhere look up zeros,
     and the all-reduce sums in the one rank that owns each id."""
 
-    def __init__(self, weight: nn.Parameter, vocab_start: int, group: ProcessGroup) -> None:
+    def __init__(self, weight: nn.Parameter, vocab_start: int, group: ProcessGroup,
+                 sequence_parallel: bool = False) -> None:
         super().__init__()
         self.weight = weight  # same attribute name as nn.Embedding: state_dict keys do not change
         self.vocab_start = vocab_start
         self.num_embeddings, self.embedding_dim = weight.shape
         self.group = group
+        self.sequence_parallel = sequence_parallel
 
     def forward(self, input_ids_BL: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids -> (B, L, D) embeddings, replicated on every TP rank."""
+        """(B, L) ids -> (B, L, D) embeddings, replicated on every TP rank (sequence parallel: this
+        rank's (B, L/tp, D) shard of them)."""
         local_ids = input_ids_BL - self.vocab_start
         outside = (local_ids < 0) | (local_ids >= self.num_embeddings)
         x_BLD = F.embedding(local_ids.masked_fill(outside, 0), self.weight)
         x_BLD = x_BLD.masked_fill(outside.unsqueeze(-1), 0.0)
+        if self.sequence_parallel:
+            return reduce_scatter_sequence(x_BLD, self.group)
         return reduce_from_tp_region(x_BLD, self.group)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, vocab_start={self.vocab_start}"
 
 
-def _copy_input_hook(group: ProcessGroup):  # noqa: ANN202 - a forward pre-hook
+def _copy_input_hook(group: ProcessGroup, sequence_parallel: bool = False):  # noqa: ANN202 - a forward pre-hook
+    enter = gather_sequence if sequence_parallel else copy_to_tp_region
+
     def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         if not args:
             raise TypeError(f"{type(module).__name__} under TP must get its input positionally")
-        return (copy_to_tp_region(args[0], group), *args[1:])
+        return (enter(args[0], group), *args[1:])
 
     return hook
 
 
-def _reduce_output_hook(group: ProcessGroup):  # noqa: ANN202 - a forward hook
+def _reduce_output_hook(group: ProcessGroup, sequence_parallel: bool = False):  # noqa: ANN202 - a forward hook
+    leave = reduce_scatter_sequence if sequence_parallel else reduce_from_tp_region
+
     def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        return reduce_from_tp_region(output, group)
+        return leave(output, group)
 
     return hook
 
 
-def _copy_output_hook(group: ProcessGroup):  # noqa: ANN202 - a forward hook
+def _copy_output_hook(group: ProcessGroup, sequence_parallel: bool = False):  # noqa: ANN202 - a forward hook
+    enter = gather_sequence if sequence_parallel else copy_to_tp_region
+
     def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        return copy_to_tp_region(output, group)
+        return enter(output, group)
+
+    return hook
+
+
+def _sum_grad_over_tp_hook(group: ProcessGroup):  # noqa: ANN202 - a tensor hook
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        # Out of place: autograd may still hold `grad` elsewhere.
+        summed = grad.clone()
+        torch.distributed.all_reduce(summed, group=group)
+        return summed
 
     return hook
 
@@ -122,12 +154,14 @@ def _shrink_sizes(model: LanguageModel, tp: int) -> None:
             module.out_features, module.in_features = module.weight.shape
 
 
-def parallelize_model(model: LanguageModel, groups: ParallelGroups, *, strict: bool = False) -> LanguageModel:
+def parallelize_model(model: LanguageModel, groups: ParallelGroups, *, strict: bool = False,
+                      sequence_parallel: bool = False) -> LanguageModel:
     """Split `model` in place over `groups.tp_group` and return it (TP = 1: returned unchanged but tagged).
 
     Call after the full weights are in the model (build, load, then parallelize) and before
     deepspeed.initialize. Every TP rank must start from identical full weights (same seed or
     same checkpoint). strict=True turns the paper's Mamba-2 group-size rule into an error.
+    sequence_parallel=True shards the residual stream along the sequence too (module docstring).
     """
     if getattr(model, "_forge_tensor_parallel", None) is not None:
         raise RuntimeError("parallelize_model was already applied to this model")
@@ -142,12 +176,18 @@ def parallelize_model(model: LanguageModel, groups: ParallelGroups, *, strict: b
 
     _slice_parameters(model, dims, tp_rank, tp)
     _shrink_sizes(model, tp)
+    sp = sequence_parallel
     for block in model.layers:
-        block.mixer.register_forward_pre_hook(_copy_input_hook(group))
-        block.mixer.register_forward_hook(_reduce_output_hook(group))
-    model.embedding = VocabParallelEmbedding(model.embedding.weight, tp_rank * (cfg.vocab_size // tp), group)
+        block.mixer.register_forward_pre_hook(_copy_input_hook(group, sp))
+        block.mixer.register_forward_hook(_reduce_output_hook(group, sp))
+    model.embedding = VocabParallelEmbedding(model.embedding.weight, tp_rank * (cfg.vocab_size // tp), group, sp)
     # The head (lm_head, or the tied embedding) is column-parallel over the vocabulary; its input is
     # the final norm's output, whose gradient must be summed over the vocabulary slices.
-    model.final_norm.register_forward_hook(_copy_output_hook(group))
+    model.final_norm.register_forward_hook(_copy_output_hook(group, sp))
+    if sp:  # replicated weights (the norms) saw this rank's tokens only: sum their gradients over TP
+        for param in model.parameters():
+            if not param.tensor_model_parallel and param.requires_grad:
+                param.register_hook(_sum_grad_over_tp_hook(group))
     model._forge_tensor_parallel = tp
+    model._forge_sequence_parallel = sp
     return model
