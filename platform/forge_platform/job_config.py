@@ -106,6 +106,10 @@ class ParallelConfig:
     """Context-parallel degree: workers that share the same rows, each holding 1/cp of every row's
     tokens; the Mamba-2 and attention mixers see whole rows for 1/(tp x cp) of their heads
     (docs/architecture.md). Heads and groups must divide by tensor_parallel x context_parallel."""
+    sequence_parallel: bool = False
+    """Megatron's sequence parallelism inside the TP group: outside the mixers the residual stream
+    and norms run on 1/tensor_parallel of the sequence, so block inputs shrink tensor_parallel-fold
+    (same number of collectives). Needs tensor_parallel > 1 and seq_len divisible by tp x cp."""
     use_gpu: bool = False
     """Give each worker a GPU."""
     cpus_per_worker: float = 1.0
@@ -127,6 +131,8 @@ class ParallelConfig:
         _require(self.num_workers >= 1, f"parallel.num_workers = {self.num_workers}: must be >= 1")
         _require(self.tensor_parallel >= 1, f"parallel.tensor_parallel = {self.tensor_parallel}: must be >= 1")
         _require(self.context_parallel >= 1, f"parallel.context_parallel = {self.context_parallel}: must be >= 1")
+        _require(not self.sequence_parallel or self.tensor_parallel > 1,
+                 "parallel.sequence_parallel = true: needs parallel.tensor_parallel > 1 (it shards over the TP group)")
         try:
             self.dims  # noqa: B018 - the one validation of the layout lives in ParallelDims
         except ValueError as err:
@@ -414,9 +420,14 @@ class EvaluateConfig:
     """Evaluate a checkpoint with forge_eval's suites (held-out loss, Phonebook, ...)."""
 
     checkpoint: str = ""
-    """A checkpoint folder (with model.pt and model_config.json)."""
+    """A checkpoint folder (with model.pt and model_config.json); empty with `run_id`: the run's."""
+    run_id: str = ""
+    """An MLflow stage run to evaluate instead: its checkpoint and held-out manifest come from its tags
+    (forge.checkpoint, forge.val_manifest), and the metrics are added to it at the checkpoint's step."""
+    tracking_uri: str = ""
+    """The MLflow server holding `run_id`; empty: the MLFLOW_TRACKING_URI environment variable."""
     val_manifest: str = ""
-    """manifest.json of held-out packed shards."""
+    """manifest.json of held-out packed shards; empty with `run_id`: the one the run was evaluated on."""
     tokenizer: str = ""
     """The SentencePiece model file the data was tokenized with."""
     eval: EvalConfig = field(default_factory=EvalConfig)
