@@ -175,7 +175,8 @@ class Trainer:
         if run.init_weights:
             load_weights(model, run.init_weights)
         self.parallel: ParallelModel = parallelize_hybrid(model, self.groups, stage,
-                                                          tokens_per_step=self.tokens_per_step)
+                                                          tokens_per_step=self.tokens_per_step,
+                                                          sequence_parallel=run.parallel.sequence_parallel)
         if self.parallel.zero_stage != train.zero_stage and self.rank == 0:
             print(f"[{stage.name}] one data-parallel rank: ZeRO-{train.zero_stage} runs as stage 0", flush=True)
 
