@@ -6,6 +6,11 @@
         --suites validation,phonebook,ruler,ppl,lm-eval:forge_phonebook \
         --eval.phonebook_lengths 512,1024 --eval.ruler_lengths 1024 --eval.ppl_max_position 2048
 
+    # a stage's MLflow run: its checkpoint and held-out data from the run's tags; the metrics are
+    # added to that run at the checkpoint's step
+    python -m jobs.evaluate --run_id 3f2a... --tracking_uri http://127.0.0.1:5000 --suites phonebook,ruler \
+        --eval.phonebook_lengths 4096,16384
+
     # one node with a GPU: the same command runs there on the kernel path (bf16)
     # a cluster: `ray job submit --working-dir . -- python -m jobs.evaluate ...` runs the evaluation
     # as a Ray task that takes one GPU

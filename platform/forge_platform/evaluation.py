@@ -13,6 +13,7 @@ model, picks where it runs, and refuses bad input in one line before anything lo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -33,8 +34,9 @@ from forge_models import ModelConfig, build_model
 
 from forge_platform.config_loader import ConfigError, from_dict
 from forge_platform.job_config import EvaluateConfig
+from forge_platform.run_inputs import log_to_run, run_inputs
 from forge_platform.training.checkpoint_files import (MODEL_CONFIG_FILE, WEIGHTS_FILE, IncompatibleCheckpointError,
-                                                      load_weights)
+                                                      load_weights, read_meta)
 
 GIB = 1 << 30
 
@@ -158,9 +160,18 @@ def check_tasks_build(tokenizer: TextTokenizer, eval_cfg: EvalConfig) -> None:
 
 
 def run_evaluate_job(cfg: EvaluateConfig) -> dict[str, float]:
-    """`jobs.evaluate`: check everything the inputs allow to check, then evaluate and print JSON."""
+    """`jobs.evaluate`: check everything the inputs allow to check, then evaluate and print JSON (and
+    add the metrics to the MLflow run when one was named)."""
+    tracking_uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if cfg.run_id:
+        if not tracking_uri:
+            raise ConfigError("tracking_uri: must be given with run_id (or set MLFLOW_TRACKING_URI)")
+        recorded = run_inputs(tracking_uri, cfg.run_id)
+        cfg = dataclasses.replace(cfg, checkpoint=cfg.checkpoint or recorded.checkpoint,
+                                  val_manifest=cfg.val_manifest or recorded.val_manifest)
     if not cfg.checkpoint:
-        raise ConfigError("checkpoint: must be given (a checkpoint folder with model.pt and model_config.json)")
+        raise ConfigError("checkpoint: must be given (a checkpoint folder with model.pt and model_config.json), "
+                          "or run_id: a stage's MLflow run")
     model_cfg = checkpoint_model_config(Path(cfg.checkpoint))
     suites = cfg.eval.suites
     needs_rows = [s for s in suites if s in ("validation", "ppl")]
@@ -179,6 +190,10 @@ def run_evaluate_job(cfg: EvaluateConfig) -> dict[str, float]:
     check_eval_lengths(model_cfg, weights, cfg.eval, available_memory(on_gpu), on_gpu)
     metrics = evaluate_checkpoint(Path(cfg.checkpoint), model_cfg, cfg.eval, cfg.val_manifest or None, tokenizer)
     print(json.dumps(metrics, indent=2))
+    if cfg.run_id:
+        step = read_meta(Path(cfg.checkpoint)).step
+        log_to_run(tracking_uri, cfg.run_id, metrics, step)
+        print(f"logged {len(metrics)} metrics to run {cfg.run_id} at step {step}", file=sys.stderr)
     return metrics
 
 

@@ -16,11 +16,10 @@ from forge_models import ModelConfig
 from forge_platform.config_loader import config_hash, flatten
 from forge_platform.evaluation import evaluate_checkpoint
 from forge_platform.job_config import ParallelConfig, StageConfig
+from forge_platform.run_inputs import CHECKPOINT_TAG, VAL_MANIFEST_TAG
 from forge_platform.session import JobSession, banner, local_copy
 from forge_platform.training.stage_runner import run_stage
 from forge_platform.training.trainer import StageRun
-
-CHECKPOINT_TAG = "forge.checkpoint"
 
 
 @dataclass
@@ -51,6 +50,8 @@ def train_and_evaluate(
     """Train `stage` from `manifests["train"]`, then evaluate on `manifests["val"]` if present."""
     runs = session.runs
     tags = {"forge.kind": "stage", "forge.model": model_cfg.pattern}
+    if "val" in manifests:  # so `jobs.evaluate --run_id` finds the data the stage was evaluated on
+        tags[VAL_MANIFEST_TAG] = str(manifests["val"])
     key = f"{ray_name}/{config_hash(stage)}/{config_hash(model_cfg)}"
     run_id = runs.start(stage.name, flatten(stage), parent_run_id=parent_run_id, tags=tags, key=key)
     try:

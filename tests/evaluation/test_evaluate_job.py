@@ -156,3 +156,42 @@ def test_the_lm_eval_adapter_loads_a_checkpoint_folder(campaign_like, model, tmp
     shutil.copytree(checkpoint, alone)
     with pytest.raises(CheckpointInputError, match="has no tokenizer beside it"):
         ForgeLM(checkpoint=str(alone))
+
+
+def test_evaluate_a_stage_run_by_its_mlflow_run_id(campaign_like, tmp_path, capsys, monkeypatch) -> None:
+    """`--run_id` finds the checkpoint and held-out data in the stage run's tags and adds the metrics
+    to that run at the checkpoint's step; a run without a checkpoint tag, or an unknown run, is one line."""
+    from mlflow.tracking import MlflowClient
+
+    from forge_platform.run_inputs import CHECKPOINT_TAG, VAL_MANIFEST_TAG
+    from forge_platform.training.checkpoint_files import CheckpointMeta, write_json
+
+    source, manifest = campaign_like
+    checkpoint = tmp_path / "step_00000007"
+    shutil.copytree(source, checkpoint)
+    write_json(checkpoint / "meta.json", dataclasses.asdict(CheckpointMeta(
+        step=7, tokens_seen=0, samples_consumed=0, stage="stage", config_hash="", model_hash="",
+        tensor_parallel=1, data_parallel=1)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("evaluate-by-run", artifact_location=str(tmp_path / "artifacts"))
+    stage_run = client.create_run(experiment, tags={CHECKPOINT_TAG: str(checkpoint), VAL_MANIFEST_TAG: manifest})
+    client.set_terminated(stage_run.info.run_id)
+    tokenizer = ["--tokenizer", str(source.parents[2] / "tokenizer")]
+
+    code, out, errors = run(capsys, "--run_id", stage_run.info.run_id, "--tracking_uri", uri, *tokenizer,
+                            "--suites", "validation", "--eval.val_batches", "1")
+    assert code == 0 and not errors, errors
+    val_loss = json.loads(out[out.index("{"):])["val_loss"]
+    history = client.get_metric_history(stage_run.info.run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(7, pytest.approx(val_loss))]
+    assert client.get_run(stage_run.info.run_id).info.status == "FINISHED"
+
+    parent = client.create_run(experiment)
+    code, _, errors = run(capsys, "--run_id", parent.info.run_id, "--tracking_uri", uri, "--suites", "validation")
+    assert code == 2 and errors and re.search(rf"run_id = '{parent.info.run_id}' .* has no forge.checkpoint tag", errors[0])
+    code, _, errors = run(capsys, "--run_id", "0" * 32, "--tracking_uri", uri, "--suites", "validation")
+    assert code == 2 and errors and f"run_id = '{'0' * 32}': not found at tracking.uri" in errors[0]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, _, errors = run(capsys, "--run_id", stage_run.info.run_id, "--suites", "validation")
+    assert code == 2 and errors and "tracking_uri: must be given with run_id" in errors[0]

@@ -62,6 +62,8 @@ def test_campaign_runs_are_in_mlflow(campaign: tuple[Path, subprocess.CompletedP
         assert "phonebook_2_accuracy" in child.data.metrics
         checkpoint = Path(child.data.tags["forge.checkpoint"])
         assert (checkpoint / "model.pt").exists() and (checkpoint / "meta.json").exists()
+        # what `jobs.evaluate --run_id` reads: the held-out data the stage was evaluated on
+        assert Path(child.data.tags["forge.val_manifest"]).name == "manifest.json"
         assert {a.path for a in client.list_artifacts(child.info.run_id, "data")} == {"data/train", "data/val"}
     assert "loss_per_stage.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "tokenizer")}

@@ -1,0 +1,59 @@
+"""What an MLflow stage run points at: its checkpoint and held-out data, for `jobs.evaluate --run_id`.
+
+A stage run is tagged, when it ends, with its last checkpoint (`forge.checkpoint`) and, when it
+starts, with the held-out manifest it was evaluated on (`forge.val_manifest`). Evaluating "the run"
+means evaluating that checkpoint on that data and adding the metrics to that run, at the checkpoint's
+step, beside the ones the stage logged itself. A run without those tags (a campaign's parent run, a
+stage that never finished) is refused in one line naming the run and the tag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from forge_platform.config_loader import ConfigError
+
+CHECKPOINT_TAG = "forge.checkpoint"
+"""Tag of a stage run: its last checkpoint (a folder or an object-store URI)."""
+VAL_MANIFEST_TAG = "forge.val_manifest"
+"""Tag of a stage run: the held-out manifest its evaluation read."""
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What `jobs.evaluate` needs from a stage run."""
+
+    checkpoint: str
+    val_manifest: str
+    """Empty when the stage had no held-out data."""
+
+
+def run_inputs(tracking_uri: str, run_id: str) -> RunInputs:
+    """The checkpoint and held-out manifest a stage run recorded; ConfigError when it recorded none."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(tracking_uri).get_run(run_id)
+    except MlflowException as err:
+        raise ConfigError(f"run_id = {run_id!r}: not found at tracking.uri {tracking_uri!r} "
+                          f"({str(err).splitlines()[0]})") from None
+    tags = run.data.tags
+    if not tags.get(CHECKPOINT_TAG):
+        raise ConfigError(f"run_id = {run_id!r} ({run.info.run_name}) has no {CHECKPOINT_TAG} tag: evaluate a stage's "
+                          "run that finished training (a campaign's parent run has none: pick one of its children)")
+    return RunInputs(checkpoint=tags[CHECKPOINT_TAG], val_manifest=tags.get(VAL_MANIFEST_TAG, ""))
+
+
+def log_to_run(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """Add `metrics` to the run at `step` (a finished run accepts metrics; its status is unchanged)."""
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+    client = MlflowClient(tracking_uri)
+    for start in range(0, len(batch), 1000):  # the server's limit per batch
+        client.log_batch(run_id, metrics=batch[start:start + 1000])
