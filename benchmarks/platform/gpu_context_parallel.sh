@@ -3,15 +3,17 @@
 # rows and the same global batch (2 rows per optimizer step) as
 #   one   1 GPU                    micro-batch 1 x accumulation 2   (the reference)
 #   cp2   2 GPUs, context_parallel 2, micro-batch 1 x accumulation 2   (each GPU holds 64K tokens of each row)
-#   tp2   2 GPUs, tensor_parallel 2,  micro-batch 1 x accumulation 2   (sequence parallelism: not built yet)
+#   tp2   2 GPUs, tensor_parallel 2 with sequence parallelism, micro-batch 1 x accumulation 2
 # with per-step losses (cp2 and tp2 must follow `one` to bf16 rounding: the same rows, the same math),
 # tokens/s, MFU and peak memory beside the memory plan's prediction (the job prints its plan first).
 # $MODEL (default hybrid-2b-anchor), bf16 autocast, compiled norm/MLP, recompute auto.
 #
 # On a 2-GPU device machine, from the repo root, after `bash ../shared/device/prepare_carry.sh` here:
 #     source .carry/bootstrap.sh && bash benchmarks/platform/gpu_context_parallel.sh
-# Expected: cp2's losses within ~1e-2 relative of one's (bf16; on CPU in fp32 they agree to 1e-5:
-# tests/platform/test_context_parallel.py); cp2's peak memory well under one's (block inputs halve).
+# Expected: cp2's and tp2's losses within ~1e-2 relative of one's (bf16; on CPU in fp32 they agree to
+# 1e-5: tests/platform/test_context_parallel.py); their peak memory well under one's (block inputs halve).
+# Also for issue #13's single-GPU no-regression: the `one` row is the unchanged single-GPU path (cp 1
+# installs nothing); compare its tokens/s with gpu_long_context.sh's 128K row from before.
 set -euo pipefail
 source benchmarks/platform/gpu_env.sh
 work=/tmp/forge-cp
@@ -39,19 +41,20 @@ PY
 fi
 
 # --ray_num_cpus 12: the local Ray gets 4 logical CPUs by default, too few for 2 workers x 4 CPUs.
-# name  workers  tp  cp
-layouts="one 1 1 1
-cp2 2 1 2
-tp2 2 2 1"
+# name  workers  tp  cp  sequence_parallel
+layouts="one 1 1 1 false
+cp2 2 1 2 false
+tp2 2 2 1 true"
 only=${LAYOUTS:-one cp2 tp2}  # a subset, e.g. LAYOUTS=cp2, when one device call cannot hold all three
-while read -r name workers tp cp; do
+while read -r name workers tp cp sp; do
   [[ " $only " == *" $name "* ]] || continue
   log="$out/cp-$name.log"
-  echo "== $name: $workers GPU(s), tensor_parallel=$tp, context_parallel=$cp, $seq_len tokens per row"
+  echo "== $name: $workers GPU(s), tensor_parallel=$tp, context_parallel=$cp, sequence_parallel=$sp, $seq_len tokens per row"
   python3 -m jobs.pretrain --config jobs/specs/pretrain.toml --name "cp-$name" --output_dir "$work/$name" \
       --train_manifest "$work/data$seq_len/manifest.json" --tracking.backend console --ray_num_cpus 12 \
       --model.preset "$model" --model.vocab_size 32000 --model.compile_pointwise true \
       --parallel.num_workers "$workers" --parallel.tensor_parallel "$tp" --parallel.context_parallel "$cp" \
+      --parallel.sequence_parallel "$sp" \
       --parallel.use_gpu true --parallel.cpus_per_worker 4 --parallel.max_failures 0 --parallel.peak_tflops 0 \
       --stage.seq_len "$seq_len" --stage.train.steps "$steps" --stage.train.micro_batch_size 1 \
       --stage.train.grad_accum_steps 2 --stage.train.precision bf16 --stage.train.zero_stage 2 \
