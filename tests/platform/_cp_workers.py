@@ -26,13 +26,13 @@ from forge_platform.parallel import (
     ParallelGroups,
     build_loss_fn,
     build_process_groups,
+    check_tp_batch,
     global_grad_norm,
     parallelize_model,
 )
 from forge_platform.parallel import context_parallel
 from forge_platform.parallel.context_parallel import apply_context_parallel, shard_batch
 from forge_platform.training.deepspeed_config import build_deepspeed_config
-from forge_platform.training.trainer import token_weights
 
 BATCH, LENGTH = 2, 24  # packed_batch's documents: [0, 9) [9, 19) [19, 24): the middle one crosses L/2
 
@@ -92,6 +92,8 @@ def cp_parity_worker(rank: int, world_size: int, layouts: list[tuple[str, int, i
 def _parity_run(rank: int, groups: ParallelGroups, label: str, sequence_parallel: bool, out_dir: str) -> None:
     """One layout's loss, gradients and norm on cp_batch(), as the reference computes them."""
     cp = groups.cp
+    if cp > 1 and not label.startswith("broken"):
+        _check_cp_rows_checked(groups)
     cfg = cp_config()
     model = parallelize_model(fresh_model(cfg), groups, sequence_parallel=sequence_parallel)
     assert apply_context_parallel(model, groups) == (4 if cp > 1 else 0)  # M+M*+M+: 3 Mamba-2, 1 attention
@@ -122,10 +124,26 @@ def _parity_run(rank: int, groups: ParallelGroups, label: str, sequence_parallel
         torch.save(result, Path(out_dir) / f"{label}.pt")
 
 
+def _check_cp_rows_checked(groups: ParallelGroups) -> None:
+    """check_tp_batch passes CP peers holding the same rows and names the key when they do not."""
+    batch = cp_batch()
+    check_tp_batch(batch, groups)
+    if groups.cp_rank == 1:
+        batch["labels"] = batch["labels"].roll(1, dims=1)
+    try:
+        check_tp_batch(batch, groups)
+    except RuntimeError as err:
+        assert "context-parallel ranks" in str(err) and "labels" in str(err), err
+    else:
+        raise AssertionError("check_tp_batch accepted different rows on CP peers")
+
+
 def cp_deepspeed_worker(rank: int, world_size: int, cp: int, zero_stage: int, spec: RunSpec, out_dir: str) -> None:
     """cp x dp ranks under DeepSpeed ZeRO, weighted as the trainer weights micro-batches: per-step
     loss and grad norm, and the final weights (rank 0)."""
     import deepspeed
+
+    from forge_platform.training.trainer import token_weights  # Ray and more: only this worker needs it
 
     dims = ParallelDims.from_world(world_size, tp=1, cp=cp)
     groups = build_process_groups(dims)

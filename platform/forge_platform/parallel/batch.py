@@ -1,4 +1,5 @@
-"""The TP batch contract: every rank of a tensor-parallel group computes on the same micro-batch.
+"""The TP batch contract: every rank of a tensor-parallel group computes on the same micro-batch
+(and every rank of a context-parallel group reads the same rows, then keeps its sequence shard).
 
 TP ranks hold slices of one model replica, so they must see identical inputs; only data-parallel
 ranks read different data. The loader contract that gives this for free is
@@ -27,16 +28,19 @@ def _fingerprint(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def check_tp_batch(batch: Batch, groups: ParallelGroups) -> None:
-    """Raise RuntimeError naming the keys that differ between this rank and its TP peers."""
-    if groups.tp == 1:
-        return
+    """Raise RuntimeError naming the keys that differ between this rank and its TP peers, or (before
+    the rows are cut into sequence shards) its context-parallel peers, which must read the same rows."""
     keys = sorted(batch)
     local = torch.stack([_fingerprint(batch[k]) for k in keys])
-    gathered = [torch.empty_like(local) for _ in range(groups.tp)]
-    dist.all_gather(gathered, local, group=groups.tp_group)
-    differing = [k for i, k in enumerate(keys) if any(not torch.equal(g[i], gathered[0][i]) for g in gathered)]
-    if differing:
-        raise RuntimeError(
-            f"tensor-parallel ranks {groups.tp_ranks} got different batches (keys {differing}); "
-            "the loader must give every TP rank the same sample: dp_rank = rank // tp, dp_size = world // tp"
-        )
+    for kind, size, group, ranks in (("tensor", groups.tp, groups.tp_group, groups.tp_ranks),
+                                     ("context", groups.cp, groups.cp_group, groups.cp_ranks)):
+        if size == 1:
+            continue
+        gathered = [torch.empty_like(local) for _ in range(size)]
+        dist.all_gather(gathered, local, group=group)
+        differing = [k for i, k in enumerate(keys) if any(not torch.equal(g[i], gathered[0][i]) for g in gathered)]
+        if differing:
+            raise RuntimeError(
+                f"{kind}-parallel ranks {ranks} got different batches (keys {differing}); the loader must give "
+                "every TP and CP rank of a replica the same rows: dp_rank = rank // (tp x cp), dp_size = dp"
+            )
