@@ -227,7 +227,7 @@ class Trainer:
         for step in range(self.start_step, train.steps):
             started = time.perf_counter()  # the step's time includes reading its rows
             micro_batches = [next(batches) for _ in range(train.grad_accum_steps)]
-            if step == self.start_step and self.groups.tp > 1:  # TP peers must read the same rows
+            if step == self.start_step and self.groups.tp * self.groups.cp > 1:  # TP and CP peers: the same rows
                 check_tp_batch({k: _to_device(v, self.device) for k, v in micro_batches[0].items()}, self.groups)
             if self.groups.cp > 1:  # CP peers read the same rows; each keeps its sequence shard
                 micro_batches = [shard_batch(mb, self.groups.cp_rank, self.groups.cp) for mb in micro_batches]
