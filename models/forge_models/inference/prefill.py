@@ -10,7 +10,8 @@ prompt's row:
 - Mamba-2: the last W-1 conv inputs of the prompt (zero on the left when it is shorter) and
   its final SSM state. On CUDA: causal_conv1d_fn + mamba_chunk_scan_combined, which returns
   every prompt's final state from `cu_seqlens` with `return_varlen_states=True` (batch 1 only,
-  hence one packed row). On CPU: the reference conv and scan, and the per-prompt states from
+  hence one packed row; mamba-ssm 2.2/2.3: the states are built from its chunk states, which it
+  keeps in the activation dtype, so a bf16 prefill hands over bf16-accurate states). On CPU: the reference conv and scan, and the per-prompt states from
   their closed form (`varlen_final_states_ref`).
 - Mamba-1: its projections run packed; the selective scan (a loop over time, no varlen kernel)
   runs per prompt, which is the same work.
