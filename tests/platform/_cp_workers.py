@@ -30,7 +30,7 @@ from forge_platform.parallel import (
     global_grad_norm,
     parallelize_model,
 )
-from forge_platform.parallel import context_parallel
+from forge_platform.parallel import context_parallel, tensor_parallel
 from forge_platform.parallel.context_parallel import apply_context_parallel, shard_batch
 from forge_platform.training.deepspeed_config import build_deepspeed_config
 
@@ -77,16 +77,20 @@ def split_edge_at_shards(seq_idx_BLs: torch.Tensor | None, position_ids_BLs: tor
 
 def cp_parity_worker(rank: int, world_size: int, layouts: list[tuple[str, int, int, bool]], out_dir: str) -> None:
     """Per layout (label, tp, cp, sequence_parallel), tp x cp ranks on the same rows (dp 1): loss, full
-    gradients and norm to out_dir/<label>.pt (rank 0). A label starting with "broken" runs with
-    `split_edge_at_shards` in place of the CP gather of seq_idx."""
+    gradients and norm to out_dir/<label>.pt (rank 0). Deliberate breaks, by label: "broken-cp..."
+    runs with `split_edge_at_shards` in place of the CP gather of seq_idx; "broken-sp..." leaves the
+    norm weights' gradients unsummed over TP (each rank's holds its tokens' share only)."""
     for label, tp, cp, sequence_parallel in layouts:
         groups = build_process_groups(ParallelDims(tp=tp, cp=cp, dp=1, world_size=world_size))
-        gather = context_parallel.gather_row_ids
-        context_parallel.gather_row_ids = split_edge_at_shards if label.startswith("broken") else gather
+        gather, sum_hook = context_parallel.gather_row_ids, tensor_parallel._sum_grad_over_tp_hook
+        if label.startswith("broken-cp"):
+            context_parallel.gather_row_ids = split_edge_at_shards
+        if label.startswith("broken-sp"):
+            tensor_parallel._sum_grad_over_tp_hook = lambda group: (lambda grad: grad)
         try:
             _parity_run(rank, groups, label, sequence_parallel, out_dir)
         finally:
-            context_parallel.gather_row_ids = gather
+            context_parallel.gather_row_ids, tensor_parallel._sum_grad_over_tp_hook = gather, sum_hook
 
 
 def _parity_run(rank: int, groups: ParallelGroups, label: str, sequence_parallel: bool, out_dir: str) -> None:

@@ -1,10 +1,13 @@
 """Context parallelism (tp x cp x dp): the layout, the config checks, and parity on gloo.
 
-The parity tests run CP=2 and TP=2 x CP=2 in spawned gloo processes against one process on the
-same packed rows, whose middle document crosses the CP split: loss, every gradient and the global
-gradient norm agree within fp32 rounding (_cp_workers.RTOL / ATOL). A deliberate break (the shard
-edge treated as a document boundary: what a sequence-sharded scan without state passing computes)
-must fail that same comparison, so the comparison can fail.
+The parity tests run CP=2, SP with TP=2, TP=2 x CP=2 with and without SP in spawned gloo
+processes against one process on the same packed rows, whose middle document crosses the CP
+split: loss, every gradient and the global gradient norm agree within fp32 rounding
+(_tp_workers.assert_close: relative 1e-5, absolute 1e-6 x the tensor's largest magnitude).
+Deliberate breaks must fail that same comparison, so it can fail: the shard edge treated as a
+document boundary (what a sequence-sharded scan without state passing computes), and SP's norm
+gradients left unsummed over TP. CP=2 x DP=2 under DeepSpeed ZeRO-2 and CP=2 through the
+trainer follow a single-process / one-worker run step by step.
 """
 
 from __future__ import annotations
@@ -89,14 +92,17 @@ def _compare(result: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
 @pytest.mark.slow
 def test_cp2_and_sp_tp2_match_single_process_and_a_reset_at_the_shard_edge_does_not(tmp_path: Path) -> None:
     # (label, tp, cp, sequence_parallel): three layouts in one launch of 2 processes.
-    launch(cp_parity_worker, 2, [("cp2", 1, 2, False), ("broken-cp2", 1, 2, False), ("sp-tp2", 2, 1, True)],
-           str(tmp_path))
+    launch(cp_parity_worker, 2, [("cp2", 1, 2, False), ("broken-cp2", 1, 2, False), ("sp-tp2", 2, 1, True),
+                                 ("broken-sp-tp2", 2, 1, True)], str(tmp_path))
     reference = reference_result()
     _compare(torch.load(tmp_path / "cp2.pt", weights_only=True), reference)
     _compare(torch.load(tmp_path / "sp-tp2.pt", weights_only=True), reference)
-    # The same comparison catches the bug CP exists to avoid: documents restarting at a shard edge.
-    with pytest.raises(AssertionError):
+    # The same comparison catches the bug CP exists to avoid: documents restarting at a shard edge,
+    with pytest.raises(AssertionError, match="loss"):  # the loss already differs, then the gradients
         _compare(torch.load(tmp_path / "broken-cp2.pt", weights_only=True), reference)
+    # and SP's: norm weights whose gradients count only the rank's share of the tokens.
+    with pytest.raises(AssertionError, match=r"grad/layers\.\d+\.norm\.weight"):
+        _compare(torch.load(tmp_path / "broken-sp-tp2.pt", weights_only=True), reference)
 
 
 @pytest.mark.slow
