@@ -30,6 +30,7 @@ from forge_data.manifest import MANIFEST_FILE
 
 from forge_platform.config_loader import ConfigError, config_hash, flatten
 from forge_platform.demo_corpus import prepare_demo_corpus
+from forge_platform.evaluation import check_stage_evaluations
 from forge_platform.job_config import CampaignConfig, StageConfig
 from forge_platform.memory_plan import plan_for_job
 from forge_platform.session import JobPlaces, JobSession, banner, job_places, job_session, local_copy
@@ -110,6 +111,7 @@ def _run_stages(cfg: CampaignConfig, places: JobPlaces, session: JobSession, par
         text_field=cfg.data.text_field, include_suffixes=cfg.data.include_suffixes, cleaning=cfg.data.cleaning,
     )
     tokenizer = load_tokenizer(tokenizer_path)
+    check_stage_evaluations(tokenizer, cfg.stages)  # before any stage trains
     runs.log_artifact(parent, local_copy(tokenizer_path, places.scratch), "tokenizer")
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
     print(f"vocabulary {tokenizer.vocab_size}; model pattern {model_cfg.pattern!r}", flush=True)

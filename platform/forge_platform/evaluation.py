@@ -33,7 +33,7 @@ from forge_eval.ruler import make_samples
 from forge_models import ModelConfig, build_model
 
 from forge_platform.config_loader import ConfigError, from_dict
-from forge_platform.job_config import EvaluateConfig
+from forge_platform.job_config import EvaluateConfig, StageConfig
 from forge_platform.run_inputs import log_to_run, run_inputs
 from forge_platform.training.checkpoint_files import (MODEL_CONFIG_FILE, WEIGHTS_FILE, IncompatibleCheckpointError,
                                                       load_weights, read_meta)
@@ -157,6 +157,19 @@ def check_tasks_build(tokenizer: TextTokenizer, eval_cfg: EvalConfig) -> None:
                     texts.append((s.prompt + s.target, f"ruler {task} ({haystack})"))
     for text, task in texts:
         check_encodable(tokenizer, text, task)
+
+
+def check_stage_evaluations(tokenizer: TextTokenizer, stages: Sequence[StageConfig]) -> None:
+    """Each stage's evaluation, at the lengths it resolves to (`eval.length_multiples` of its seq_len),
+    checked as `jobs.evaluate` checks its own, once the tokenizer exists: a campaign must not train
+    a stage and then fail in its evaluation on a length too short for a task."""
+    for stage in stages:
+        eval_cfg = stage.eval.for_length(stage.seq_len)
+        try:
+            check_lm_eval_tasks(eval_cfg.lm_eval_tasks)
+            check_tasks_build(tokenizer, eval_cfg)
+        except (UnencodableTextError, ValueError) as err:
+            raise ConfigError(f"stage {stage.name!r}, eval: {err}") from None
 
 
 def run_evaluate_job(cfg: EvaluateConfig) -> dict[str, float]:

@@ -195,3 +195,21 @@ def test_evaluate_a_stage_run_by_its_mlflow_run_id(campaign_like, tmp_path, caps
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     code, _, errors = run(capsys, "--run_id", stage_run.info.run_id, "--suites", "validation")
     assert code == 2 and errors and "tracking_uri: must be given with run_id" in errors[0]
+
+
+def test_a_campaign_stage_whose_evaluation_cannot_be_built_is_refused_before_training(tokenizer_and_manifest) -> None:
+    """eval.length_multiples resolve against each stage's seq_len; half of 256 tokens cannot hold a
+    phonebook with its examples: refused naming the stage, before anything trains (it failed after
+    the stage had trained)."""
+    from forge_platform.config_loader import ConfigError
+    from forge_platform.evaluation import check_stage_evaluations
+    from forge_platform.job_config import StageConfig
+
+    tokenizer, _ = tokenizer_and_manifest
+    fine = StageConfig(name="long", seq_len=2048, eval=EvalConfig(suites=["phonebook"], length_multiples=[0.5, 1]))
+    check_stage_evaluations(tokenizer, [fine])
+    short = StageConfig(name="short", seq_len=256, eval=EvalConfig(suites=["phonebook"], length_multiples=[0.5, 1]))
+    with pytest.raises(ConfigError, match=r"stage 'short', eval: phonebook \(standard\): a length of 128 tokens is too short"):
+        check_stage_evaluations(tokenizer, [fine, short])
+    with pytest.raises(ConfigError, match=r"stage 'long', eval: .*no_such_task"):
+        check_stage_evaluations(tokenizer, [dataclasses.replace(fine, eval=EvalConfig(suites=["lm-eval:no_such_task"]))])
