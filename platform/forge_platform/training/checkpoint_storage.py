@@ -54,7 +54,8 @@ def checkpoint_uri(checkpoint: ray.train.Checkpoint) -> str:
     """Where a checkpoint Ray Train returned lives: a local path, or `scheme://bucket/...`."""
     if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
         return checkpoint.path
-    return f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
+    scheme = {"gcs": "gs"}.get(checkpoint.filesystem.type_name, checkpoint.filesystem.type_name)
+    return f"{scheme}://{checkpoint.path}"
 
 
 @dataclass(frozen=True)
