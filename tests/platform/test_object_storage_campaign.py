@@ -147,7 +147,7 @@ def test_campaign_on_s3_writes_everything_to_the_bucket(campaign) -> None:
         assert {f"data/{stage}/train/manifest.json", f"data/{stage}/val/manifest.json"} <= set(listed)
         assert any(p.startswith(f"data/{stage}/train/shards/") for p in listed)
     progress = json.loads(storage.read_bytes(storage.join(OUTPUT, "campaign_progress.json")))["stages"]
-    assert list(progress) == ["pretrain-256", "extend-1024"]
+    assert set(progress) == {"pretrain-256", "extend-1024"}
     for stage, steps in (("pretrain-256", 6), ("extend-1024", 2)):
         checkpoint = campaign["runs"][stage]["checkpoint"]
         assert checkpoint == progress[stage]["checkpoint_dir"] == \
@@ -244,3 +244,79 @@ def test_bad_storage_is_refused_in_one_line_before_ray_starts(s3, tmp_path, monk
         campaign_module.run_campaign(cfg)
     assert "\n" not in str(raised.value)
     assert _tree(tmp_path) == []
+
+
+_STAGE_ON_S3 = """
+import dataclasses, json, sys
+from forge_models import get_preset
+from forge_platform.cluster import ensure_ray
+from forge_platform.input_errors import StageInputError
+from forge_platform.job_config import CheckpointConfig, OptimConfig, ParallelConfig, StageConfig, TrackingConfig, TrainConfig
+from forge_platform.training.drills import FailureDrill
+from forge_platform.training.stage_runner import run_stage
+from forge_platform.training.trainer import StageRun
+
+manifest, vocab, storage_uri, scratch, marker = sys.argv[1:6]
+stage = StageConfig(name="drill", seq_len=64, train=TrainConfig(steps=4, micro_batch_size=2, zero_stage=2, seed=3),
+                    optim=OptimConfig(lr=3e-3, min_lr=3e-4, warmup_tokens=512),
+                    checkpoint=CheckpointConfig(every_steps=1, keep_last=4))
+model = dataclasses.replace(get_preset("hybrid-debug"), vocab_size=int(vocab))
+run = StageRun(stage=stage, model=model, parallel=ParallelConfig(num_workers=2, max_failures=1, peak_tflops=1.0),
+               train_manifest=manifest, tracking=TrackingConfig(backend="null"),
+               drill=FailureDrill(after_step=3, marker_dir=marker, wait_s=2.0))
+ensure_ray(4)
+result = run_stage(run, storage_uri, "drill", scratch)
+print("RESULT", json.dumps({"checkpoint": result.checkpoint_dir,
+                            "losses": {int(m["step"]): m["loss"] for _, m in result.raw.best_checkpoints}}))
+other = dataclasses.replace(run, model=dataclasses.replace(model, d_model=32), drill=None)
+try:
+    run_stage(other, storage_uri, "drill", scratch)
+except StageInputError as err:
+    print("REFUSED", err)
+"""
+
+
+@pytest.mark.slow
+def test_a_stage_on_s3_resumes_from_its_uploaded_checkpoint_and_a_rerun_is_checked_there(s3, packed_data, tmp_path):
+    """A worker dies after step 3: the restarted group is handed the checkpoint on the store, downloads
+    and continues from it (no sample repeated or skipped); a rerun with another model is refused on
+    the driver from Ray's record and the metadata on the store, before any worker starts."""
+    storage_uri = f"s3://{BUCKET}/stages"
+    env = {k: v for k, v in os.environ.items() if k not in _AWS_ENV}
+    env.update(s3, RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(str(REPO / p) for p in (
+        "", "platform", "models", "data_pipeline", "evaluation")))
+    done = subprocess.run([sys.executable, "-c", _STAGE_ON_S3, str(packed_data.manifest), str(packed_data.vocab_size),
+                           storage_uri, str(tmp_path / "scratch"), str(tmp_path / "marker")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said[-5000:]
+    assert (tmp_path / "marker" / "crashed").exists(), "the drill did not crash a worker"
+    result = json.loads(said.split("RESULT ", 1)[1].splitlines()[0])
+    # from the last checkpoint Ray registered before the crash (which one depends on its polling)
+    assert re.search(r"\[drill\] resumed at step [123] from its last checkpoint", said), said[-5000:]
+    assert sorted(result["losses"]) == ["1", "2", "3", "4"]
+    assert result["checkpoint"] == f"{storage_uri}/drill/step_00000004"
+    meta = json.loads(storage.read_bytes(f"{storage_uri}/drill/step_00000004/meta.json"))
+    assert meta["step"] == 4 and meta["samples_consumed"] == 4 * 2 * 2  # no sample repeated or skipped
+    assert re.search(r"REFUSED stage 'drill': checkpoint of stage 'drill' was written by another model", said), \
+        said[said.find("RESULT"):][:3000]
+    assert [p for p in _tree(tmp_path / "scratch") if "step_" in p] == []  # every local copy deleted after upload
+
+
+def test_the_campaign_record_on_s3_names_finished_stages_only_while_their_checkpoint_is_there(s3) -> None:
+    """A rerun skips a stage the record on the store names, while its checkpoint folder is on the
+    store; a record whose checkpoint is gone (or whose settings changed) does not count."""
+    from forge_platform.campaign import CampaignProgress
+    from forge_platform.stage import StageOutcome
+
+    where = f"s3://{BUCKET}/progress-test"
+    checkpoint = f"{where}/checkpoints/run-a/step_00000006"
+    storage.publish(f"{checkpoint}/meta.json", b"{}")
+    progress = CampaignProgress(f"{where}/campaign_progress.json")
+    assert progress.stages == {}
+    progress.record(StageOutcome("a", "run-a", checkpoint, 1.5, {"val_loss": 2.0}), key="k1")
+    progress.record(StageOutcome("b", "run-b", f"{where}/checkpoints/gone/step_00000002", 1.0, {}), key="k2")
+    again = CampaignProgress(f"{where}/campaign_progress.json")  # read back from the store
+    assert again.finished("a", "k1") == StageOutcome("a", "run-a", checkpoint, 1.5, {"val_loss": 2.0})
+    assert again.finished("a", "another key") is None
+    assert again.finished("b", "k2") is None  # its checkpoint is not on the store
