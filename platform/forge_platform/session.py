@@ -62,10 +62,6 @@ class JobPlaces:
     output_dir: str
     scratch: Path | None
 
-    @property
-    def remote(self) -> bool:
-        return self.scratch is not None
-
     def join(self, *names: str) -> str:
         """A place under output_dir (posix separators on an object store)."""
         return storage.join(self.output_dir, *names)
