@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import deepspeed
 import torch
 import torch.distributed as dist
 from forge_data import IGNORE_INDEX, PackedShardLoader
@@ -105,7 +106,11 @@ def _train_step(parallel: ParallelModel, loader: PackedShardLoader, accum: int) 
 
 
 def _finish(parallel: ParallelModel, cfg: ModelConfig, results: dict[str, Any], out: Path, name: str) -> None:
-    weights = gather_state_dict(parallel.module, cfg, parallel.groups)
+    if parallel.zero_stage == 3:
+        with deepspeed.zero.GatheredParameters(list(parallel.module.parameters())):
+            weights = gather_state_dict(parallel.module, cfg, parallel.groups)
+    else:
+        weights = gather_state_dict(parallel.module, cfg, parallel.groups)
     if dist.get_rank() == 0:
         torch.save(weights, out / f"{name}.weights.pt")
         (out / f"{name}.json").write_text(json.dumps(results))
@@ -116,39 +121,42 @@ def _layout_groups(layout: Layout) -> ParallelGroups:
     return build_process_groups(ParallelDims(tp=layout.tp, cp=layout.cp, dp=layout.dp, world_size=layout.world))
 
 
-def save_then_continue_worker(rank: int, world_size: int, layout: Layout, manifest: str, vocab_size: int,
-                              out_dir: str) -> None:
-    """The uninterrupted run: SAVE_AT steps, a checkpoint, then one more step (the reference)."""
-    groups = _layout_groups(layout)
+def save_then_continue_worker(rank: int, world_size: int, layouts: dict[str, Layout], manifest: str,
+                              vocab_size: int, out_dir: str) -> None:
+    """The uninterrupted runs, one per {source: layout} (same degrees): SAVE_AT steps, a checkpoint
+    (`checkpoint_<source>`), then one more step (the reference, `uninterrupted_<source>`)."""
     cfg, out = model_config(vocab_size), Path(out_dir)
-    parallel, stage = _build(layout, cfg, groups, seed=stage_config(layout).train.seed)
-    loader = PackedShardLoader(manifest, micro_batch_size=layout.micro, dp_rank=groups.dp_rank, dp_size=groups.dp,
-                               shuffle_seed=stage.train.seed)
-    steps = [_train_step(parallel, loader, layout.accum) for _ in range(SAVE_AT)]
-    folder = out / "checkpoint"
-    _manager(stage, cfg, out).write(SAVE_AT, parallel, loader, layout.micro * layout.accum * groups.dp * SEQ_LEN,
-                                    target=CheckpointTarget(folder, rank == 0, {}))
-    steps.append(_train_step(parallel, loader, layout.accum))
-    _finish(parallel, cfg, {"steps": steps, "samples_after": loader.samples_consumed}, out, "uninterrupted")
+    groups = _layout_groups(next(iter(layouts.values())))
+    for source, layout in layouts.items():
+        parallel, stage = _build(layout, cfg, groups, seed=stage_config(layout).train.seed)
+        loader = PackedShardLoader(manifest, micro_batch_size=layout.micro, dp_rank=groups.dp_rank,
+                                   dp_size=groups.dp, shuffle_seed=stage.train.seed)
+        steps = [_train_step(parallel, loader, layout.accum) for _ in range(SAVE_AT)]
+        target = CheckpointTarget(out / f"checkpoint_{source}", rank == 0, {})
+        _manager(stage, cfg, out).write(SAVE_AT, parallel, loader, layout.micro * layout.accum * groups.dp * SEQ_LEN,
+                                        target=target)
+        steps.append(_train_step(parallel, loader, layout.accum))
+        _finish(parallel, cfg, {"steps": steps, "samples_after": loader.samples_consumed}, out,
+                f"uninterrupted_{source}")
 
 
-def resume_worker(rank: int, world_size: int, runs: list[tuple[str, Layout, str]], manifest: str, vocab_size: int,
-                  out_dir: str) -> None:
-    """Resume the checkpoint once per (name, layout, break) in `runs` and train the next step.
+def resume_worker(rank: int, world_size: int, runs: list[tuple[str, str, Layout, str]], manifest: str,
+                  vocab_size: int, out_dir: str) -> None:
+    """Per (name, source, layout, break) in `runs`: resume `checkpoint_<source>` and train the next step.
 
     break "none" is the real resume; "moments" drops the Adam moments while resharding (they stay
     zero), "tp_order" puts the old TP slices together in reverse order: both must fail the comparison.
     """
     cfg, out = model_config(vocab_size), Path(out_dir)
     layouts: dict[tuple[int, int, int], ParallelGroups] = {}  # process groups, made once per layout
-    for name, layout, broken in runs:
+    for name, source, layout, broken in runs:
         degrees = (layout.tp, layout.cp, layout.dp)
         groups = layouts[degrees] = layouts.get(degrees) or _layout_groups(layout)
         parallel, stage = _build(layout, cfg, groups, seed=999)
         loader = PackedShardLoader(manifest, micro_batch_size=layout.micro, dp_rank=groups.dp_rank,
                                    dp_size=groups.dp, shuffle_seed=stage.train.seed)
         with _deliberate_break(broken):
-            start = _manager(stage, cfg, out).restore_from(out / "checkpoint", parallel, loader)
+            start = _manager(stage, cfg, out).restore_from(out / f"checkpoint_{source}", parallel, loader)
         assert start == SAVE_AT, start
         step = _train_step(parallel, loader, layout.accum)
         _finish(parallel, cfg, {"steps": [step], "samples_after": loader.samples_consumed}, out, name)

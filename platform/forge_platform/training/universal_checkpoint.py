@@ -10,8 +10,8 @@ the schedule's state and the engine's counters. A resume with another layout put
 slices back together (concatenated along the dimension forge_models' TP plan splits), slices it for
 its own TP rank, and keeps the part this rank's ZeRO partition owns: through the fragment map
 DeepSpeed gives each parameter under ZeRO-1/2 (`param._hp_mapping`: where the parameter's elements
-lie in the flat fp32 partition), through its public setters under ZeRO-3
-(`safe_set_full_fp32_param`, `safe_set_full_optimizer_state`), whole at stage 0.
+lie in the flat fp32 partition), through its public local-partition API under ZeRO-3
+(`safe_get_local_fp32_param`, `safe_set_local_optimizer_state`, ...), whole at stage 0.
 
 Why written at save time, and not converted at resume time from DeepSpeed's shards:
 - Writing is cheap in time: no communication at all (each rank writes what it already holds, a
@@ -44,7 +44,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+from deepspeed.utils import (
+    safe_get_local_fp32_param,
+    safe_get_local_optimizer_state,
+    safe_set_local_fp32_param,
+    safe_set_local_optimizer_state,
+)
 from forge_models import ModelConfig
 from forge_models.tp_plan import partition_dims
 
@@ -69,16 +74,24 @@ def _base_optimizer(parallel: ParallelModel) -> torch.optim.Optimizer:
     return optimizer.optimizer if parallel.zero_stage > 0 else optimizer
 
 
-def _state_layout(optimizer: torch.optim.Optimizer) -> tuple[list[str], dict[str, float]]:
+def _masters(parallel: ParallelModel, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The fp32 tensors the optimizer updates (with state or not yet). ZeRO-3 puts its flat fp32
+    partitions into `param_groups` only during its step, so they are taken from its optimizer."""
+    masters = [hp for group in optimizer.param_groups for hp in group["params"]]
+    if parallel.zero_stage == 3:
+        masters += list(parallel.engine.optimizer.fp32_partitioned_groups_flat)
+    return list({id(hp): hp for hp in masters}.values())
+
+
+def _state_layout(parallel: ParallelModel, optimizer: torch.optim.Optimizer) -> tuple[list[str], dict[str, float]]:
     """(per-element state keys, scalar state) of the optimizer: AdamW's (['exp_avg', 'exp_avg_sq'],
     {'step': n}). Every parameter's state has the same keys and step (DeepSpeed asserts it too)."""
-    for group in optimizer.param_groups:
-        for hp in group["params"]:
-            state = optimizer.state.get(hp)
-            if state:
-                per_element = sorted(k for k, v in state.items() if torch.is_tensor(v) and v.shape == hp.shape)
-                scalars = {k: float(v) for k, v in state.items() if k not in per_element}
-                return per_element, scalars
+    for hp in _masters(parallel, optimizer):
+        state = optimizer.state.get(hp)
+        if state:
+            per_element = sorted(k for k, v in state.items() if torch.is_tensor(v) and v.shape == hp.shape)
+            scalars = {k: float(v) for k, v in state.items() if k not in per_element}
+            return per_element, scalars
     return [], {}
 
 
@@ -91,15 +104,11 @@ def _fragment(parallel: ParallelModel, param: torch.nn.Parameter, base: torch.op
         state = base.state.get(param, {})
         return {"start": 0, MASTER: param.detach().flatten(), **{k: state[k].flatten() for k in keys}}
     if parallel.zero_stage == 3:
-        # ZeRO-3: this rank holds partition `dp_rank` (equal sizes, the last one padded) of the flat slice.
-        size = param.ds_tensor.ds_numel
-        start = _zero_rank(parallel) * size
-        count = min(size, param.ds_numel - start)
+        start, count = _zero3_partition(parallel, param)
         if count <= 0:
             return None
-        optimizer = param._z3_optimizer
-        values = {k: optimizer.get_local_fp32_param(param, k).narrow(0, 0, count) for k in keys}
-        return {"start": start, MASTER: optimizer.get_local_fp32_param(param).narrow(0, 0, count), **values}
+        values = {k: safe_get_local_optimizer_state(param, k).narrow(0, 0, count) for k in keys}
+        return {"start": start, MASTER: safe_get_local_fp32_param(param).narrow(0, 0, count), **values}
     mapping = param._hp_mapping  # ZeRO-1/2: the fragment of the flat fp32 partition this rank owns
     if mapping is None:
         return None
@@ -112,6 +121,14 @@ def _fragment(parallel: ParallelModel, param: torch.nn.Parameter, base: torch.op
             **{k: state[k].narrow(0, hp.start, hp.numel) for k in keys}}
 
 
+def _zero3_partition(parallel: ParallelModel, param: torch.nn.Parameter) -> tuple[int, int]:
+    """(offset, element count) of this rank's ZeRO-3 partition in the flattened TP slice: partitions
+    have equal sizes, the last one padded past the end."""
+    size = param.ds_tensor.ds_numel
+    start = _zero_rank(parallel) * size
+    return start, max(0, min(size, param.ds_numel - start))
+
+
 def _flat_partition(base: torch.optim.Optimizer, mapping: Any) -> torch.Tensor:
     """The flat fp32 partition (the optimizer's parameter) a ZeRO-1/2 fragment lies in."""
     return base.param_groups[mapping.param_group_index]["params"][0]
@@ -121,7 +138,10 @@ def save_universal_state(folder: Path, parallel: ParallelModel) -> None:
     """Every rank writes its fragments to `folder/universal/rank_NNNNN.pt` (no communication)."""
     groups, engine = parallel.groups, parallel.engine
     base = _base_optimizer(parallel)
-    keys, scalars = _state_layout(base)
+    keys, scalars = _state_layout(parallel, base)
+    if engine.global_steps > 0 and not keys:  # a resume from it would silently restart Adam's moments
+        raise RuntimeError(f"no optimizer state found in {type(base).__name__} after {engine.global_steps} steps "
+                           f"(has DeepSpeed's ZeRO-{parallel.zero_stage} layout changed?): no universal state written")
     fragments, shapes = {}, {}
     for name, param in parallel.module.named_parameters():
         shapes[name] = tuple(param.ds_shape if parallel.zero_stage == 3 else param.shape)
@@ -194,17 +214,16 @@ def _ensure_state(parallel: ParallelModel, base: torch.optim.Optimizer, keys: li
     torch's AdamW makes its state at the first step, so a fresh engine has none (ZeRO-3 makes it
     at start); the first step then finds it and continues from it.
     """
-    for group in base.param_groups:
-        for hp in group["params"]:
-            state = base.state[hp]
-            for key in keys:
-                if key not in state:
-                    state[key] = torch.zeros_like(hp)
-            for key, value in scalars.items():
-                old = state.get(key)
-                on = old.device if torch.is_tensor(old) else (hp.device if group.get("fused") or group.get("capturable")
-                                                              else torch.device("cpu"))
-                state[key] = torch.tensor(value, dtype=torch.float32, device=on)
+    on_device = any(group.get("fused") or group.get("capturable") for group in base.param_groups)
+    for hp in _masters(parallel, base):
+        state = base.state[hp]
+        for key in keys:
+            if key not in state:
+                state[key] = torch.zeros_like(hp)
+        for key, value in scalars.items():
+            old = state.get(key)
+            where = old.device if torch.is_tensor(old) else (hp.device if on_device else torch.device("cpu"))
+            state[key] = torch.tensor(value, dtype=old.dtype if torch.is_tensor(old) else torch.float32, device=where)
 
 
 def _set_parameter(parallel: ParallelModel, param: torch.nn.Parameter, base: torch.optim.Optimizer,
@@ -219,15 +238,15 @@ def _set_parameter(parallel: ParallelModel, param: torch.nn.Parameter, base: tor
                 base.state[param][key].copy_(value)
         return
     if parallel.zero_stage == 3:
-        safe_set_full_fp32_param(param, master)
+        start, count = _zero3_partition(parallel, param)
         for key, value in values.items():
-            if key != MASTER:
-                safe_set_full_optimizer_state(param, value.to(device), key)
-        # The module's own partition of the weight (fp32 like the master).
-        size = param.ds_tensor.ds_numel
-        start = _zero_rank(parallel) * size
-        count = max(0, min(size, param.ds_numel - start))
-        param.ds_tensor.data.narrow(0, 0, count).copy_(master.flatten().narrow(0, start, count))
+            local = torch.zeros(param.ds_tensor.ds_numel, dtype=torch.float32, device=device)
+            local.narrow(0, 0, count).copy_(value.flatten().narrow(0, start, count))
+            if key == MASTER:
+                safe_set_local_fp32_param(param, local)
+                param.ds_tensor.data.copy_(local)  # the module's own partition (fp32 like the master)
+            else:
+                safe_set_local_optimizer_state(param, local, key)
         return
     param.data.copy_(master)  # ZeRO-1/2 keep whole weights in the module, the master in the optimizer
     mapping = param._hp_mapping
