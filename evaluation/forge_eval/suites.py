@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from statistics import mean
 from typing import TYPE_CHECKING
@@ -33,10 +33,10 @@ from torch import nn
 
 from forge_eval.answering import predict
 from forge_eval.lm_eval_suite import lm_eval_task, run_lm_eval
-from forge_eval.phonebook import make_questions, questions_of_length, score_number
+from forge_eval.phonebook import PhonebookQuestion, make_questions, questions_of_length, score_number
 from forge_eval.position_loss import loss_by_position
 from forge_eval.prompts import TextTokenizer, check_encodable, fill_token
-from forge_eval.ruler import HAYSTACK_TASKS, make_samples, string_match_all
+from forge_eval.ruler import HAYSTACK_TASKS, RulerSample, make_samples, string_match_all
 from forge_eval.scoring import ModelScorer, Scorer
 from forge_eval.validation import validation_loss
 
@@ -97,13 +97,19 @@ def _phonebook(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[st
                                    depth=cfg.phonebook_depth)
         measure(questions, f"phonebook_{entries}")
         metrics[f"phonebook_{entries}_prompt_tokens"] = float(max(len(tokenizer.encode(q.prompt)) for q in questions))
-    for fmt in cfg.phonebook_formats:
-        for length in cfg.phonebook_lengths:
-            questions = questions_of_length(tokenizer, length, cfg.phonebook_queries, cfg.seed, fmt,
-                                            cfg.phonebook_examples, cfg.phonebook_depth)
-            measure(questions, f"phonebook_{fmt}_{length}")
-            metrics[f"phonebook_{fmt}_{length}_entries"] = float(mean(q.num_entries for q in questions))
+    for length in cfg.phonebook_lengths:
+        for prefix, questions in phonebook_books(cfg, tokenizer, length):
+            measure(questions, prefix)
+            metrics[f"{prefix}_entries"] = float(mean(q.num_entries for q in questions))
     return metrics
+
+
+def phonebook_books(cfg: EvalConfig, tokenizer: TextTokenizer, length: int) -> Iterator[tuple[str, list[PhonebookQuestion]]]:
+    """The books of `length` tokens the phonebook suite asks about, one list per format, with its
+    metric prefix: the suite and `check_suites_build` build exactly these."""
+    for fmt in cfg.phonebook_formats:
+        yield f"phonebook_{fmt}_{length}", questions_of_length(tokenizer, length, cfg.phonebook_queries, cfg.seed, fmt,
+                                                               cfg.phonebook_examples, cfg.phonebook_depth)
 
 
 def _ruler(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, float]:
@@ -118,23 +124,47 @@ def _ruler(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, f
         return metrics[f"{name}_score"]
 
     for length in cfg.ruler_lengths:
-        per_task = []
-        for task in cfg.ruler_tasks:
-            haystacks = cfg.ruler_haystacks if task in HAYSTACK_TASKS else [None]
-            for haystack in haystacks:
-                name = f"ruler_{task}_{haystack}_{length}" if haystack else f"ruler_{task}_{length}"
-                if task == "niah_single":  # the depth x length sweep; the task's score is the mean over depths
-                    at_depths = [measure(make_samples(task, inputs.tokenizer, length, cfg.ruler_samples, haystack,
-                                                      depth, cfg.seed), f"{name}_depth{round(depth * 100)}")
-                                 for depth in cfg.ruler_depths]
-                    metrics[f"{name}_score"] = mean(at_depths)  # every depth has ruler_samples samples
-                    per_task.append(metrics[f"{name}_score"])
-                else:
-                    samples = make_samples(task, inputs.tokenizer, length, cfg.ruler_samples, haystack or "filler",
-                                           None, cfg.seed)
-                    per_task.append(measure(samples, name))
-        metrics[f"ruler_{length}_score"] = mean(per_task)
+        per_task: dict[str, list[float]] = {}
+        for name, task_name, samples in ruler_sample_sets(cfg, inputs.tokenizer, length):
+            per_task.setdefault(task_name, []).append(measure(samples, name))
+        for task_name, scores in per_task.items():  # niah_single: the mean over its depths
+            metrics[f"{task_name}_score"] = mean(scores)  # every depth has ruler_samples samples
+        metrics[f"ruler_{length}_score"] = mean(metrics[f"{task_name}_score"] for task_name in per_task)
     return metrics
+
+
+def ruler_sample_sets(cfg: EvalConfig, tokenizer: TextTokenizer, length: int
+                      ) -> Iterator[tuple[str, str, list[RulerSample]]]:
+    """The RULER samples of `length` tokens the suite asks, as (metric name, task's metric name,
+    samples): the single needle once per depth (the depth x length sweep), every other task once. The
+    suite and `check_suites_build` build exactly these."""
+    for task in cfg.ruler_tasks:
+        for haystack in cfg.ruler_haystacks if task in HAYSTACK_TASKS else [None]:
+            task_name = f"ruler_{task}_{haystack}_{length}" if haystack else f"ruler_{task}_{length}"
+            if task == "niah_single":
+                for depth in cfg.ruler_depths:
+                    yield (f"{task_name}_depth{round(depth * 100)}", task_name,
+                           make_samples(task, tokenizer, length, cfg.ruler_samples, haystack, depth, cfg.seed))
+            else:
+                yield task_name, task_name, make_samples(task, tokenizer, length, cfg.ruler_samples,
+                                                         haystack or "filler", None, cfg.seed)
+
+
+def check_suites_build(tokenizer: TextTokenizer, cfg: EvalConfig) -> None:
+    """Build every Phonebook book and RULER sample of the shortest configured length, as the suites
+    will (cheap next to asking them): a length too short for a task, or characters the tokenizer
+    cannot encode, fail here in one line (ValueError) before a model is loaded or trained."""
+    texts = []
+    if "phonebook" in cfg.suites:
+        texts += [(q.prompt + " " + q.answer, "phonebook") for q in make_questions(4, 1, cfg.seed)]
+        if cfg.phonebook_lengths:
+            for prefix, questions in phonebook_books(cfg, tokenizer, min(cfg.phonebook_lengths)):
+                texts += [(q.prompt + " " + q.answer, prefix) for q in questions]
+    if "ruler" in cfg.suites:
+        for name, _, samples in ruler_sample_sets(cfg, tokenizer, min(cfg.ruler_lengths)):
+            texts += [(s.prompt + s.target, name) for s in samples]
+    for text, task in texts:
+        check_encodable(tokenizer, text, task)
 
 
 def _ppl(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, float]:

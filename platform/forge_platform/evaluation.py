@@ -24,12 +24,10 @@ from typing import Any
 import torch
 from forge_data import load_tokenizer
 from forge_data.tokenizer import Tokenizer
-from forge_eval import EvalConfig, EvalInputs, TextTokenizer, UnencodableTextError, evaluate_model
+from forge_eval import (EvalConfig, EvalInputs, TextTokenizer, UnencodableTextError, check_suites_build,
+                        evaluate_model)
 from forge_eval.checkpoint import CheckpointInputError, find_tokenizer
 from forge_eval.lm_eval_suite import check_lm_eval_tasks
-from forge_eval.phonebook import make_questions, questions_of_length
-from forge_eval.prompts import check_encodable
-from forge_eval.ruler import make_samples
 from forge_models import ModelConfig, build_model
 
 from forge_platform.config_loader import ConfigError, from_dict
@@ -141,24 +139,6 @@ def check_eval_lengths(model_cfg: ModelConfig, weights: int, eval_cfg: EvalConfi
                       "eval.ppl_max_position, eval.lm_eval_max_length) or a GPU")
 
 
-def check_tasks_build(tokenizer: TextTokenizer, eval_cfg: EvalConfig) -> None:
-    """Build one prompt of every configured task at its shortest configured length (cheap): a length
-    too short for a task, or characters the tokenizer cannot encode, fail here in one line."""
-    texts = []
-    if "phonebook" in eval_cfg.suites:
-        texts += [(q.prompt + " " + q.answer, "phonebook") for q in make_questions(4, 1, eval_cfg.seed)]
-        for fmt in eval_cfg.phonebook_formats if eval_cfg.phonebook_lengths else []:
-            questions = questions_of_length(tokenizer, min(eval_cfg.phonebook_lengths), 1, eval_cfg.seed, fmt)
-            texts += [(q.prompt + " " + q.answer, f"phonebook ({fmt})") for q in questions]
-    if "ruler" in eval_cfg.suites:
-        for task in eval_cfg.ruler_tasks:
-            for haystack in eval_cfg.ruler_haystacks:
-                for s in make_samples(task, tokenizer, min(eval_cfg.ruler_lengths), 1, haystack, 0.5, eval_cfg.seed):
-                    texts.append((s.prompt + s.target, f"ruler {task} ({haystack})"))
-    for text, task in texts:
-        check_encodable(tokenizer, text, task)
-
-
 def check_stage_evaluations(tokenizer: TextTokenizer, stages: Sequence[StageConfig]) -> None:
     """Each stage's evaluation, at the lengths it resolves to (`eval.length_multiples` of its seq_len),
     checked as `jobs.evaluate` checks its own, once the tokenizer exists: a campaign must not train
@@ -167,7 +147,7 @@ def check_stage_evaluations(tokenizer: TextTokenizer, stages: Sequence[StageConf
         eval_cfg = stage.eval.for_length(stage.seq_len)
         try:
             check_lm_eval_tasks(eval_cfg.lm_eval_tasks)
-            check_tasks_build(tokenizer, eval_cfg)
+            check_suites_build(tokenizer, eval_cfg)
         except (UnencodableTextError, ValueError) as err:
             raise ConfigError(f"stage {stage.name!r}, eval: {err}") from None
 
@@ -195,7 +175,7 @@ def run_evaluate_job(cfg: EvaluateConfig) -> dict[str, float]:
             else None
         check_lm_eval_tasks(cfg.eval.lm_eval_tasks)
         if tokenizer is not None:
-            check_tasks_build(tokenizer, cfg.eval)
+            check_suites_build(tokenizer, cfg.eval)
     except (CheckpointInputError, UnencodableTextError, ValueError) as err:
         raise ConfigError(str(err)) from None
     on_gpu = torch.cuda.is_available()

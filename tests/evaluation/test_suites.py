@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from forge_eval import SUITES, EvalConfig, EvalInputs, evaluate_model, get_suite
+from forge_eval import SUITES, ContinuationScore, EvalConfig, EvalInputs, check_suites_build, evaluate_model, get_suite
 from forge_eval.names import name_pool_size
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,3 +105,41 @@ def test_suites_run_as_named(model, tokenizer_and_manifest) -> None:
     assert evaluate_model(model, EvalConfig(suites=["phonebook"]), EvalInputs(val_manifest=manifest)) == {}
     with pytest.raises(ValueError, match="suite 'validation' needs held-out data"):
         evaluate_model(model, EvalConfig(suites=["validation"]), EvalInputs(tokenizer=tokenizer))
+
+
+class SilentScorer:
+    """Answers nothing: lets a suite build and ask every prompt without running a model."""
+
+    def greedy(self, prompts, max_new_tokens, desc=""):
+        return [[] for _ in prompts]
+
+    def score(self, requests, desc=""):
+        return [ContinuationScore(0.0, ()) for _ in requests]
+
+
+def test_the_build_check_refuses_exactly_the_lengths_the_suites_cannot_build(model, tokenizer_and_manifest) -> None:
+    """check_suites_build builds what the suites build (every sample, depth, format and Phonebook
+    example), so around each suite's shortest length it refuses exactly the lengths where the suite
+    itself fails. (It built one sample at one depth and no examples: a demo stage failed in its
+    evaluation after training, 'cwe ... a length of 256 tokens is too short', and some lengths that
+    work were refused.)"""
+    tokenizer, _ = tokenizer_and_manifest
+    for suite, lengths in (("phonebook", range(248, 284, 4)), ("ruler", range(372, 400, 4))):
+        outcomes = set()
+        for length in lengths:
+            cfg = EvalConfig(suites=[suite], phonebook_entries=[], phonebook_lengths=[length], phonebook_queries=4,
+                             phonebook_examples=2, phonebook_formats=["standard", "reversed"], ruler_lengths=[length],
+                             ruler_samples=4, ruler_depths=[0.0, 0.5, 1.0])
+            try:
+                check_suites_build(tokenizer, cfg)
+                checked = True
+            except ValueError:
+                checked = False
+            try:
+                evaluate_model(model, cfg, EvalInputs(tokenizer=tokenizer, scorer=SilentScorer(), progress=False))
+                built = True
+            except ValueError:
+                built = False
+            assert checked == built, (suite, length, checked, built)
+            outcomes.add(built)
+        assert outcomes == {True, False}, f"{suite}: the lengths tried do not straddle its shortest length"
