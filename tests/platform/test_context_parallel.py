@@ -152,3 +152,16 @@ def test_context_parallel_stage_matches_one_worker(packed_data, tmp_path: Path) 
     full_two = torch.load(two.checkpoint_dir / "model.pt", weights_only=True)
     for name, tensor in full_one.items():
         torch.testing.assert_close(full_two[name], tensor, rtol=1e-4, atol=1e-5)  # Adam amplifies 1e-7 grad noise
+
+
+def test_shard_batch_cuts_contiguous_shards_with_positions_of_the_whole_row() -> None:
+    from forge_platform.parallel import shard_batch
+
+    seq_idx = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2]])
+    rows = {"input_ids": torch.arange(8).unsqueeze(0), "seq_idx": seq_idx}
+    second = shard_batch(rows, cp_rank=1, cp=2)
+    assert second["input_ids"].tolist() == [[4, 5, 6, 7]]
+    assert second["position_ids"].tolist() == [[1, 2, 3, 0]]  # document 1 began in the first shard
+    assert shard_batch({"input_ids": rows["input_ids"]}, 1, 2)["position_ids"].tolist() == [[4, 5, 6, 7]]
+    with pytest.raises(ValueError, match="sequence length 8 is not divisible by parallel.context_parallel = 3"):
+        shard_batch(rows, 0, 3)

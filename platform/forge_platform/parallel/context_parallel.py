@@ -58,8 +58,9 @@ HEAD_PARALLEL_KINDS = {"mamba2": Mamba2Mixer, "attention": Attention}
 def shard_batch(batch: Batch, cp_rank: int, cp: int) -> Batch:
     """This CP rank's contiguous shard [cp_rank * Ls, (cp_rank + 1) * Ls) of every (B, L) tensor.
 
-    position_ids, when absent, are derived from the whole row's seq_idx first (positions inside
-    each document, as LanguageModel would): derived from a shard they would restart at its edge.
+    position_ids, when absent, are derived from the whole row first (positions inside each
+    document, as LanguageModel would): derived by the model from a shard they would restart at its
+    edge. A context-parallel model must always be given position_ids; this makes sure it is.
     """
     length = batch["input_ids"].shape[1]
     if length % cp:
@@ -67,8 +68,10 @@ def shard_batch(batch: Batch, cp_rank: int, cp: int) -> Batch:
     if cp == 1:
         return batch
     batch = dict(batch)
-    if "position_ids" not in batch and "seq_idx" in batch:
-        batch["position_ids"] = positions_from_seq_idx(batch["seq_idx"])
+    if "position_ids" not in batch:
+        ids = batch["input_ids"]
+        batch["position_ids"] = (positions_from_seq_idx(batch["seq_idx"]) if "seq_idx" in batch
+                                 else torch.arange(length, device=ids.device).expand_as(ids))
     size = length // cp
     return {k: v.narrow(1, cp_rank * size, size) if v.dim() >= 2 and v.shape[1] == length else v
             for k, v in batch.items()}
@@ -196,6 +199,8 @@ def apply_context_parallel(model: LanguageModel, groups: ParallelGroups) -> int:
 
     Call after tensor parallelism (the CP slice is taken of the TP slice) and before recompute
     (the recomputed forward runs the CP collectives again, in the same order on every rank).
+    Feed the model `shard_batch`'s shards, position_ids included (the model would otherwise
+    derive them from the shard).
     """
     cp = groups.cp
     if cp == 1:
