@@ -368,6 +368,9 @@ def plan_for_job(model: ModelConfig, stages: list[StageConfig], parallel: Parall
         if stage.seq_len % parallel.context_parallel:
             raise ConfigError(f"stages.{stage.name}: seq_len = {stage.seq_len} is not divisible by "
                               f"parallel.context_parallel = {parallel.context_parallel}")
+        if parallel.context_parallel > 1 and stage.train.zero_stage == 3:
+            raise ConfigError(f"stages.{stage.name}: train.zero_stage = 3 with parallel.context_parallel = "
+                              f"{parallel.context_parallel}: context parallelism supports ZeRO stages 0-2")
         if parallel.sequence_parallel and (stage.seq_len // parallel.context_parallel) % parallel.tensor_parallel:
             raise ConfigError(f"stages.{stage.name}: seq_len = {stage.seq_len} is not divisible by "
                               f"parallel.tensor_parallel x parallel.context_parallel = "

@@ -208,10 +208,12 @@ def test_an_unfit_stage_is_offered_a_larger_context_parallel_degree() -> None:
         plan_for_job(model, [stage(262144)], eight, echo=False)
 
 
-def test_a_sequence_length_context_parallelism_cannot_split_is_refused() -> None:
+def test_a_sequence_length_or_zero_stage_context_parallelism_cannot_run_is_refused() -> None:
     two = ParallelConfig(num_workers=2, context_parallel=2)
     with pytest.raises(ConfigError, match=r"stages.s4097: seq_len = 4097 is not divisible by parallel.context_parallel = 2"):
         plan_for_job(get_preset("hybrid-debug"), [stage(4097)], two, echo=False)
+    with pytest.raises(ConfigError, match=r"stages.s64: train.zero_stage = 3 with parallel.context_parallel = 2"):
+        plan_for_job(get_preset("hybrid-debug"), [stage(64, zero=3)], two, echo=False)
 
 
 def test_sequence_parallelism_divides_the_block_inputs_by_tp() -> None:
