@@ -140,6 +140,27 @@ def test_experiments_we_create_open_on_training_runs_in_the_ui(server) -> None:
     assert client.get_experiment(untagged).experiment_id != chosen
 
 
+def test_an_experiment_another_job_creates_meanwhile_is_used(server) -> None:
+    """Two jobs (or a job's two threads) starting at once: the one whose create is refused as a
+    duplicate takes the experiment the other created (and marks its kind)."""
+    from forge_platform.tracking.runs import ensure_training_experiment
+
+    client = MlflowClient(server.uri)
+
+    class SeesItLate:  # the real client, but another job creates the experiment right after our lookup
+        def __getattr__(self, name: str):
+            return getattr(client, name)
+
+        def get_experiment_by_name(self, name: str):
+            self.get_experiment_by_name = client.get_experiment_by_name
+            client.create_experiment(name)
+            return None
+
+    experiment_id = ensure_training_experiment(SeesItLate(), "raced")
+    found = client.get_experiment_by_name("raced")
+    assert (experiment_id, found.tags[EXPERIMENT_KIND_TAG]) == (found.experiment_id, "custom_model_development")
+
+
 def _tiny_campaign_run(server, root: Path, tokenizer: Path, vocab_size: int):
     """A parent run with two stage runs and a real checkpoint of the last stage, as a campaign leaves them."""
     import dataclasses
@@ -187,7 +208,7 @@ def test_a_campaigns_final_weights_are_a_registered_model_version_with_lineage(s
     assert version.source == f"{client.get_run(parent).info.artifact_uri}/model"
     assert version.tags == {
         "forge.campaign": "registry-test", "forge.parent_run_id": parent, "forge.config_hash": config_hash(cfg),
-        "forge.stages": "pretrain,extend", "forge.hf_export": "hf/",
+        "forge.stages": "pretrain,extend", "forge.hf_export": "hf/", "forge.weights": "model/model.pt",
         "forge.stage.pretrain.run_id": pretrain.run_id, "forge.stage.extend.run_id": extend.run_id,
         "forge.stage.pretrain.checkpoint": str(pretrain.checkpoint_dir),
         "forge.stage.extend.checkpoint": str(extend.checkpoint_dir),
@@ -226,3 +247,43 @@ def test_a_model_registered_while_the_server_is_down_is_registered_when_it_answe
         assert version.run_id == outcome.parent_run_id
         assert {a.path for a in client.list_artifacts(outcome.parent_run_id, "model")} >= {"model/model.pt"}
     assert not runs.journal
+
+
+def test_weights_too_large_to_copy_are_registered_where_their_checkpoint_is(server, packed_data, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    """A checkpoint on an object store whose weights exceed MAX_COPIED_WEIGHTS_BYTES (0 here): the
+    version's source is the checkpoint's URI; the run's model/ holds the config, metadata and tokenizer."""
+    import boto3
+    from forge_platform.tracking import model_registry
+    from production_stack import BUCKET, s3_server
+
+    cfg, outcome, runs = _tiny_campaign_run(server, tmp_path, packed_data.tokenizer, packed_data.vocab_size)
+    local = outcome.stages[-1].checkpoint_dir
+    with s3_server() as s3_env:
+        for key, value in s3_env.items():
+            monkeypatch.setenv(key, value)
+        s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+        for path in local.iterdir():
+            s3.upload_file(str(path), BUCKET, f"ckpt/{path.name}")
+        outcome.stages[-1].checkpoint_dir = f"s3://{BUCKET}/ckpt"
+        monkeypatch.setattr(model_registry, "MAX_COPIED_WEIGHTS_BYTES", 0)
+        assert model_registry.register_campaign_model(cfg, outcome, runs) == "registry-test"
+    client = MlflowClient(server.uri)
+    version = max(client.search_model_versions("name = 'registry-test'"), key=lambda v: int(v.version))
+    assert version.source == f"s3://{BUCKET}/ckpt"
+    assert version.tags["forge.weights"] == f"s3://{BUCKET}/ckpt/model.pt"
+    assert version.tags["forge.hf_export"].startswith("none: the weights stay in s3://")
+    files = {a.path for a in client.list_artifacts(outcome.parent_run_id, "model")}
+    assert files == {"model/model_config.json", "model/meta.json", "model/tokenizer.model"}
+
+
+def test_a_registration_that_fails_is_a_warning_not_the_campaigns_failure(server, packed_data, tmp_path: Path,
+                                                                          capsys) -> None:
+    from forge_platform.tracking.model_registry import register_campaign_model
+
+    cfg, outcome, runs = _tiny_campaign_run(server, tmp_path, packed_data.tokenizer, packed_data.vocab_size)
+    (outcome.stages[-1].checkpoint_dir / "model_config.json").unlink()  # a checkpoint cut short
+    assert register_campaign_model(cfg, outcome, runs) == ""
+    said = capsys.readouterr().out
+    assert "warning: the final weights of campaign 'registry-test' were not registered in MLflow" in said
+    assert f"they are in {outcome.stages[-1].checkpoint_dir}" in said

@@ -14,12 +14,17 @@ That folder becomes a new version of the registered model `tracking.registered_m
 the campaign's name). The version's tags name what made it (`lineage_tags`): the parent run, every
 stage's run and checkpoint, the stages' data manifests (artifacts of their runs) and the config hash.
 
+Weights larger than `MAX_COPIED_WEIGHTS_BYTES` whose checkpoint is on an object store are not
+copied: the version's source is the checkpoint itself (its `forge.weights` tag names the file).
+
 Both calls go through `MlflowRuns`: while the server is down they are queued with the rest of the
 campaign's calls (the folder is copied into the spill folder) and made when it answers, in order.
+Any other failure is a warning naming the checkpoint: the campaign has trained by then.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -42,6 +47,10 @@ MODEL_ARTIFACT_PATH = "model"
 """Where the parent run keeps the registered weights (the version's source)."""
 CHECKPOINT_FILES = (WEIGHTS_FILE, MODEL_CONFIG_FILE, META_FILE)
 """What of the final checkpoint a model version needs (not the optimizer state under state/)."""
+MAX_COPIED_WEIGHTS_BYTES = 2 << 30
+"""Weights up to 2 GiB are copied into the parent run's `model/`; larger ones on an object store
+are registered where the checkpoint keeps them (the version's source is the checkpoint's URI, its
+`model/` then holds the config, metadata and tokenizer only)."""
 
 
 def registered_model_name(cfg: CampaignConfig) -> str:
@@ -67,23 +76,51 @@ def lineage_tags(cfg: CampaignConfig, parent_run_id: str, stages: Sequence[Stage
 
 def register_campaign_model(cfg: CampaignConfig, outcome: CampaignOutcome, runs: MlflowRuns | NullRuns) -> str:
     """Log the final stage's weights on the parent run and register them; returns the model's name
-    ('' when nothing is registered: tracking is off MLflow, or no stage left a checkpoint)."""
+    ('' when nothing is registered: tracking is off MLflow, no stage left a checkpoint, or it failed).
+
+    The campaign has trained by now: a failure here is a warning naming the checkpoint, never the
+    campaign's failure (a tracking outage is no failure: the calls are queued)."""
     final = outcome.stages[-1] if outcome.stages else None
     if not runs.tracking_uri or final is None or final.checkpoint_dir is None:
         return ""
+    try:
+        return _register(cfg, outcome, final, runs)
+    except Exception as err:  # noqa: BLE001 - the weights are safe in the checkpoint; say so and finish
+        reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        print(f"warning: the final weights of campaign {cfg.name!r} were not registered in MLflow ({reason}); "
+              f"they are in {final.checkpoint_dir}", flush=True)
+        return ""
+
+
+def _register(cfg: CampaignConfig, outcome: CampaignOutcome, final: StageOutcome, runs: MlflowRuns | NullRuns) -> str:
     name = registered_model_name(cfg)
+    checkpoint = str(final.checkpoint_dir)
     tags = lineage_tags(cfg, outcome.parent_run_id, outcome.stages)
+    weights = storage.join(checkpoint, WEIGHTS_FILE)
+    # A cluster's billions of parameters stay where their checkpoint is (the version points there):
+    # copying them through the driver's disk and the tracking server would double tens of GB.
+    in_place = storage.is_uri(checkpoint) and file_size(weights) > MAX_COPIED_WEIGHTS_BYTES
     with tempfile.TemporaryDirectory(prefix="forge-model-") as tmp:
         folder = Path(tmp) / MODEL_ARTIFACT_PATH
-        tags["forge.hf_export"] = gather_model_folder(str(final.checkpoint_dir), tokenizer_location(cfg), folder)
+        tags["forge.hf_export"] = gather_model_folder(checkpoint, tokenizer_location(cfg), folder,
+                                                      with_weights=not in_place)
         runs.log_artifact(outcome.parent_run_id, str(folder))
-    description = (f"Final weights of campaign {cfg.name!r} (stage {final.name!r}), from the artifact "
-                   f"{MODEL_ARTIFACT_PATH}/ of its parent run {outcome.parent_run_id}; checkpoint "
-                   f"{final.checkpoint_dir}. Stages: " + ", ".join(f"{s.name} (run {s.run_id})" for s in outcome.stages))
-    runs.register_model(outcome.parent_run_id, MODEL_ARTIFACT_PATH, name, tags, description)
-    print(f"MLflow registered model {name!r}: a new version from the parent run's {MODEL_ARTIFACT_PATH}/ "
-          f"(stage {final.name!r})", flush=True)
+    tags["forge.weights"] = weights if in_place else f"{MODEL_ARTIFACT_PATH}/{WEIGHTS_FILE}"
+    where = checkpoint if in_place else f"the artifact {MODEL_ARTIFACT_PATH}/ of its parent run {outcome.parent_run_id}"
+    description = (f"Final weights of campaign {cfg.name!r} (stage {final.name!r}), from {where}; checkpoint "
+                   f"{checkpoint}. Stages: " + ", ".join(f"{s.name} (run {s.run_id})" for s in outcome.stages))
+    runs.register_model(outcome.parent_run_id, MODEL_ARTIFACT_PATH, name, tags, description,
+                        source=checkpoint if in_place else "")
+    print(f"MLflow registered model {name!r}: a new version from {where} (stage {final.name!r})", flush=True)
     return name
+
+
+def file_size(location: str) -> int:
+    """Bytes of one file, on local disk or an object store."""
+    if not storage.is_uri(location):
+        return os.path.getsize(location)
+    fs, path = storage.resolve_filesystem(location)
+    return fs.get_file_info(path).size or 0
 
 
 def tokenizer_location(cfg: CampaignConfig) -> str:
@@ -94,15 +131,18 @@ def tokenizer_location(cfg: CampaignConfig) -> str:
     return storage.join(cfg.output_dir, "tokenizer", TOKENIZER_FILE)
 
 
-def gather_model_folder(checkpoint: str, tokenizer: str, folder: Path) -> str:
+def gather_model_folder(checkpoint: str, tokenizer: str, folder: Path, with_weights: bool = True) -> str:
     """Copy the checkpoint's model files and the tokenizer into `folder` (local disk or object
     store alike), and add the Hugging Face export under `hf/` where one exists.
 
     Returns what became of the export: 'hf/' or the reason there is none."""
     folder.mkdir(parents=True)
     for name in CHECKPOINT_FILES:
-        copy_file(storage.join(checkpoint, name), folder / name)
+        if with_weights or name != WEIGHTS_FILE:
+            copy_file(storage.join(checkpoint, name), folder / name)
     copy_file(tokenizer, folder / TOKENIZER_FILE)
+    if not with_weights:
+        return f"none: the weights stay in {checkpoint} (python -m jobs.export writes the folder)"
     from forge_platform.hf_export import ExportConfig, run_export  # torch and the export tables: only here
 
     try:

@@ -103,12 +103,13 @@ class MlflowRuns:
         self._call({"op": "set_tag", "run_id": run_id, "key": key, "value": str(value)})
 
     def register_model(self, run_id: str, artifact_path: str, name: str, tags: Mapping[str, str],
-                       description: str) -> None:
-        """Make the artifact folder `artifact_path` of `run_id` a new version of registered model
-        `name` (created if new), with `tags` and `description` on the version. Run ids handed out
-        during an outage may appear in the tags and description: they become the real ones."""
+                       description: str, source: str = "") -> None:
+        """Make the artifact folder `artifact_path` of `run_id` (or `source`, a URI elsewhere, when
+        given) a new version of registered model `name` (created if new), with `tags` and
+        `description` on the version. Run ids handed out during an outage may appear in the tags
+        and description: they become the real ones."""
         self._call({"op": "register_model", "run_id": run_id, "artifact_path": artifact_path, "name": name,
-                    "tags": dict(tags), "description": description})
+                    "tags": dict(tags), "description": description, "source": source})
 
     def send_spilled(self, run_id: str) -> None:
         """Send the step metrics rank 0 could not (its spill file in `spill_dir`), if any are left."""
@@ -264,7 +265,8 @@ class MlflowRuns:
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        source = f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/{call['artifact_path']}"
+        source = call.get("source") or \
+            f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/{call['artifact_path']}"
         version = self.client.create_model_version(
             name, source, run_id=run_id, tags={k: real_ids(v) for k, v in call["tags"].items()},
             description=real_ids(call["description"]))
@@ -276,9 +278,16 @@ def ensure_training_experiment(client: Any, name: str) -> str:
 
     An existing experiment without a kind (created by an earlier version, or by hand) is marked as
     one too; a kind someone chose in the UI is left as it is."""
+    from mlflow.exceptions import MlflowException
+
     found = client.get_experiment_by_name(name)
     if found is None:
-        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        except MlflowException as err:  # created meanwhile (another job, another thread): use that one
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = client.get_experiment_by_name(name)
     if EXPERIMENT_KIND_TAG not in found.tags:
         client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     return found.experiment_id
@@ -340,7 +349,7 @@ class NullRuns:
         pass
 
     def register_model(self, run_id: str, artifact_path: str, name: str, tags: Mapping[str, str],
-                       description: str) -> None:
+                       description: str, source: str = "") -> None:
         pass
 
     def send_spilled(self, run_id: str) -> None:
