@@ -2,7 +2,10 @@
 
 Convention: one multiply-add = 2 FLOPs; training = 3 x forward (backward = 2 x forward);
 norms, activations, gating and softmax are not counted (they are memory-bound and small).
-`seq_len` is the attention / scan context (for packed rows, the row length is an upper bound).
+`seq_len` is the attention context: the row length for one document per row. For rows of packed
+documents attention runs within each document only, so `attention_context(seq_idx)` gives the
+length that makes the formula exact for them (the row length overstates it: a 64K row of 6K-token
+documents does a tenth of the attention work of one 64K document).
 
 Forward FLOPs per token, by layer (d = d_model):
 - Mamba-2 (I = expand*d, H heads of P, G groups, N state, W conv, Q chunk):
@@ -22,6 +25,8 @@ per attention layer (no SSD scan term), used to compare MFU with the measured an
 """
 
 from __future__ import annotations
+
+import torch
 
 from forge_models.config import ModelConfig
 from forge_models.patterns import count_layers
@@ -104,3 +109,17 @@ def anchor_training_flops(cfg: ModelConfig, num_params: int, batch: int, seq_len
     num_attention = count_layers(cfg.pattern)["attention"]
     a = cfg.attention
     return 6 * num_params * batch * seq_len + num_attention * 6 * batch * seq_len**2 * a.num_heads * a.head_dim
+
+
+def attention_context(seq_idx_BL: torch.Tensor) -> float:
+    """The `seq_len` at which the causal-attention term counts packed rows exactly: sum(n^2) / sum(n)
+    over their documents of n tokens (a row of one document gives its length). Documents are runs of
+    equal seq_idx, as the mixers reset them (forge_models.model)."""
+    if seq_idx_BL.numel() == 0:
+        return 0.0
+    starts = torch.ones_like(seq_idx_BL, dtype=torch.bool)
+    starts[:, 1:] = seq_idx_BL[:, 1:] != seq_idx_BL[:, :-1]
+    # Run lengths of the flattened rows; a new row always starts a run.
+    positions = torch.nonzero(starts.flatten()).flatten()
+    lengths = torch.diff(positions, append=torch.tensor([starts.numel()], device=positions.device)).double()
+    return float((lengths * lengths).sum() / lengths.sum())

@@ -65,3 +65,18 @@ def test_matmul_flops_are_twice_the_matrix_params() -> None:
 def test_anchor_convention() -> None:
     got = anchor_training_flops(CFG, num_params=1000, batch=2, seq_len=32)
     assert got == 6 * 1000 * 64 + 1 * 6 * 2 * 32**2 * 4 * 16
+
+
+def test_attention_context_counts_each_document_of_a_packed_row() -> None:
+    import torch
+    from forge_models.flops import attention_context
+
+    one_doc = torch.zeros(2, 1024, dtype=torch.long)
+    assert attention_context(one_doc) == 1024.0  # one document per row: the row length
+    # documents of 3 and 1 tokens, then of 2 and 2 (seq_idx restarts per row: still new documents)
+    packed = torch.tensor([[0, 0, 0, 1], [0, 0, 1, 1]])
+    assert attention_context(packed) == (9 + 1 + 4 + 4) / 8
+    # two rows that each hold one document with the same seq_idx are two documents, not one of 8
+    assert attention_context(torch.tensor([[5, 5, 5, 5], [5, 5, 5, 5]])) == 4.0
+    # times the row's tokens it is sum(n^2), the causal work of the documents run alone (x 1/2)
+    assert attention_context(packed[:1]) * 4 == 3 * 3 + 1 * 1

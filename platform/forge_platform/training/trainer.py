@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from forge_data import IGNORE_INDEX, PackedShardLoader
 from forge_models import ModelConfig, build_model, kernel_path
-from forge_models.flops import training_flops_per_token
+from forge_models.flops import attention_context, training_flops_per_token
 
 from forge_platform.config_loader import config_hash
 from forge_platform.input_errors import INPUT_ERRORS, TRANSIENT_ERRORS
@@ -198,7 +198,6 @@ class Trainer:
             if again:
                 print(f"[{stage.name}] steps {again[0]}-{again[-1]} were logged before the restart: "
                       "trained again, not logged again", flush=True)
-        self.flops_per_step = training_flops_per_token(run.model, stage.seq_len) * self.tokens_per_step
         self.peak_flops = run.parallel.peak_tflops * 1e12 or measure_matmul_flops(self.device)
         self.step_hooks: list[Callable[[int], None]] = []
         if run.drill is not None:
@@ -227,6 +226,9 @@ class Trainer:
         for step in range(self.start_step, train.steps):
             started = time.perf_counter()  # the step's time includes reading its rows
             micro_batches = [next(batches) for _ in range(train.grad_accum_steps)]
+            # Attention runs within each packed document: MFU counts it per document, not per row.
+            context = attention_context(torch.cat([mb["seq_idx"] for mb in micro_batches])) \
+                if "seq_idx" in micro_batches[0] else float(self.run.stage.seq_len)
             if step == self.start_step and self.groups.tp * self.groups.cp > 1:  # TP and CP peers: the same rows
                 check_tp_batch({k: _to_device(v, self.device) for k, v in micro_batches[0].items()}, self.groups)
             if self.groups.cp > 1:  # CP peers read the same rows; each keeps its sequence shard
@@ -235,7 +237,7 @@ class Trainer:
             self.timings.step_done(last.seconds)
             done = step + 1
             if (done % train.log_every == 0 or done == train.steps) and done not in self.logged_before:
-                self.logger.log(self.step_metrics(last), step=done)
+                self.logger.log(self.step_metrics(last, context), step=done)
             for hook in self.step_hooks:
                 hook(done)
             if self.checkpoints.should_save(done):
@@ -275,8 +277,11 @@ class Trainer:
         self.parallel.engine.backward(loss * weight)
         return loss
 
-    def step_metrics(self, result: StepResult) -> dict[str, float]:
-        """What is logged for a step: loss, lr, grad norm, throughput, memory, MFU."""
+    def step_metrics(self, result: StepResult, context: float) -> dict[str, float]:
+        """What is logged for a step: loss, lr, grad norm, throughput, memory, MFU (its attention
+        FLOPs at `context`, the step's `attention_context`: packed documents attend only within
+        themselves)."""
+        flops_per_step = training_flops_per_token(self.run.model, round(context)) * self.tokens_per_step
         return {
             "loss": result.loss,
             "lr": self.parallel.engine.get_lr()[0],
@@ -284,7 +289,7 @@ class Trainer:
                                else self.parallel.engine.get_global_grad_norm()),
             "tokens_per_s": self.tokens_per_step / result.seconds,
             "memory_gib": _memory_gib(self.device),
-            "mfu": self.flops_per_step / result.seconds / (self.peak_flops * self.world),
+            "mfu": flops_per_step / result.seconds / (self.peak_flops * self.world),
         }
 
 
