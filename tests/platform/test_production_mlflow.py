@@ -8,8 +8,8 @@ in, finds the runs, their metrics, the artifacts (in the bucket, not on the serv
 registered model with its lineage. A wrong password is one line and exit code 2 before anything is
 tokenized. Nothing is written to local disk outside the scratch folder.
 
-Wall time on 2 shared cores: 4 min 20 s, 5 min 14 s under a load average of 25 (the campaign runs twice:
-once refused, once through). Run alone with `bash scripts/integration_mlflow_stack.sh`.
+Wall time on 2 shared cores: 3 min 40 s; 5 min 14 s under a load average of 25 (the campaign runs
+twice: once refused, once through). Run alone with `bash scripts/integration_mlflow_stack.sh`.
 """
 
 from __future__ import annotations
