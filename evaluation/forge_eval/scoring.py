@@ -3,9 +3,8 @@
 Suites never call the model directly. They hand a `Scorer` lists of token ids and get back either
 greedy continuations (`greedy`) or, for a known answer, its log-likelihood and the model's own
 top choice at each of its tokens under teacher forcing (`score`). `ModelScorer` implements both
-on any forge_models `LanguageModel`; its greedy decoding runs forge_models' inference engine
-(packed prefill, CUDA-graph decode on GPU), whose greedy tokens equal the reference
-`forge_models.generate`'s for the same rows (tests/models/test_inference_engine.py).
+on any forge_models `LanguageModel` through today's reference `forge_models.generate`; a faster
+decoder slots in as another `Scorer` without touching a suite.
 
 Batching: `greedy` runs prompts of equal length together (a task may left-fill its prompts with a
 neutral token so a batch shares one length); `score` packs several requests into one row as
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from forge_models.inference import DEFAULT_BUCKETS, InferenceEngine
+from forge_models import generate
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -64,7 +63,6 @@ class ModelScorer:
         self.max_batch_tokens = max_batch_tokens
         self.fill_id = fill_id
         self.progress = progress
-        self._cached_engine: InferenceEngine | None = None
 
     @property
     def device(self) -> torch.device:
@@ -96,39 +94,22 @@ class ModelScorer:
                 batches.append(current)
         return batches
 
-    def _engine(self, rows: int, capacity: int) -> InferenceEngine:
-        """An inference engine with room for `rows` prompts of `capacity` tokens: the last one when it
-        fits and is not much larger (its attention reads its whole capacity every step), else a new
-        one (its buffers and graphs replace the old)."""
-        engine = self._cached_engine
-        if engine is None or engine.max_batch < rows or not capacity <= engine.max_seq_len <= 2 * capacity + 256:
-            self._cached_engine = None  # free the old buffers before allocating the new ones
-            engine = InferenceEngine(self.model, max_batch=rows, max_seq_len=capacity)
-            self._cached_engine = engine
-        return engine
-
     @torch.no_grad()
     def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, desc: str = "") -> list[list[int]]:
-        """Greedy decoding on the inference engine, one call per batch of equal-length prompts (at most
-        the engine's largest bucket of rows each)."""
+        """Greedy decoding through `forge_models.generate`, one call per batch of equal-length prompts."""
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         self.model.eval()
-        if self._cached_engine is not None:  # the model's weights may have changed since the last call
-            self._cached_engine.refresh_weights()
         out: list[list[int]] = [[] for _ in prompts]
-        max_rows = DEFAULT_BUCKETS[-1]
         with self._bar(len(prompts), desc) as bar:
-            for whole in self._batches(prompts, max_new_tokens):
-                for start in range(0, len(whole), max_rows):
-                    batch = whole[start:start + max_rows]
-                    width = max(len(prompts[i]) for i in batch)
-                    rows = [[self.fill_id] * (width - len(prompts[i])) + list(prompts[i]) for i in batch]
-                    engine = self._engine(len(rows), width + max(max_new_tokens, 1))
-                    generated = engine.generate(rows, max_new_tokens=max_new_tokens)
-                    for row, i in enumerate(batch):
-                        out[i] = generated[row].tolist()
-                    bar.update(len(batch))
+            for batch in self._batches(prompts, max_new_tokens):
+                width = max(len(prompts[i]) for i in batch)
+                rows = [[self.fill_id] * (width - len(prompts[i])) + list(prompts[i]) for i in batch]
+                ids = torch.tensor(rows, dtype=torch.long, device=self.device)
+                generated = generate(self.model, ids, max_new_tokens=max_new_tokens, temperature=0.0)
+                for row, i in enumerate(batch):
+                    out[i] = generated[row, width:].tolist()
+                bar.update(len(batch))
         return out
 
     @torch.no_grad()
