@@ -211,8 +211,10 @@ def _ensure_state(parallel: ParallelModel, base: torch.optim.Optimizer, keys: li
                   scalars: dict[str, float]) -> None:
     """Give every fp32 master the optimizer state (zeros, then filled) and the checkpoint's scalars.
 
-    torch's AdamW makes its state at the first step, so a fresh engine has none (ZeRO-3 makes it
-    at start); the first step then finds it and continues from it.
+    torch's AdamW makes its state at its first step, so a fresh engine has none (at every ZeRO
+    stage); the first step then finds it and continues from it. The step count is a tensor on the
+    parameters' device for the fused CUDA AdamW (and `capturable`), on the CPU otherwise, as torch
+    makes it.
     """
     on_device = any(group.get("fused") or group.get("capturable") for group in base.param_groups)
     for hp in _masters(parallel, base):
