@@ -5,7 +5,7 @@ Laptop (local Ray and a local MLflow server, bundled data; what `bash scripts/de
 
 One node or a cluster (Ray picks up RAY_ADDRESS; point tracking at the cluster's MLflow):
     ray job submit --working-dir . -- python -m jobs.campaign --config jobs/specs/demo.toml \
-        --tracking.uri http://mlflow.forge.svc:5000 --parallel.num_workers 8 --parallel.use_gpu true
+        --tracking.uri http://mlflow.forge.svc.cluster.local:5000 --parallel.num_workers 8 --parallel.use_gpu true
 
 Any field can be overridden: `--stages.0.train.steps 20`; `--help` lists them all.
 """

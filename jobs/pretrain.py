@@ -5,7 +5,7 @@ Laptop (local Ray, local MLflow):
 
 Cluster:
     ray job submit --working-dir . -- python -m jobs.pretrain --config jobs/specs/pretrain.toml \
-        --train_manifest s3://bucket/data/manifest.json --tracking.uri http://mlflow:5000 \
+        --train_manifest s3://bucket/data/manifest.json --tracking.uri http://mlflow.forge.svc.cluster.local:5000 \
         --parallel.use_gpu true --parallel.num_workers 16 --stage.train.precision bf16
 """
 

@@ -1,6 +1,6 @@
 """Send what a job could not send to MLflow: its queued driver calls and rank 0's spilled metrics.
 
-    python -m forge_platform.tracking.replay runs/campaign/tracking --uri http://mlflow:5000
+    python -m forge_platform.tracking.replay runs/campaign/tracking --uri http://mlflow.forge.svc.cluster.local:5000
 
 A job does this itself when the server answers again, and the next job using the same folder
 sends what an earlier one left; this command is for a job that ended during an outage. Every call
