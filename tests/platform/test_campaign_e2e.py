@@ -72,6 +72,8 @@ def test_campaign_runs_are_in_mlflow(campaign: tuple[Path, subprocess.CompletedP
     first_pre = client.get_metric_history(children[0].info.run_id, "loss")[0].value
     assert first_ext < first_pre - 0.2
     assert "mlflow ui --backend-store-uri" in proc.stdout
+    # the parent run's link opens MLflow's training view, not its GenAI view (seen in a browser)
+    assert f"/runs/{parent.info.run_id}?workflowType=machine_learning" in proc.stdout
     # where each stage's time went: the driver's wall times and the worker's own breakdown
     said = proc.stdout + proc.stderr
     for stage, steps in (("pretrain-256", 6), ("extend-1024", 2)):

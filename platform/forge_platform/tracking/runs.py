@@ -129,7 +129,9 @@ class MlflowRuns:
         run_id = self.journal.resolve(run_id)
         if run_id.startswith(PENDING_RUN_PREFIX) or not self.experiment_id:
             return f"{self.tracking_uri} (the run is created when the server answers)"
-        return f"{self.tracking_uri}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        # MLflow 3's UI opens in its GenAI view unless told otherwise (a per-browser setting, default
+        # GenAI): the parameter switches it to the training runs, which is what these are.
+        return f"{self.tracking_uri}/#/experiments/{self.experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
     def close(self) -> None:
         """Send what is queued; if the server is still down, say where it is kept and how to send it."""
