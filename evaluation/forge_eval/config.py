@@ -77,7 +77,8 @@ class EvalConfig:
     length_multiples: list[float] = field(default_factory=list)
     """Lengths as multiples of the stage's seq_len (e.g. [0.5, 1, 2]): in a campaign each stage then
     measures Phonebook and RULER at those lengths and perplexity by position up to the largest
-    (replacing phonebook_lengths, ruler_lengths and ppl_max_position); empty keeps them as given."""
+    (replacing phonebook_lengths, ruler_lengths and ppl_max_position, and narrowing ppl_bucket to at
+    most 1/8 of that range); empty keeps them as given."""
 
     lm_eval_limit: int = 0
     """Documents per lm-eval task (0: all)."""
@@ -152,8 +153,9 @@ class EvalConfig:
         if not self.length_multiples:
             return self
         lengths = sorted({max(64, round(m * seq_len)) for m in self.length_multiples})
+        # At least 8 position buckets over the range, or the loss-by-position plot is a point per stage.
         return dataclasses.replace(self, phonebook_lengths=lengths, ruler_lengths=lengths, ppl_max_position=lengths[-1],
-                                   ppl_bucket=min(self.ppl_bucket, lengths[-1]), length_multiples=[])
+                                   ppl_bucket=min(self.ppl_bucket, max(1, lengths[-1] // 8)), length_multiples=[])
 
     @property
     def lm_eval_tasks(self) -> list[str]:

@@ -18,7 +18,8 @@ def test_lengths_follow_each_stages_seq_len() -> None:
     short, long = cfg.for_length(256), cfg.for_length(1024)
     assert short.phonebook_lengths == short.ruler_lengths == [128, 256, 512] and short.ppl_max_position == 512
     assert long.phonebook_lengths == [512, 1024, 2048] and long.ppl_max_position == 2048 and long.ppl_bucket == 64
-    assert EvalConfig(length_multiples=[1]).for_length(256).ppl_bucket == 256  # a bucket never wider than the range
+    # at least 8 buckets over the range (a 1024-token bucket over 256 positions plotted one point per stage)
+    assert EvalConfig(length_multiples=[1]).for_length(256).ppl_bucket == 32
     assert EvalConfig().for_length(4096) == EvalConfig()  # nothing asked: nothing changes
     with pytest.raises(ValueError, match=r"eval.length_multiples = \[0\]: must each be in \(0, 64\]"):
         EvalConfig(length_multiples=[0])
