@@ -115,16 +115,7 @@ def check_tensor_parallel(cfg: ModelConfig, tp: int, strict: bool = False) -> No
         problems.append("pattern has Mamba-1 layers ('m'), which have no TP plan (they need two all-reduces)")
     elif unplanned:
         problems.append(f"layer kinds {unplanned} have no TP plan")
-    if "mamba2" in kinds:
-        if cfg.mamba2_num_heads % tp:
-            problems.append(f"Mamba-2 heads = expand*d_model/head_dim = {cfg.mamba2_num_heads}")
-        if cfg.mamba2.ngroups % tp:
-            problems.append(f"mamba2.ngroups={cfg.mamba2.ngroups}")
-    if "attention" in kinds:
-        if cfg.attention.num_heads % tp:
-            problems.append(f"attention.num_heads={cfg.attention.num_heads}")
-        if cfg.attention.num_kv_groups % tp:
-            problems.append(f"attention.num_kv_groups={cfg.attention.num_kv_groups}")
+    problems += _head_problems(cfg, kinds, tp)
     if "mlp" in kinds and cfg.mlp_hidden_size % tp:
         problems.append(f"mlp hidden size = {cfg.mlp_hidden_size}")
     if problems:
@@ -149,19 +140,22 @@ def check_context_parallel(cfg: ModelConfig, tp: int, cp: int) -> None:
     problems = []
     if "mamba" in kinds:
         problems.append("pattern has Mamba-1 layers ('m'), which have no head-parallel plan")
-    if "mamba2" in kinds:
-        if cfg.mamba2_num_heads % product:
-            problems.append(f"Mamba-2 heads = expand*d_model/head_dim = {cfg.mamba2_num_heads}")
-        if cfg.mamba2.ngroups % product:
-            problems.append(f"mamba2.ngroups={cfg.mamba2.ngroups}")
-    if "attention" in kinds:
-        if cfg.attention.num_heads % product:
-            problems.append(f"attention.num_heads={cfg.attention.num_heads}")
-        if cfg.attention.num_kv_groups % product:
-            problems.append(f"attention.num_kv_groups={cfg.attention.num_kv_groups}")
+    problems += _head_problems(cfg, kinds, product)
     if problems:
         raise ValueError(f"cannot run the mixers context-parallel over tp {tp} x cp {cp} = {product} ranks; "
                          f"not divisible by {product}: " + "; ".join(problems))
+
+
+def _head_problems(cfg: ModelConfig, kinds: set[str], ways: int) -> list[str]:
+    """The head and group counts of `cfg`'s mixers that do not divide by `ways` (TP, or TP x CP)."""
+    counts = []
+    if "mamba2" in kinds:
+        counts += [(f"Mamba-2 heads = expand*d_model/head_dim = {cfg.mamba2_num_heads}", cfg.mamba2_num_heads),
+                   (f"mamba2.ngroups={cfg.mamba2.ngroups}", cfg.mamba2.ngroups)]
+    if "attention" in kinds:
+        counts += [(f"attention.num_heads={cfg.attention.num_heads}", cfg.attention.num_heads),
+                   (f"attention.num_kv_groups={cfg.attention.num_kv_groups}", cfg.attention.num_kv_groups)]
+    return [name for name, count in counts if count % ways]
 
 
 def _check_norm_group_size(cfg: ModelConfig, strict: bool) -> None:
