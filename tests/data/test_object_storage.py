@@ -11,14 +11,11 @@ only through the environment. No Ray except one end-to-end run (marked slow) in 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import os
 import socket
 import subprocess
 import sys
 import textwrap
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -31,51 +28,16 @@ from forge_data.pipeline import pack_tokens, run_pipeline
 from forge_data.shards import CorruptShardError
 from forge_data.token_store import TokenStore
 from tests.data.corpora import BAD_CORPUS_MAX_REJECTED, write_bad_corpus
+from tests.moto_s3 import s3_environment
 
 BUCKET = "forge"
-_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-        "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
-
-
-def _moto_post(endpoint: str, path: str, body: bytes) -> None:
-    request = urllib.request.Request(endpoint + path, data=body, method="POST", headers={"Content-Type": "text/plain"})
-    urllib.request.urlopen(request, timeout=10).read()
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """A moto S3 server on 127.0.0.1 with one bucket and one IAM user allowed s3:*; authentication is
-    switched on after set-up, so a wrong key is refused as AWS would. The environment names it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.ERROR)  # one log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    setup = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
-    iam = boto3.client("iam", **setup)
-    iam.create_user(UserName="forge")
-    iam.put_user_policy(UserName="forge", PolicyName="s3", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-    key = iam.create_access_key(UserName="forge")["AccessKey"]
-    boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
-    _moto_post(endpoint, "/moto-api/reset-auth", b"0")  # every request from here on is authenticated
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-           "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_REGION": "us-east-1"}
-    with pytest.MonkeyPatch.context() as mp:
-        for name in _ENV:
-            mp.delenv(name, raising=False)
-        for name, value in env.items():
-            mp.setenv(name, value)
+    """moto's S3 server with authentication on (tests/moto_s3.py); the environment names it."""
+    with s3_environment(BUCKET) as env:
         yield env
-    _moto_post(endpoint, "/moto-api/reset-auth", b"inf")
-    _moto_post(endpoint, "/moto-api/reset", b"")
-    server.stop()
-    werkzeug.setLevel(level)
 
 
 def _s3fs() -> pafs.FileSystem:

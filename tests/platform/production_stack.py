@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import base64
 import glob
-import json
-import logging
 import os
 import secrets
 import shutil
@@ -38,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forge_platform.tracking.mlflow_server import free_port, stop_process
+
+from tests.moto_s3 import s3_server
 
 BUCKET = "forge"
 ARTIFACTS = f"s3://{BUCKET}/mlflow"
@@ -107,43 +107,6 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-
-
-@contextmanager
-def s3_server() -> Iterator[dict[str, str]]:
-    """moto's S3 server on 127.0.0.1 with the bucket and an IAM user; every request after set-up is
-    authenticated. Yields the environment naming it and the user's keys."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    setup = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
-                 aws_secret_access_key="setup")
-    try:
-        iam = boto3.client("iam", **setup)
-        iam.create_user(UserName="forge")
-        iam.put_user_policy(UserName="forge", PolicyName="s3", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="forge")["AccessKey"]
-        boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
-        _moto_api(endpoint, "reset-auth", b"0")  # every request from here on is authenticated
-        yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-               "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_REGION": "us-east-1",
-               "AWS_DEFAULT_REGION": "us-east-1"}
-    finally:
-        _moto_api(endpoint, "reset-auth", b"inf")
-        _moto_api(endpoint, "reset", b"")
-        server.stop()
-
-
-def _moto_api(endpoint: str, action: str, body: bytes) -> None:
-    request = urllib.request.Request(f"{endpoint}/moto-api/{action}", data=body, method="POST",
-                                     headers={"Content-Type": "text/plain"})
-    urllib.request.urlopen(request, timeout=10).read()
 
 
 def deployment_container() -> dict:

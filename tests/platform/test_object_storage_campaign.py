@@ -15,13 +15,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import logging
 import os
 import re
 import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -38,48 +36,17 @@ from forge_platform.tracking.mlflow_server import local_mlflow_server
 from mlflow.tracking import MlflowClient
 from reduced_campaign import CURVES_FILE, EVAL_METRICS, REDUCED, REPO, STEP_METRICS
 
+from tests.moto_s3 import AWS_ENV_NAMES, s3_environment
+
 BUCKET = "forge"
 OUTPUT = f"s3://{BUCKET}/campaigns/demo"
-_AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
-
-
-def _moto_post(endpoint: str, path: str, body: bytes) -> None:
-    request = urllib.request.Request(endpoint + path, data=body, method="POST", headers={"Content-Type": "text/plain"})
-    urllib.request.urlopen(request, timeout=10).read()
 
 
 @pytest.fixture(scope="module")
 def s3() -> dict[str, str]:
-    """A moto S3 server on 127.0.0.1 with one bucket and an IAM user allowed s3:*; authentication is
-    switched on after set-up (a wrong key is refused as AWS would). Yields the environment naming it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    setup = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
-    iam = boto3.client("iam", **setup)
-    iam.create_user(UserName="forge")
-    iam.put_user_policy(UserName="forge", PolicyName="s3", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-    key = iam.create_access_key(UserName="forge")["AccessKey"]
-    boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
-    _moto_post(endpoint, "/moto-api/reset-auth", b"0")  # every request from here on is authenticated
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-           "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_REGION": "us-east-1"}
-    with pytest.MonkeyPatch.context() as mp:
-        for name in _AWS_ENV:
-            mp.delenv(name, raising=False)
-        for name, value in env.items():
-            mp.setenv(name, value)
+    """moto's S3 server with authentication on (tests/moto_s3.py); yields the environment naming it."""
+    with s3_environment(BUCKET) as env:
         yield env
-    _moto_post(endpoint, "/moto-api/reset-auth", b"inf")
-    _moto_post(endpoint, "/moto-api/reset", b"")
-    server.stop()
 
 
 def _tree(folder: Path) -> list[str]:
@@ -89,7 +56,7 @@ def _tree(folder: Path) -> list[str]:
 def _campaign(args: list[str], cwd: Path, aws: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess[str]:
     """`python -m jobs.campaign` from `cwd` (not the repository: nothing may land there), the
     credentials in the environment only."""
-    env = {k: v for k, v in os.environ.items() if k not in _AWS_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in AWS_ENV_NAMES}
     env.update(aws, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(str(REPO / p) for p in ("", "platform", "models", "data_pipeline",
                                                                     "evaluation")),
@@ -282,7 +249,7 @@ def test_a_stage_on_s3_resumes_from_its_uploaded_checkpoint_and_a_rerun_is_check
     and continues from it (no sample repeated or skipped); a rerun with another model is refused on
     the driver from Ray's record and the metadata on the store, before any worker starts."""
     storage_uri = f"s3://{BUCKET}/stages"
-    env = {k: v for k, v in os.environ.items() if k not in _AWS_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in AWS_ENV_NAMES}
     env.update(s3, RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(str(REPO / p) for p in (
         "", "platform", "models", "data_pipeline", "evaluation")))
     done = subprocess.run([sys.executable, "-c", _STAGE_ON_S3, str(packed_data.manifest), str(packed_data.vocab_size),
