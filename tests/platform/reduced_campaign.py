@@ -43,6 +43,12 @@ REDUCED = [
     "--stages.1.eval.phonebook_queries", "1",
     # The recorded curves are the default policy's (every document once); the demo selects long ones.
     "--stages.1.long_documents.min_doc_tokens", "0",
+    # Held-out loss and one Phonebook book per stage, as recorded; the demo's RULER and loss by position
+    # at several lengths are tested on their own (tests/evaluation).
+    "--stages.0.eval.suites", '["validation", "phonebook"]',
+    "--stages.0.eval.length_multiples", "[]",
+    "--stages.1.eval.suites", '["validation", "phonebook"]',
+    "--stages.1.eval.length_multiples", "[]",
 ]  # fmt: skip
 
 # Per-step metrics that depend only on the math (tokens_per_s, mfu and memory depend on the machine's load).
