@@ -86,7 +86,7 @@ def _run_campaign(cfg: CampaignConfig, places: JobPlaces, session: JobSession, s
         places.upload(plot)
     final = {f"{s.name}.{k}": v for s in outcome.stages for k, v in s.eval_metrics.items()}
     runs.log_metrics(parent, final)
-    register_campaign_model(cfg, outcome, runs)  # the final weights, with their lineage
+    register_campaign_model(cfg, parent, outcome.stages, runs)  # the final weights, with their lineage
     runs.finish(parent)
     outcome.seconds = time.perf_counter() - started
     print_summary(cfg, outcome, session)

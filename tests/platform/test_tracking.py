@@ -197,8 +197,9 @@ def test_a_campaigns_final_weights_are_a_registered_model_version_with_lineage(s
     from forge_platform.tracking.model_registry import register_campaign_model
 
     cfg, outcome, runs = _tiny_campaign_run(server, tmp_path, packed_data.tokenizer, packed_data.vocab_size)
-    assert register_campaign_model(cfg, outcome, runs) == "registry-test"
-    register_campaign_model(cfg, outcome, runs)  # a second campaign run: a second version of the same model
+    assert register_campaign_model(cfg, outcome.parent_run_id, outcome.stages, runs) == "registry-test"
+    # a second campaign run: a second version of the same model
+    register_campaign_model(cfg, outcome.parent_run_id, outcome.stages, runs)
     client = MlflowClient(server.uri)
     versions = sorted(client.search_model_versions("name = 'registry-test'"), key=lambda v: int(v.version))
     assert [v.version for v in versions] == ["1", "2"]
@@ -237,7 +238,7 @@ def test_a_model_registered_while_the_server_is_down_is_registered_when_it_answe
     with local_mlflow_server(tmp_path / "store", port=port) as first:
         cfg, outcome, runs = _tiny_campaign_run(first, tmp_path / "job", packed_data.tokenizer,
                                                 packed_data.vocab_size)
-    register_campaign_model(cfg, outcome, runs)  # the server is gone
+    register_campaign_model(cfg, outcome.parent_run_id, outcome.stages, runs)  # the server is gone
     assert "unreachable" in capsys.readouterr().out
     assert [c["op"] for c in runs.journal.calls] == ["log_artifact", "register_model"]
     with local_mlflow_server(tmp_path / "store", port=port) as again:
@@ -267,7 +268,7 @@ def test_weights_too_large_to_copy_are_registered_where_their_checkpoint_is(serv
             s3.upload_file(str(path), BUCKET, f"ckpt/{path.name}")
         outcome.stages[-1].checkpoint_dir = f"s3://{BUCKET}/ckpt"
         monkeypatch.setattr(model_registry, "MAX_COPIED_WEIGHTS_BYTES", 0)
-        assert model_registry.register_campaign_model(cfg, outcome, runs) == "registry-test"
+        assert model_registry.register_campaign_model(cfg, outcome.parent_run_id, outcome.stages, runs) == "registry-test"
     client = MlflowClient(server.uri)
     version = max(client.search_model_versions("name = 'registry-test'"), key=lambda v: int(v.version))
     assert version.source == f"s3://{BUCKET}/ckpt"
@@ -283,7 +284,7 @@ def test_a_registration_that_fails_is_a_warning_not_the_campaigns_failure(server
 
     cfg, outcome, runs = _tiny_campaign_run(server, tmp_path, packed_data.tokenizer, packed_data.vocab_size)
     (outcome.stages[-1].checkpoint_dir / "model_config.json").unlink()  # a checkpoint cut short
-    assert register_campaign_model(cfg, outcome, runs) == ""
+    assert register_campaign_model(cfg, outcome.parent_run_id, outcome.stages, runs) == ""
     said = capsys.readouterr().out
     assert "warning: the final weights of campaign 'registry-test' were not registered in MLflow" in said
     assert f"they are in {outcome.stages[-1].checkpoint_dir}" in said

@@ -38,7 +38,6 @@ from forge_platform.config_loader import config_hash
 from forge_platform.training.checkpoint_files import META_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE
 
 if TYPE_CHECKING:
-    from forge_platform.campaign import CampaignOutcome
     from forge_platform.job_config import CampaignConfig
     from forge_platform.stage import StageOutcome
     from forge_platform.tracking.runs import MlflowRuns, NullRuns
@@ -74,17 +73,18 @@ def lineage_tags(cfg: CampaignConfig, parent_run_id: str, stages: Sequence[Stage
     return tags
 
 
-def register_campaign_model(cfg: CampaignConfig, outcome: CampaignOutcome, runs: MlflowRuns | NullRuns) -> str:
+def register_campaign_model(cfg: CampaignConfig, parent_run_id: str, stages: Sequence[StageOutcome],
+                            runs: MlflowRuns | NullRuns) -> str:
     """Log the final stage's weights on the parent run and register them; returns the model's name
     ('' when nothing is registered: tracking is off MLflow, no stage left a checkpoint, or it failed).
 
     The campaign has trained by now: a failure here is a warning naming the checkpoint, never the
     campaign's failure (a tracking outage is no failure: the calls are queued)."""
-    final = outcome.stages[-1] if outcome.stages else None
+    final = stages[-1] if stages else None
     if not runs.tracking_uri or final is None or final.checkpoint_dir is None:
         return ""
     try:
-        return _register(cfg, outcome, final, runs)
+        return _register(cfg, parent_run_id, stages, final, runs)
     except Exception as err:  # noqa: BLE001 - the weights are safe in the checkpoint; say so and finish
         reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
         print(f"warning: the final weights of campaign {cfg.name!r} were not registered in MLflow ({reason}); "
@@ -92,10 +92,11 @@ def register_campaign_model(cfg: CampaignConfig, outcome: CampaignOutcome, runs:
         return ""
 
 
-def _register(cfg: CampaignConfig, outcome: CampaignOutcome, final: StageOutcome, runs: MlflowRuns | NullRuns) -> str:
+def _register(cfg: CampaignConfig, parent_run_id: str, stages: Sequence[StageOutcome], final: StageOutcome,
+              runs: MlflowRuns | NullRuns) -> str:
     name = registered_model_name(cfg)
     checkpoint = str(final.checkpoint_dir)
-    tags = lineage_tags(cfg, outcome.parent_run_id, outcome.stages)
+    tags = lineage_tags(cfg, parent_run_id, stages)
     weights = storage.join(checkpoint, WEIGHTS_FILE)
     # A cluster's billions of parameters stay where their checkpoint is (the version points there):
     # copying them through the driver's disk and the tracking server would double tens of GB.
@@ -104,12 +105,12 @@ def _register(cfg: CampaignConfig, outcome: CampaignOutcome, final: StageOutcome
         folder = Path(tmp) / MODEL_ARTIFACT_PATH
         tags["forge.hf_export"] = gather_model_folder(checkpoint, tokenizer_location(cfg), folder,
                                                       with_weights=not in_place)
-        runs.log_artifact(outcome.parent_run_id, str(folder))
+        runs.log_artifact(parent_run_id, str(folder))
     tags["forge.weights"] = weights if in_place else f"{MODEL_ARTIFACT_PATH}/{WEIGHTS_FILE}"
-    where = checkpoint if in_place else f"the artifact {MODEL_ARTIFACT_PATH}/ of its parent run {outcome.parent_run_id}"
+    where = checkpoint if in_place else f"the artifact {MODEL_ARTIFACT_PATH}/ of its parent run {parent_run_id}"
     description = (f"Final weights of campaign {cfg.name!r} (stage {final.name!r}), from {where}; checkpoint "
-                   f"{checkpoint}. Stages: " + ", ".join(f"{s.name} (run {s.run_id})" for s in outcome.stages))
-    runs.register_model(outcome.parent_run_id, MODEL_ARTIFACT_PATH, name, tags, description,
+                   f"{checkpoint}. Stages: " + ", ".join(f"{s.name} (run {s.run_id})" for s in stages))
+    runs.register_model(parent_run_id, MODEL_ARTIFACT_PATH, name, tags, description,
                         source=checkpoint if in_place else "")
     print(f"MLflow registered model {name!r}: a new version from {where} (stage {final.name!r})", flush=True)
     return name
