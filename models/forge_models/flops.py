@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from forge_models.config import ModelConfig
+from forge_models.ops.ssd import doc_starts
 from forge_models.patterns import count_layers
 
 
@@ -117,8 +118,8 @@ def attention_context(seq_idx_BL: torch.Tensor) -> float:
     equal seq_idx, as the mixers reset them (forge_models.model)."""
     if seq_idx_BL.numel() == 0:
         return 0.0
-    starts = torch.ones_like(seq_idx_BL, dtype=torch.bool)
-    starts[:, 1:] = seq_idx_BL[:, 1:] != seq_idx_BL[:, :-1]
+    starts = doc_starts(seq_idx_BL)
+    starts[:, 0] = True
     # Run lengths of the flattened rows; a new row always starts a run.
     positions = torch.nonzero(starts.flatten()).flatten()
     lengths = torch.diff(positions, append=torch.tensor([starts.numel()], device=positions.device)).double()

@@ -148,7 +148,7 @@ def check_stage_evaluations(tokenizer: TextTokenizer, stages: Sequence[StageConf
         try:
             check_lm_eval_tasks(eval_cfg.lm_eval_tasks)
             check_suites_build(tokenizer, eval_cfg)
-        except (UnencodableTextError, ValueError) as err:
+        except ValueError as err:  # UnencodableTextError is one
             raise ConfigError(f"stage {stage.name!r}, eval: {err}") from None
 
 

@@ -9,9 +9,11 @@ stage that never finished) is refused in one line naming the run and the tag.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from forge_platform.config_loader import ConfigError
+from forge_platform.tracking.transport import MAX_METRICS_PER_BATCH, MetricSender
 
 CHECKPOINT_TAG = "forge.checkpoint"
 """Tag of a stage run: its last checkpoint (a folder or an object-store URI)."""
@@ -47,13 +49,8 @@ def run_inputs(tracking_uri: str, run_id: str) -> RunInputs:
 
 def log_to_run(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
     """Add `metrics` to the run at `step` (a finished run accepts metrics; its status is unchanged)."""
-    import time
-
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
     now = int(time.time() * 1000)
-    batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-    client = MlflowClient(tracking_uri)
-    for start in range(0, len(batch), 1000):  # the server's limit per batch
-        client.log_batch(run_id, metrics=batch[start:start + 1000])
+    records = [{"key": k, "value": float(v), "timestamp": now, "step": step} for k, v in metrics.items()]
+    sender = MetricSender(tracking_uri, timeout_s=60.0)
+    for start in range(0, len(records), MAX_METRICS_PER_BATCH):
+        sender.send(run_id, records[start:start + MAX_METRICS_PER_BATCH])

@@ -226,9 +226,7 @@ class Trainer:
         for step in range(self.start_step, train.steps):
             started = time.perf_counter()  # the step's time includes reading its rows
             micro_batches = [next(batches) for _ in range(train.grad_accum_steps)]
-            # Attention runs within each packed document: MFU counts it per document, not per row.
-            context = attention_context(torch.cat([mb["seq_idx"] for mb in micro_batches])) \
-                if "seq_idx" in micro_batches[0] else float(self.run.stage.seq_len)
+            seq_idx = [mb["seq_idx"] for mb in micro_batches if "seq_idx" in mb]  # whole rows, before any CP cut
             if step == self.start_step and self.groups.tp * self.groups.cp > 1:  # TP and CP peers: the same rows
                 check_tp_batch({k: _to_device(v, self.device) for k, v in micro_batches[0].items()}, self.groups)
             if self.groups.cp > 1:  # CP peers read the same rows; each keeps its sequence shard
@@ -237,6 +235,8 @@ class Trainer:
             self.timings.step_done(last.seconds)
             done = step + 1
             if (done % train.log_every == 0 or done == train.steps) and done not in self.logged_before:
+                # Attention runs within each packed document: MFU counts it per document, not per row.
+                context = attention_context(torch.cat(seq_idx)) if seq_idx else float(self.run.stage.seq_len)
                 self.logger.log(self.step_metrics(last, context), step=done)
             for hook in self.step_hooks:
                 hook(done)
