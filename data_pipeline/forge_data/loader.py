@@ -42,6 +42,22 @@ from forge_data.packing import IGNORE_INDEX
 from forge_data.shards import COLUMNS, CorruptShardError, read_shard
 
 
+def without_document_resets(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`batch` as plain packing presents it: each row one stream (seq_idx all 0, positions 0..L-1),
+    so SSM and conv state, attention and positions run on across document boundaries.
+
+    Labels are left as they are (cross-document labels stay masked when the packer masked them):
+    the same tokens are predicted with and without resets, so the two losses compare. This is
+    what the paper's context extension did (Section 4.4) and what `train.document_resets = false`
+    trains on; the reproduction study (jobs/specs/reproduce_*.toml) measures what it changes.
+    """
+    rows, length = batch["input_ids"].shape
+    out = dict(batch)
+    out["seq_idx"] = torch.zeros_like(batch["seq_idx"])
+    out["position_ids"] = torch.arange(length, dtype=batch["position_ids"].dtype).expand(rows, length).clone()
+    return out
+
+
 class TokenIdRangeError(ValueError):
     """A shard holds a token id (or label) outside the manifest's vocabulary."""
 

@@ -15,7 +15,7 @@ from forge_eval.phonebook import FORMATS
 from forge_eval.haystack import HAYSTACKS
 from forge_eval.lm_eval_suite import lm_eval_task
 from forge_eval.ruler import TASKS
-from forge_eval.suites import SUITES
+from forge_eval.suites import HELD_OUT_SUITES, SUITES
 
 MAX_LENGTH = 1 << 20
 """Longest prompt or document any suite builds (tokens): 4x the 256K the suites must reach."""
@@ -30,7 +30,8 @@ class EvalConfig:
     """Which suites run after a stage, and how much each one measures."""
 
     suites: list[str] = field(default_factory=lambda: ["validation", "phonebook"])
-    """Suites to run, in order: names from `forge_eval.SUITES` (validation, phonebook, ruler, ppl) or
+    """Suites to run, in order: names from `forge_eval.SUITES` (validation, validation_plain, phonebook,
+    ruler, ppl) or
     `lm-eval:<task>`, an lm-evaluation-harness task (ours: forge_phonebook, forge_niah)."""
     val_batches: int = 8
     """Held-out packed sequences (batches of one) averaged into the validation loss."""
@@ -165,4 +166,4 @@ class EvalConfig:
     @property
     def needs_tokenizer(self) -> bool:
         """Whether a suite asks questions in text (all but validation and ppl)."""
-        return any(name not in ("validation", "ppl") for name in self.suites)
+        return any(name not in HELD_OUT_SUITES for name in self.suites)

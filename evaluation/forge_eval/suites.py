@@ -8,6 +8,7 @@ the caller gives none: a faster decoder is one argument away.
 
 Metric names (docs/configuration.md, section Evaluation):
 - validation: `val_loss`, `val_perplexity`, `val_tokens`;
+- validation_plain: `val_plain_loss`, `val_plain_perplexity`, `val_plain_tokens` (the same rows, no resets);
 - phonebook: `phonebook_<n>_{accuracy,digit_accuracy,prompt_tokens}` per book of n names, and
   `phonebook_<format>_<tokens>_{accuracy,digit_accuracy,entries}` per book length in tokens;
 - ruler: `ruler_<task>_<haystack>_<tokens>_score` (cwe and fwe have no haystack:
@@ -66,6 +67,15 @@ def _validation(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[s
     if not inputs.val_manifest:
         raise ValueError("suite 'validation' needs held-out data: no val_manifest was given")
     return validation_loss(model, inputs.val_manifest, cfg.val_batches)
+
+
+def _validation_plain(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, float]:
+    """Held-out loss over the same rows as `validation`, each row one stream: no state, attention or
+    position reset at document boundaries (`val_plain_*`). A model trained with resets meets unrelated
+    documents before the one it predicts; one trained without them sees what it trained on."""
+    if not inputs.val_manifest:
+        raise ValueError("suite 'validation_plain' needs held-out data: no val_manifest was given")
+    return validation_loss(model, inputs.val_manifest, cfg.val_batches, document_resets=False)
 
 
 def _ask(cfg: EvalConfig, inputs: EvalInputs, prompts: list[str], answers: list[str], desc: str) -> list[str]:
@@ -175,7 +185,11 @@ def _ppl(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, flo
                             progress=inputs.progress)
 
 
-SUITES: dict[str, Suite] = {"validation": _validation, "phonebook": _phonebook, "ruler": _ruler, "ppl": _ppl}
+HELD_OUT_SUITES = ("validation", "validation_plain", "ppl")
+"""The suites that read held-out packed rows (a val_manifest) and ask no question in text."""
+
+SUITES: dict[str, Suite] = {"validation": _validation, "validation_plain": _validation_plain, "phonebook": _phonebook,
+                           "ruler": _ruler, "ppl": _ppl}
 
 
 def get_suite(name: str) -> Suite:

@@ -28,6 +28,7 @@ from forge_eval import (EvalConfig, EvalInputs, TextTokenizer, UnencodableTextEr
                         evaluate_model)
 from forge_eval.checkpoint import CheckpointInputError, find_tokenizer
 from forge_eval.lm_eval_suite import check_lm_eval_tasks
+from forge_eval.suites import HELD_OUT_SUITES
 from forge_models import ModelConfig, build_model
 
 from forge_platform.config_loader import ConfigError, from_dict
@@ -167,7 +168,7 @@ def run_evaluate_job(cfg: EvaluateConfig) -> dict[str, float]:
                           "or run_id: a stage's MLflow run")
     model_cfg = checkpoint_model_config(Path(cfg.checkpoint))
     suites = cfg.eval.suites
-    needs_rows = [s for s in suites if s in ("validation", "ppl")]
+    needs_rows = [s for s in suites if s in HELD_OUT_SUITES]
     if needs_rows and not cfg.val_manifest:
         raise ConfigError(f"val_manifest: must be given for suites {', '.join(needs_rows)} (held-out packed shards)")
     try:

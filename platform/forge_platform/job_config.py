@@ -213,6 +213,11 @@ class TrainConfig:
     """Log metrics every this many steps."""
     seed: int = 0
     """Seed of model initialisation and of the data order."""
+    document_resets: bool = True
+    """Reset the SSM and conv state, attention and positions at every document boundary inside a
+    packed row (exact per-document training). false trains as plain packing does: each row one
+    stream, state flowing from one document into the next (as the paper's context extension did);
+    the reproduction study (jobs/specs/reproduce_resets.toml) compares the two."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "micro_batch_size", "grad_accum_steps", "log_every"):

@@ -66,16 +66,30 @@ def training_settings(stage: StageConfig) -> dict[str, Any]:
     """What a resumed run is checked against, flat (`seq_len`, `train.steps`, `optim.lr`, ...):
     sequence length, steps, batch shape, precision, ZeRO stage, seed and optimizer."""
     flat = {"seq_len": stage.seq_len,
-            **{f"train.{k}": v for k, v in dataclasses.asdict(stage.train).items()},
+            **{f"train.{k}": v for k, v in _train_fields(stage).items()},
             **{f"optim.{k}": v for k, v in dataclasses.asdict(stage.optim).items()}}
     return {k: v for k, v in flat.items() if k not in IGNORED_ON_RESUME}
+
+
+def _train_fields(stage: StageConfig) -> dict[str, Any]:
+    """`stage.train` as a dict, without the fields added after checkpoints recorded their settings
+    when they hold their defaults: checkpoints written before such a field existed stay resumable."""
+    train = dataclasses.asdict(stage.train)
+    for name, default in ADDED_TRAIN_FIELDS.items():
+        if train.get(name) == default:
+            del train[name]
+    return train
+
+
+ADDED_TRAIN_FIELDS = {"document_resets": True}
+"""Training fields newer than `CheckpointMeta.training`, with their defaults (the behaviour before them)."""
 
 
 def training_hash(stage: StageConfig) -> str:
     """Hash of the training settings as checkpoints record it (`CheckpointMeta.config_hash`); checkpoints
     written before `CheckpointMeta.training` existed are checked against it alone. Unchanged since then
     (log_every included), so those checkpoints stay resumable."""
-    train = {k: v for k, v in dataclasses.asdict(stage.train).items() if k != "recompute"}
+    train = {k: v for k, v in _train_fields(stage).items() if k != "recompute"}
     return config_hash({"seq_len": stage.seq_len, "train": train,
                         "optim": dataclasses.asdict(stage.optim)})
 

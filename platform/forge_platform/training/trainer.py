@@ -28,6 +28,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 from forge_data import IGNORE_INDEX, PackedShardLoader
+from forge_data.loader import without_document_resets
 from forge_models import ModelConfig, build_model, kernel_path
 from forge_models.flops import attention_context, training_flops_per_token
 
@@ -226,6 +227,8 @@ class Trainer:
         for step in range(self.start_step, train.steps):
             started = time.perf_counter()  # the step's time includes reading its rows
             micro_batches = [next(batches) for _ in range(train.grad_accum_steps)]
+            if not train.document_resets:  # plain packing: one stream per row (before the CP cut)
+                micro_batches = [without_document_resets(mb) for mb in micro_batches]
             seq_idx = [mb["seq_idx"] for mb in micro_batches if "seq_idx" in mb]  # whole rows, before any CP cut
             if step == self.start_step and self.groups.tp * self.groups.cp > 1:  # TP and CP peers: the same rows
                 check_tp_batch({k: _to_device(v, self.device) for k, v in micro_batches[0].items()}, self.groups)
