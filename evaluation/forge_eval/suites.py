@@ -57,6 +57,9 @@ class EvalInputs:
     """How answers are asked for; None: `ModelScorer` over the model (reference generation)."""
     progress: bool = True
     """Progress bars on the long loops."""
+    ppl_manifest: str | None = None
+    """manifest.json of held-out shards packed at (at least) `ppl_max_position` tokens, for the ppl
+    suite: rows of the stage's own length stop there. None: ppl reads `val_manifest`."""
 
 
 Suite = Callable[[nn.Module, "EvalConfig", EvalInputs], dict[str, float]]
@@ -178,10 +181,12 @@ def check_suites_build(tokenizer: TextTokenizer, cfg: EvalConfig) -> None:
 
 
 def _ppl(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, float]:
-    """Held-out loss by position bucket, up to `cfg.ppl_max_position`."""
-    if not inputs.val_manifest:
+    """Held-out loss by position bucket, up to `cfg.ppl_max_position`, on `inputs.ppl_manifest` (held-out
+    rows packed that long) or else on `inputs.val_manifest`."""
+    manifest = inputs.ppl_manifest or inputs.val_manifest
+    if not manifest:
         raise ValueError("suite 'ppl' needs held-out data: no val_manifest was given")
-    return loss_by_position(model, inputs.val_manifest, cfg.ppl_rows, cfg.ppl_bucket, cfg.ppl_max_position,
+    return loss_by_position(model, manifest, cfg.ppl_rows, cfg.ppl_bucket, cfg.ppl_max_position,
                             progress=inputs.progress)
 
 

@@ -3,6 +3,8 @@
 The corpus is tokenized once into a token store per split (forge_data.tokenize_corpus); each stage
 packs those tokens at its own length under its own long-document policy (forge_data.pack_tokens)
 and says how much of its training data sits in documents longer than the previous stage's rows.
+When a stage's loss-by-position suite measures past its own length, its held-out data is packed once
+more at that length (`pack_stage`, `PPL_SPLIT`).
 
 Each step is a call into the package that owns it; this module only orders them and records them
 in MLflow: one parent run for the campaign and one child run per stage, with params, per-step
@@ -27,6 +29,7 @@ from forge_data import storage
 from forge_data import (DataPipelineConfig, LongContextConfig, Manifest, TokenStore, load_tokenizer, pack_tokens,
                         tokenize_corpus, train_tokenizer)
 from forge_data.manifest import MANIFEST_FILE
+from forge_models import ModelConfig
 
 from forge_platform.config_loader import ConfigError, config_hash, flatten
 from forge_platform.demo_corpus import prepare_demo_corpus
@@ -34,7 +37,7 @@ from forge_platform.evaluation import check_stage_evaluations
 from forge_platform.job_config import CampaignConfig, StageConfig
 from forge_platform.memory_plan import plan_for_job
 from forge_platform.session import JobPlaces, JobSession, banner, job_places, job_session, local_copy
-from forge_platform.stage import StageOutcome, train_and_evaluate
+from forge_platform.stage import PPL_SPLIT, StageOutcome, train_and_evaluate
 from forge_platform.tracking.mlflow_server import LocalMlflowServer
 from forge_platform.tracking.model_registry import register_campaign_model
 from forge_platform.tracking.plots import plot_campaign_evaluation, plot_loss_per_stage
@@ -121,11 +124,9 @@ def _run_stages(cfg: CampaignConfig, places: JobPlaces, session: JobSession, par
               for split, split_inputs in inputs.items() if split_inputs}
 
     progress = CampaignProgress(places.join(PROGRESS_FILE))
-    key = config_hash({"corpus": cfg.corpus, "data": cfg.data, "inputs": inputs, "model": model_cfg,
-                       "parallel": cfg.parallel.dims, "tokenizer": file_sha256(tokenizer_path)})
+    keys = stage_progress_keys(cfg, inputs, model_cfg, file_sha256(tokenizer_path))
     previous: Path | str | None = None
-    for index, stage in enumerate(cfg.stages):
-        key = config_hash({"before": key, "stage": stage})  # chained: a changed earlier stage re-runs the later ones
+    for index, (stage, key) in enumerate(zip(cfg.stages, keys)):
         done = progress.finished(stage.name, key)
         if done is not None:
             banner(f"stage {index + 1}/{len(cfg.stages)} {stage.name!r}: finished in an earlier run of this "
@@ -158,14 +159,38 @@ def _run_stages(cfg: CampaignConfig, places: JobPlaces, session: JobSession, par
 
 PROGRESS_FILE = "campaign_progress.json"
 
+LAYOUT_ONLY_TRAIN_FIELDS = {"micro_batch_size": 1, "grad_accum_steps": 1, "recompute": "auto"}
+"""`train` fields that follow the parallel layout without changing a stage's result, with the value
+the progress key puts in their place: the batch shape regroups the same global batch (its rows,
+micro x accum x dp, stand in the key instead), and the memory plan resolves `auto` recompute per layout."""
+
+
+def stage_progress_keys(cfg: CampaignConfig, inputs: dict[str, list[str]], model_cfg: ModelConfig,
+                        tokenizer_sha256: str) -> list[str]:
+    """Per stage of `cfg`, the key `CampaignProgress` records it finished under: a hash of everything
+    that changes its result, chained (a changed earlier stage re-runs the later ones): the corpus,
+    data settings, inputs, model, tokenizer (`tokenizer_sha256`), and each stage up to it with its
+    global batch in rows. The parallel layout (tp x cp x dp, and the per-rank batch shape it implies)
+    is left out: checkpoints reshard, so a rerun on another layout skips what finished."""
+    key = config_hash({"corpus": cfg.corpus, "data": cfg.data, "inputs": inputs, "model": model_cfg,
+                       "tokenizer": tokenizer_sha256})
+    data_parallel = cfg.parallel.dims.dp
+    keys = []
+    for stage in cfg.stages:
+        rows = stage.train.micro_batch_size * stage.train.grad_accum_steps * data_parallel
+        result = dataclasses.replace(stage, train=dataclasses.replace(stage.train, **LAYOUT_ONLY_TRAIN_FIELDS))
+        key = config_hash({"before": key, "stage": result, "global_batch_rows": rows})
+        keys.append(key)
+    return keys
+
 
 class CampaignProgress:
     """Which stages of this campaign (its output_dir) finished, under which settings and data: a
     JSON file at `path` (local or on an object store), replaced whole on every record.
 
     Re-running a campaign's command after its driver died skips the stages that finished, if
-    nothing they depend on changed (the key chains the corpus, data, tokenizer, model, layout and
-    every stage before), and the unfinished stage resumes from its last checkpoint (Ray Train
+    nothing they depend on changed (`stage_progress_keys`: the corpus, data, tokenizer, model and
+    every stage up to it, not the parallel layout), and the unfinished stage resumes from its last checkpoint (Ray Train
     hands a rerun of a stage its latest checkpoint; the checkpoint manager checks it)."""
 
     def __init__(self, path: str | Path) -> None:
@@ -216,12 +241,28 @@ def tokenize_split(data: DataPipelineConfig, inputs: list[str], tokenizer_path: 
     return tokenize_corpus(cfg, str(store_dir), use_ray=use_ray)
 
 
+def ppl_seq_len(stage: StageConfig) -> int:
+    """The row length the stage's `ppl` suite needs (its `ppl_max_position`, with `length_multiples`
+    resolved) when that is longer than the stage's own rows; 0 when the stage's rows suffice or
+    the suite does not run."""
+    eval_cfg = stage.eval.for_length(stage.seq_len)
+    if "ppl" not in eval_cfg.suites or eval_cfg.ppl_max_position <= stage.seq_len:
+        return 0
+    return eval_cfg.ppl_max_position
+
+
 def pack_stage(data: DataPipelineConfig, stage: StageConfig, previous_seq_len: int, stores: dict[str, TokenStore],
                out_dir: str | Path) -> dict[str, Manifest]:
     """Pack every split's tokens for one stage into `out_dir/<split>`: rows of the stage's seq_len; the
     training split under the stage's long-document policy, held-out data whole (every stage is
     evaluated on the same documents). Both report their share of tokens in documents longer than
-    `previous_seq_len` (the stage before's rows; 0 for the first stage: nothing to report)."""
+    `previous_seq_len` (the stage before's rows; 0 for the first stage: nothing to report).
+
+    When the stage's `ppl` suite measures positions past its seq_len (`ppl_seq_len`), the held-out
+    data is packed a second time, whole, at that length into `out_dir/val_ppl` (`PPL_SPLIT`): rows
+    of the stage's own length stop at it, so loss by position could never see past the trained
+    length. The `validation` suite keeps reading rows of the stage's own length, so its held-out
+    loss means the same across stages."""
     manifests = {}
     for split, store in stores.items():
         policy = stage.long_documents if split == "train" else LongContextConfig()
@@ -231,6 +272,12 @@ def pack_stage(data: DataPipelineConfig, stage: StageConfig, previous_seq_len: i
             long_context=dataclasses.replace(policy, previous_seq_len=previous_seq_len),
         )
         manifests[split] = pack_tokens(store, cfg)
+    longest = ppl_seq_len(stage)
+    if longest and "val" in stores:
+        cfg = dataclasses.replace(data, output_dir=storage.join(str(out_dir), PPL_SPLIT),
+                                  packing=dataclasses.replace(data.packing, seq_len=longest),
+                                  long_context=LongContextConfig())
+        manifests[PPL_SPLIT] = pack_tokens(stores["val"], cfg)
     return manifests
 
 

@@ -41,19 +41,22 @@ GIB = 1 << 30
 
 
 def evaluate_checkpoint(checkpoint_dir: Path | str, model_cfg: ModelConfig, eval_cfg: EvalConfig,
-                        val_manifest: str | None, tokenizer: TextTokenizer | None) -> dict[str, float]:
+                        val_manifest: str | None, tokenizer: TextTokenizer | None,
+                        ppl_manifest: str | None = None) -> dict[str, float]:
     """Run `eval_cfg.suites` on the consolidated weights in `checkpoint_dir` (a local folder or one on
-    an object store, s3://...), where the GPU is (see the module docstring); every metric in a flat dict."""
+    an object store, s3://...), where the GPU is (see the module docstring); every metric in a flat dict.
+    `ppl_manifest`: held-out rows packed longer for the `ppl` suite (None: it reads `val_manifest`)."""
     if not torch.cuda.is_available() and _cluster_gpus() >= 1:
         import ray
 
         proto = tokenizer.model_proto if isinstance(tokenizer, Tokenizer) else None
         shipped = None if proto is not None else tokenizer  # other tokenizers travel pickled
         task = ray.remote(num_gpus=1, num_cpus=1)(_evaluate_on_worker)
-        metrics, where = ray.get(task.remote(str(checkpoint_dir), model_cfg, eval_cfg, val_manifest, proto, shipped))
+        metrics, where = ray.get(task.remote(str(checkpoint_dir), model_cfg, eval_cfg, val_manifest, proto, shipped,
+                                             ppl_manifest))
         print(f"evaluated in a Ray task: {where}", flush=True)
         return metrics
-    return _evaluate_here(checkpoint_dir, model_cfg, eval_cfg, val_manifest, tokenizer)
+    return _evaluate_here(checkpoint_dir, model_cfg, eval_cfg, val_manifest, tokenizer, ppl_manifest)
 
 
 def _cluster_gpus() -> float:
@@ -66,18 +69,19 @@ def _cluster_gpus() -> float:
 
 
 def _evaluate_on_worker(checkpoint_dir: str, model_cfg: ModelConfig, eval_cfg: EvalConfig, val_manifest: str | None,
-                        proto: bytes | None, tokenizer: TextTokenizer | None) -> tuple[dict[str, float], str]:
+                        proto: bytes | None, tokenizer: TextTokenizer | None,
+                        ppl_manifest: str | None = None) -> tuple[dict[str, float], str]:
     import ray
 
     if proto is not None:
         tokenizer = Tokenizer(proto)
-    metrics = _evaluate_here(checkpoint_dir, model_cfg, eval_cfg, val_manifest, tokenizer)
+    metrics = _evaluate_here(checkpoint_dir, model_cfg, eval_cfg, val_manifest, tokenizer, ppl_manifest)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return metrics, f"pid {os.getpid()}, GPU ids {ray.get_gpu_ids()}, device {device}"
 
 
 def _evaluate_here(checkpoint_dir: Path | str, model_cfg: ModelConfig, eval_cfg: EvalConfig, val_manifest: str | None,
-                   tokenizer: TextTokenizer | None) -> dict[str, float]:
+                   tokenizer: TextTokenizer | None, ppl_manifest: str | None = None) -> dict[str, float]:
     torch.manual_seed(0)
     model = build_model(model_cfg)
     load_weights(model, checkpoint_dir)
@@ -88,7 +92,8 @@ def _evaluate_here(checkpoint_dir: Path | str, model_cfg: ModelConfig, eval_cfg:
         model = model.cuda()
         autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     with autocast:
-        return evaluate_model(model, eval_cfg, EvalInputs(val_manifest=val_manifest, tokenizer=tokenizer))
+        return evaluate_model(model, eval_cfg, EvalInputs(val_manifest=val_manifest, tokenizer=tokenizer,
+                                                          ppl_manifest=ppl_manifest))
 
 
 def checkpoint_model_config(checkpoint_dir: Path) -> ModelConfig:

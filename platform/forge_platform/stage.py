@@ -22,6 +22,11 @@ from forge_platform.training.stage_runner import run_stage
 from forge_platform.training.trainer import StageRun
 
 
+PPL_SPLIT = "val_ppl"
+"""The manifests' key of held-out data packed at the `ppl` suite's longest position, when that is
+past the stage's seq_len (the campaign packs it: `campaign.pack_stage`)."""
+
+
 @dataclass
 class StageOutcome:
     """What one stage left behind."""
@@ -47,7 +52,8 @@ def train_and_evaluate(
     init_weights: str,
     ray_name: str,
 ) -> StageOutcome:
-    """Train `stage` from `manifests["train"]`, then evaluate on `manifests["val"]` if present."""
+    """Train `stage` from `manifests["train"]`, then evaluate on `manifests["val"]` if present (the `ppl`
+    suite on `manifests[PPL_SPLIT]` when present: held-out data packed at its longest position)."""
     runs = session.runs
     tags = {"forge.kind": "stage", "forge.model": model_cfg.pattern}
     if "val" in manifests:  # so `jobs.evaluate --run_id` finds the data the stage was evaluated on
@@ -71,8 +77,9 @@ def train_and_evaluate(
         if "val" in manifests and result.checkpoint_dir is not None:
             banner(f"stage {stage.name!r}: evaluating")
             evaluating = time.perf_counter()
+            ppl_manifest = str(manifests[PPL_SPLIT]) if PPL_SPLIT in manifests else None
             metrics = evaluate_checkpoint(result.checkpoint_dir, model_cfg, stage.eval, str(manifests["val"]),
-                                          tokenizer)
+                                          tokenizer, ppl_manifest=ppl_manifest)
             print(f"stage {stage.name!r}: evaluation took {time.perf_counter() - evaluating:.0f} s", flush=True)
             runs.log_metrics(run_id, metrics, step=stage.train.steps)
             print("  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
