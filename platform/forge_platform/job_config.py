@@ -254,6 +254,12 @@ class CheckpointConfig:
     Without it a rerun whose settings differ from its checkpoint's is refused, naming each change.
     Not listed here because always allowed: other parallel degrees (the checkpoint is resharded) with
     micro_batch_size and grad_accum_steps regrouping the same global batch (micro x accum x dp)."""
+    reshardable: bool = True
+    """Also write the optimizer state by parameter name (`universal/`), so a rerun may resume with other
+    parallel degrees or another ZeRO stage. It costs disk: the fp32 masters and Adam's two moments a
+    second time (12 bytes per parameter, ~96 GB per checkpoint of an 8B model); false saves it, and a
+    resume from such a checkpoint must then keep its layout and ZeRO stage (its model.pt still starts
+    any layout)."""
 
     def __post_init__(self) -> None:
         _require(self.every_steps >= 1, f"checkpoint.every_steps = {self.every_steps}: must be >= 1")
