@@ -2,68 +2,144 @@
 weights and the tokenizer the run trained with (for the lm-eval adapter and `jobs.evaluate`).
 
 Layout (written by forge_platform's checkpoint files): `model_config.json`, `model.pt` (fp32 as
-trained) and `model.bf16.pt`. A campaign keeps its tokenizer at `<output_dir>/tokenizer/` and its
-checkpoints at `<output_dir>/checkpoints/<stage>/checkpoint_*`: `find_tokenizer` looks there.
+trained), `model.bf16.pt` and `meta.json` (where training stood). A campaign keeps its tokenizer at
+`<output_dir>/tokenizer/` and its checkpoints at `<output_dir>/checkpoints/<stage>/checkpoint_*`:
+`find_tokenizer` looks there.
+
+Every path may be a local folder or an object-store URI (s3://, gs://), read through
+`forge_data.storage` (credentials and endpoint from the environment). A place that cannot be used
+is one line naming it: the store's own (`StorageError`: unreachable, credentials refused, no such
+bucket), or ours (`CheckpointInputError`: no such checkpoint or tokenizer there).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import posixpath
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.fs as pafs
 import torch
+from forge_data import storage
 from forge_models import ModelConfig, build_model
 from forge_models.model import LanguageModel
 
 MODEL_CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "model.pt"
+META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.model"
+TOKENIZER_SEARCH_DEPTH = 5
+"""How many folders up from a checkpoint `find_tokenizer` looks (the checkpoint's own included)."""
 
 
 class CheckpointInputError(ValueError):
     """A checkpoint (or its tokenizer) that cannot be evaluated, said in one line."""
 
 
+def file_size(path: str | Path) -> int | None:
+    """The size of the file at `path` (local or a URI), None when there is no file there. On an
+    object store a missing bucket, refused credentials or no answer is a `StorageError` naming it."""
+    if not storage.is_uri(str(path)):
+        return Path(path).stat().st_size if Path(path).is_file() else None
+    try:
+        fs, inner = storage.resolve_filesystem(str(path))
+        info = fs.get_file_info(inner)
+    except (OSError, pa.ArrowException) as exc:
+        raise storage.explain(exc, str(path)) from None
+    return int(info.size or 0) if info.type == pafs.FileType.File else None
+
+
+def read_checkpoint_file(checkpoint: str | Path, name: str) -> bytes:
+    """The file `name` of a checkpoint folder (local or a URI); CheckpointInputError naming the
+    checkpoint when it has none (a missing bucket is the store's error, naming the bucket)."""
+    if not storage.is_uri(str(checkpoint)):
+        path = Path(checkpoint) / name
+        if not path.is_file():
+            raise CheckpointInputError(f"checkpoint = {str(checkpoint)!r}: must be a Hybrid Forge checkpoint folder "
+                                       f"(no {name} there)")
+        return path.read_bytes()
+    try:
+        return storage.read_bytes(storage.join(str(checkpoint), name))
+    except storage.StorageNotFound:
+        storage.check_location(str(checkpoint))  # a bucket that does not exist: said as such
+        raise CheckpointInputError(f"checkpoint = {str(checkpoint)!r}: must be a Hybrid Forge checkpoint folder "
+                                   f"(no {name} there, on {storage.where(str(checkpoint))})") from None
+
+
 def read_model_config(checkpoint: str | Path) -> ModelConfig:
     """The model config stored beside a checkpoint's weights."""
-    path = Path(checkpoint) / MODEL_CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointInputError(f"checkpoint = {str(checkpoint)!r}: must be a Hybrid Forge checkpoint folder "
-                                   f"(no {MODEL_CONFIG_FILE} there)")
-    return ModelConfig(**json.loads(path.read_text()))
+    return ModelConfig(**json.loads(read_checkpoint_file(checkpoint, MODEL_CONFIG_FILE)))
 
 
-def find_tokenizer(checkpoint: str | Path, tokenizer: str | Path = "") -> Path:
-    """`tokenizer` if given, else the campaign's tokenizer found above the checkpoint folder."""
+def weights_size(checkpoint: str | Path) -> int:
+    """Bytes of the checkpoint's consolidated weights (`model.pt`); CheckpointInputError when it has none."""
+    size = file_size(storage.join(str(checkpoint), WEIGHTS_FILE))
+    if size is None:
+        raise CheckpointInputError(f"checkpoint = {str(checkpoint)!r}: has no {WEIGHTS_FILE}")
+    return size
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The optimizer steps completed when the checkpoint was taken (from its `meta.json`)."""
+    return int(json.loads(read_checkpoint_file(checkpoint, META_FILE))["step"])
+
+
+def find_tokenizer(checkpoint: str | Path, tokenizer: str | Path = "") -> str | Path:
+    """`tokenizer` if given (a model file or a folder holding one), else the campaign's tokenizer found
+    above the checkpoint folder: a local Path, or a URI when the place is an object store."""
     if tokenizer:
-        path = Path(tokenizer)
-        path = path / TOKENIZER_FILE if path.is_dir() else path
-        if not path.is_file():
+        path = _tokenizer_file(str(tokenizer))
+        if path is None:
             raise CheckpointInputError(f"tokenizer = {str(tokenizer)!r}: must be a SentencePiece model file "
                                        f"(or a folder holding {TOKENIZER_FILE})")
         return path
-    folder = Path(checkpoint).resolve()
-    for parent in [folder, *folder.parents][:5]:
-        for candidate in (parent / TOKENIZER_FILE, parent / "tokenizer" / TOKENIZER_FILE):
-            if candidate.is_file():
-                return candidate
+    for folder in _folders_up(checkpoint)[:TOKENIZER_SEARCH_DEPTH]:
+        for candidate in (storage.join(folder, TOKENIZER_FILE), storage.join(folder, "tokenizer", TOKENIZER_FILE)):
+            if file_size(candidate) is not None:
+                return candidate if storage.is_uri(candidate) else Path(candidate)
     raise CheckpointInputError(f"checkpoint = {str(checkpoint)!r} has no tokenizer beside it or in a campaign folder "
                                "above it: pass --tokenizer PATH/tokenizer.model")
+
+
+def _tokenizer_file(tokenizer: str) -> str | Path | None:
+    if not storage.is_uri(tokenizer):
+        path = Path(tokenizer)
+        path = path / TOKENIZER_FILE if path.is_dir() else path
+        return path if path.is_file() else None
+    storage.check_location(tokenizer)  # unreachable, refused or no bucket: the store's one line first
+    path = storage.join(tokenizer, TOKENIZER_FILE) if storage.is_dir(tokenizer) else tokenizer
+    return path if file_size(path) is not None else None
+
+
+def _folders_up(checkpoint: str | Path) -> list[str]:
+    """The checkpoint folder and those above it, nearest first (on a store: up to the bucket)."""
+    if not storage.is_uri(str(checkpoint)):
+        folder = Path(checkpoint).resolve()
+        return [str(p) for p in (folder, *folder.parents)]
+    scheme, rest = str(checkpoint).rstrip("/").split("://", 1)
+    folders = []
+    while rest:
+        folders.append(f"{scheme}://{rest}")
+        rest = posixpath.dirname(rest)
+    return folders
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> LanguageModel:
     """The checkpoint's model with its consolidated fp32 weights, on `device` (run it under bf16
     autocast for speed: casting the weights would also cast those the model keeps in fp32)."""
     cfg = read_model_config(checkpoint)
-    path = Path(checkpoint) / WEIGHTS_FILE
-    if not path.is_file():
-        raise CheckpointInputError(f"checkpoint = {str(checkpoint)!r}: has no {WEIGHTS_FILE}")
     torch.manual_seed(0)  # no randomness should survive loading; keep it reproducible if any does
     model = build_model(cfg)
+    weights_size(checkpoint)  # none there: one line naming the checkpoint
+    path = storage.join(str(checkpoint), WEIGHTS_FILE)
+    # On an object store the file is read whole (no memory map there).
+    source = io.BytesIO(storage.read_bytes(path)) if storage.is_uri(path) else path
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointInputError(f"checkpoint = {str(checkpoint)!r}: {path.name} cannot be read: {err}") from None
+        raise CheckpointInputError(f"checkpoint = {str(checkpoint)!r}: {WEIGHTS_FILE} cannot be read: {err}") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointInputError(f"checkpoint = {str(checkpoint)!r}: weights do not match its model config "

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from forge_data import load_tokenizer
+from forge_data import Manifest, load_tokenizer, storage
 from forge_data.tokenizer import Tokenizer
 from forge_eval import (EvalConfig, EvalInputs, TextTokenizer, UnencodableTextError, check_suites_build,
                         evaluate_model)
-from forge_eval.checkpoint import CheckpointInputError, find_tokenizer
+from forge_eval.checkpoint import (CheckpointInputError, checkpoint_step, find_tokenizer, read_checkpoint_file,
+                                   weights_size)
 from forge_eval.lm_eval_suite import check_lm_eval_tasks
 from forge_eval.suites import HELD_OUT_SUITES
 from forge_models import ModelConfig, build_model
@@ -34,8 +35,7 @@ from forge_models import ModelConfig, build_model
 from forge_platform.config_loader import ConfigError, from_dict
 from forge_platform.job_config import EvaluateConfig, StageConfig
 from forge_platform.run_inputs import log_to_run, run_inputs
-from forge_platform.training.checkpoint_files import (MODEL_CONFIG_FILE, WEIGHTS_FILE, IncompatibleCheckpointError,
-                                                      load_weights, read_meta)
+from forge_platform.training.checkpoint_files import MODEL_CONFIG_FILE, load_weights
 
 GIB = 1 << 30
 
@@ -96,12 +96,10 @@ def _evaluate_here(checkpoint_dir: Path | str, model_cfg: ModelConfig, eval_cfg:
                                                           ppl_manifest=ppl_manifest))
 
 
-def checkpoint_model_config(checkpoint_dir: Path) -> ModelConfig:
-    """The model config stored beside a checkpoint's weights."""
-    path = Path(checkpoint_dir) / MODEL_CONFIG_FILE
-    if not path.exists():
-        raise IncompatibleCheckpointError(f"{checkpoint_dir} has no {MODEL_CONFIG_FILE}: is it a Hybrid Forge checkpoint?")
-    return from_dict(ModelConfig, json.loads(path.read_text()))
+def checkpoint_model_config(checkpoint_dir: Path | str) -> ModelConfig:
+    """The model config stored beside a checkpoint's weights: a local folder or one on an object store
+    (s3://, gs://; a store that cannot be used, or no config there, is one line naming it)."""
+    return from_dict(ModelConfig, json.loads(read_checkpoint_file(checkpoint_dir, MODEL_CONFIG_FILE)))
 
 
 def eval_memory_bytes(model_cfg: ModelConfig, weights: int, length: int, on_gpu: bool, generates: bool = True) -> int:
@@ -171,11 +169,16 @@ def run_evaluate_job(cfg: EvaluateConfig) -> dict[str, float]:
     if not cfg.checkpoint:
         raise ConfigError("checkpoint: must be given (a checkpoint folder with model.pt and model_config.json), "
                           "or run_id: a stage's MLflow run")
-    model_cfg = checkpoint_model_config(Path(cfg.checkpoint))
+    # A local folder or s3://, gs:// (forge_data.storage): every input is read once here, before
+    # anything loads, so a missing object, refused credentials or a missing bucket is one line.
+    model_cfg = checkpoint_model_config(cfg.checkpoint)
     suites = cfg.eval.suites
     needs_rows = [s for s in suites if s in HELD_OUT_SUITES]
     if needs_rows and not cfg.val_manifest:
         raise ConfigError(f"val_manifest: must be given for suites {', '.join(needs_rows)} (held-out packed shards)")
+    if needs_rows:
+        storage.check_location(cfg.val_manifest)  # unreachable, refused, no bucket: said as such
+        Manifest.load(cfg.val_manifest)
     try:
         tokenizer = load_tokenizer(str(find_tokenizer(cfg.checkpoint, cfg.tokenizer))) if cfg.eval.needs_tokenizer \
             else None
@@ -185,12 +188,12 @@ def run_evaluate_job(cfg: EvaluateConfig) -> dict[str, float]:
     except (CheckpointInputError, UnencodableTextError, ValueError) as err:
         raise ConfigError(str(err)) from None
     on_gpu = torch.cuda.is_available()
-    weights = (Path(cfg.checkpoint) / WEIGHTS_FILE).stat().st_size if (Path(cfg.checkpoint) / WEIGHTS_FILE).exists() else 0
+    weights = weights_size(cfg.checkpoint)
     check_eval_lengths(model_cfg, weights, cfg.eval, available_memory(on_gpu), on_gpu)
-    metrics = evaluate_checkpoint(Path(cfg.checkpoint), model_cfg, cfg.eval, cfg.val_manifest or None, tokenizer)
+    step = checkpoint_step(cfg.checkpoint) if cfg.run_id else 0  # where the metrics go: known before evaluating
+    metrics = evaluate_checkpoint(cfg.checkpoint, model_cfg, cfg.eval, cfg.val_manifest or None, tokenizer)
     print(json.dumps(metrics, indent=2))
     if cfg.run_id:
-        step = read_meta(Path(cfg.checkpoint)).step
         log_to_run(tracking_uri, cfg.run_id, metrics, step)
         print(f"logged {len(metrics)} metrics to run {cfg.run_id} at step {step}", file=sys.stderr)
     return metrics
