@@ -56,7 +56,8 @@ def test_loss_by_position_reaches_past_the_stage_s_seq_len(stores, tmp_path: Pat
     stage = StageConfig(name="short", seq_len=SEQ_LEN, eval=eval_cfg)
     assert ppl_seq_len(stage) == 4 * SEQ_LEN
     packed = pack_stage(data, stage, 0, made, root / "short")
-    assert (packed["train"].seq_len, packed["val"].seq_len, packed[PPL_SPLIT].seq_len) == (SEQ_LEN, SEQ_LEN, 4 * SEQ_LEN)
+    lengths = (packed["train"].seq_len, packed["val"].seq_len, packed[PPL_SPLIT].seq_len)
+    assert lengths == (SEQ_LEN, SEQ_LEN, 4 * SEQ_LEN)
     # the same held-out documents, whole, in longer rows
     assert packed[PPL_SPLIT].counts["docs_packed"] == packed["val"].counts["docs_packed"]
     assert packed[PPL_SPLIT].counts["tokens_written"] == packed["val"].counts["tokens_written"]

@@ -14,13 +14,15 @@ a checkpoint may be continued from. Writing the folder itself is `checkpoint_fil
   `checkpoint.resume_may_change` lists may differ) and the same data (the loader's dataset hash and
   shuffle seed); anything else is refused naming each difference, on the driver before the workers
   start (`latest_registered_checkpoint`) and again by the workers.
-- Resharding: the parallel degrees (tp x cp x dp) may differ from the checkpoint's. The same layout
-  loads DeepSpeed's own shards; another one loads the optimizer state by parameter name
-  (`universal_checkpoint.py`), sliced for its TP ranks and partitioned by its ZeRO. The global batch
+- Resharding: the parallel degrees (tp x cp x dp) and the ZeRO stage may differ from the checkpoint's.
+  The same layout and ZeRO stage load DeepSpeed's own shards; anything else loads the optimizer state
+  by parameter name (`universal_checkpoint.py`), sliced for its TP ranks and partitioned by its ZeRO,
+  which a checkpoint holds unless it was written with `checkpoint.reshardable = false`. The global batch
   in rows (micro_batch_size x grad_accum_steps x dp) must stay the same: the data position and the
   schedule count steps of it. Micro-batch size and accumulation may change with it (the same rows
   make each step: the loader hands out global sample indices); a different global batch is refused
-  naming the product, and so is a checkpoint written before the universal state was kept.
+  naming the product, and so is a reshard from a checkpoint without the universal state (written with
+  `checkpoint.reshardable = false`, or before it was kept), in one line saying what to do.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ BATCH_SHAPE = ("train.micro_batch_size", "train.grad_accum_steps")
 """May change on resume when the global batch in rows (with the data-parallel degree) stays the same."""
 """Settings that change memory, speed or what is printed, never the numbers: a rerun may change them
 freely (on another GPU `auto` may resolve the recompute mode differently and still continue)."""
+ZERO_STAGE = "train.zero_stage"
+"""May change on resume when the checkpoint holds its universal state (or the stage in effect stays)."""
 
 
 def training_settings(stage: StageConfig) -> dict[str, Any]:
@@ -155,24 +159,67 @@ def _check_global_batch(meta: CheckpointMeta, identity: RunIdentity, data_parall
     )
 
 
+def _zero_in_effect(zero_stage: Any, data_parallel: int, context_parallel: int) -> Any:
+    """The ZeRO stage an engine runs: the configured one, or 0 with a single replica
+    (`parallelize.effective_zero_stage`)."""
+    return zero_stage if data_parallel * context_parallel > 1 else 0
+
+
+def needs_reshard(meta: CheckpointMeta, identity: RunIdentity, *, tensor_parallel: int, data_parallel: int,
+                  context_parallel: int = 1) -> bool:
+    """Whether the run `identity` on these degrees must load the checkpoint's universal state: DeepSpeed's
+    own shards load only into the layout and the ZeRO stage in effect that wrote them."""
+    if (meta.tensor_parallel, meta.context_parallel, meta.data_parallel) != (tensor_parallel, context_parallel,
+                                                                             data_parallel):
+        return True
+    if not meta.training or not identity.training:  # before the settings were kept: the hash decides
+        return False
+    old = _zero_in_effect(meta.training.get(ZERO_STAGE), meta.data_parallel, meta.context_parallel)
+    new = _zero_in_effect(identity.training.get(ZERO_STAGE), data_parallel, context_parallel)
+    return old != new
+
+
+NOT_RESHARDABLE = (f"it holds no optimizer state by parameter name ({UNIVERSAL_DIR}/: written with "
+                   "checkpoint.reshardable = false, or before checkpoints kept it)")
+
+
+def _refuse_reshard(meta: CheckpointMeta, identity: RunIdentity, tensor_parallel: int, data_parallel: int,
+                    context_parallel: int) -> None:
+    """The one line refusing a reshard from a checkpoint without universal state, saying what to do."""
+    old_layout = layout_name(meta.tensor_parallel, meta.context_parallel, meta.data_parallel)
+    new_layout = layout_name(tensor_parallel, context_parallel, data_parallel)
+    if old_layout != new_layout:
+        workers = meta.tensor_parallel * meta.context_parallel * meta.data_parallel
+        raise IncompatibleCheckpointError(
+            f"checkpoint layout {old_layout} differs from this run's {new_layout}, and {NOT_RESHARDABLE}, so it "
+            f"cannot be resharded: rerun with its layout (parallel.num_workers {workers}, parallel.tensor_parallel "
+            f"{meta.tensor_parallel}, parallel.context_parallel {meta.context_parallel}), or start a new run from "
+            "its consolidated weights (model.pt)"
+        )
+    old_zero = meta.training.get(ZERO_STAGE)
+    raise IncompatibleCheckpointError(
+        f"checkpoint of stage {meta.stage!r} at step {meta.step} was trained under ZeRO-"
+        f"{_zero_in_effect(old_zero, meta.data_parallel, meta.context_parallel)} and this run asks ZeRO-"
+        f"{_zero_in_effect(identity.training.get(ZERO_STAGE), data_parallel, context_parallel)}, and "
+        f"{NOT_RESHARDABLE}, so its optimizer partitions cannot be rebuilt: rerun with train.zero_stage {old_zero}, "
+        "or start a new run from its consolidated weights (model.pt)"
+    )
+
+
 def check_resumable(meta: CheckpointMeta, identity: RunIdentity, *, tensor_parallel: int,
                     data_parallel: int, context_parallel: int = 1) -> dict[str, tuple[Any, Any]]:
     """Refuse, with the reason, a checkpoint the run `identity` cannot continue from; return the
     changed settings it may continue with (empty when nothing changed): those the run's
-    `checkpoint.resume_may_change` allows, and a batch shape that keeps the global batch."""
+    `checkpoint.resume_may_change` allows, a batch shape that keeps the global batch, and, from a
+    checkpoint with universal state, another ZeRO stage."""
     if meta.model_hash != identity.model_hash:
         raise IncompatibleCheckpointError(
             f"checkpoint of stage {meta.stage!r} was written by another model (model hash {meta.model_hash}, "
             f"this run's is {identity.model_hash}); start a new run or point at the right checkpoint"
         )
-    old_layout = layout_name(meta.tensor_parallel, meta.context_parallel, meta.data_parallel)
-    new_layout = layout_name(tensor_parallel, context_parallel, data_parallel)
-    if old_layout != new_layout and not meta.universal_state:
-        raise IncompatibleCheckpointError(
-            f"checkpoint layout {old_layout} differs from this run's {new_layout}, and it was written before "
-            f"checkpoints kept their optimizer state by parameter name ({UNIVERSAL_DIR}/), so it cannot be "
-            "resharded: resume with its layout, or start the next stage from its consolidated weights (model.pt)"
-        )
+    if not meta.universal_state and needs_reshard(meta, identity, tensor_parallel=tensor_parallel,
+                                                  data_parallel=data_parallel, context_parallel=context_parallel):
+        _refuse_reshard(meta, identity, tensor_parallel, data_parallel, context_parallel)
     if not meta.training or not identity.training:  # a checkpoint from before the settings were kept
         if meta.config_hash != identity.training_hash:
             raise IncompatibleCheckpointError(
@@ -184,7 +231,10 @@ def check_resumable(meta: CheckpointMeta, identity: RunIdentity, *, tensor_paral
     changed = settings_changed(meta, identity)
     if meta.data_parallel != data_parallel or any(n in changed for n in BATCH_SHAPE):
         _check_global_batch(meta, identity, data_parallel)
-    refused = [n for n in changed if not identity.may_differ(n) and n not in BATCH_SHAPE]
+    # The ZeRO stage partitions the same optimizer state: the universal state rebuilds any partitioning,
+    # and a change that leaves the stage in effect alone (one replica runs 0) needs nothing rebuilt.
+    reshaped = BATCH_SHAPE + (ZERO_STAGE,)
+    refused = [n for n in changed if not identity.may_differ(n) and n not in reshaped]
     if refused:
         listed = ", ".join(f"{n} {changed[n][0]!r} -> {changed[n][1]!r}" for n in refused)
         fixable = all(may_change_on_resume(n) for n in refused)
@@ -250,12 +300,16 @@ class CheckpointManager:
                   + ", ".join(f"{n} {old!r} -> {new!r}" for n, (old, new) in changed.items()), flush=True)
         old_layout = layout_name(meta.tensor_parallel, meta.context_parallel, meta.data_parallel)
         new_layout = layout_name(groups.tp, groups.cp, groups.dp)
-        if old_layout == new_layout:
+        if not needs_reshard(meta, self.identity, tensor_parallel=groups.tp, data_parallel=groups.dp,
+                             context_parallel=groups.cp):
             parallel.engine.load_checkpoint(folder, tag=DEEPSPEED_TAG)
         else:
             if groups.rank == 0:
-                print(f"[{meta.stage}] resharding the checkpoint of step {meta.step} from {old_layout} to "
-                      f"{new_layout} (weights and optimizer state)", flush=True)
+                old_zero = _zero_in_effect(meta.training.get(ZERO_STAGE, "?"), meta.data_parallel,
+                                           meta.context_parallel)
+                print(f"[{meta.stage}] resharding the checkpoint of step {meta.step} from {old_layout} (ZeRO-"
+                      f"{old_zero}) to {new_layout} (ZeRO-{parallel.zero_stage}): weights and optimizer state",
+                      flush=True)
             load_universal_state(folder, parallel, self.model_config)
         if meta.data:
             try:
@@ -280,8 +334,9 @@ class CheckpointManager:
 
     def write(self, step: int, parallel: ParallelModel, loader: PackedShardLoader, tokens_per_step: int,
               target: CheckpointTarget | None = None) -> tuple[CheckpointTarget, CheckpointMeta]:
-        """Every rank writes its DeepSpeed shard and its universal state into the step's folder
-        (`target`, by default `checkpoint_storage.checkpoint_target`); return where, and the metadata.
+        """Every rank writes its DeepSpeed shard and (unless `checkpoint.reshardable` is false) its universal
+        state into the step's folder (`target`, by default `checkpoint_storage.checkpoint_target`); return
+        where, and the metadata.
 
         Rank 0 also writes the consolidated single-device weights, gathered across tensor-parallel
         ranks (a collective: every rank takes part), so evaluation and the next stage never depend
@@ -301,7 +356,7 @@ class CheckpointManager:
             run_id=self.identity.run_id,
             data=loader.state_dict(),
             training=dict(self.identity.training),
-            universal_state=True,
+            universal_state=self.policy.reshardable,
         )
         if engine.zero_optimization_stage() == 3:
             with deepspeed.zero.GatheredParameters(list(model.parameters())):
@@ -315,7 +370,8 @@ class CheckpointManager:
         prepare_folder(target)
         dist.barrier()
         engine.save_checkpoint(str(target.folder), tag=DEEPSPEED_TAG)
-        save_universal_state(target.folder, parallel)  # what a resume with other degrees loads
+        if self.policy.reshardable:  # what a resume with other degrees or ZeRO stage loads
+            save_universal_state(target.folder, parallel)
         if groups.rank == 0:
             save_rank_zero_files(target.folder, meta, self.model_config, full_weights)
         dist.barrier()

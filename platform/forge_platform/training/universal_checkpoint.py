@@ -18,7 +18,8 @@ Why written at save time, and not converted at resume time from DeepSpeed's shar
   ZeRO partition under ZeRO-1/2/3, the whole slice on data-parallel rank 0 at stage 0), in
   parallel on every rank. It costs disk: the fp32 master and the two moments again, 12 bytes per
   parameter spread over the ranks (an 8B model: ~96 GB more per checkpoint, next to DeepSpeed's
-  ~96 GB of optimizer shards); `checkpoint.keep_last` bounds how many are kept.
+  ~96 GB of optimizer shards); `checkpoint.keep_last` bounds how many are kept, and
+  `checkpoint.reshardable = false` leaves it out (a resume must then keep the layout and ZeRO stage).
 - Converting DeepSpeed's shards would read its flat-partition files, whose layout (padding,
   alignment, per-stage formats, stage 0 keeping a plain torch state_dict keyed by index) is
   private and changes between versions. DeepSpeed's universal checkpoint (`ds_to_universal`, then
