@@ -250,10 +250,11 @@ class CheckpointConfig:
     """Training settings a rerun may change and still continue from this stage's last checkpoint, e.g.
     `["train.steps"]` to train longer (the schedule is then recomputed for the new length). Only
     `train.steps`, `train.precision` and `optim.*` (or one `optim.<field>`) may be listed: the sequence
-    length, global batch, ZeRO stage and seed change what a checkpoint holds or which rows come next.
+    length, global batch and seed change what a checkpoint holds or which rows come next.
     Without it a rerun whose settings differ from its checkpoint's is refused, naming each change.
     Not listed here because always allowed: other parallel degrees (the checkpoint is resharded) with
-    micro_batch_size and grad_accum_steps regrouping the same global batch (micro x accum x dp)."""
+    micro_batch_size and grad_accum_steps regrouping the same global batch (micro x accum x dp), and
+    the ZeRO stage when the checkpoint is `reshardable`."""
     reshardable: bool = True
     """Also write the optimizer state by parameter name (`universal/`), so a rerun may resume with other
     parallel degrees or another ZeRO stage. It costs disk: the fp32 masters and Adam's two moments a
