@@ -33,7 +33,7 @@ from forge_models import ModelConfig, build_model, kernel_path
 from forge_models.flops import attention_context, training_flops_per_token
 
 from forge_platform.config_loader import config_hash
-from forge_platform.input_errors import INPUT_ERRORS, TRANSIENT_ERRORS
+from forge_platform.input_errors import INPUT_ERRORS, TRANSIENT_ERRORS, InputError
 from forge_platform.job_config import ParallelConfig, StageConfig, TrackingConfig
 from forge_platform.memory_plan import choose_recompute, gpu_capacity, resolve_recompute
 from forge_platform.parallel.batch import check_tp_batch
@@ -126,17 +126,14 @@ KERNEL_PATH_TAG = "forge.kernel_path"
 INPUT_ERROR_FILE = "input_error.json"
 
 
-class InputError(RuntimeError):
-    """An earlier attempt of this stage failed on its input; raised at once by every retry."""
-
-
 def train_stage_worker(config: dict[str, Any]) -> None:
     """Ray Train's `train_loop_per_worker`: `config["run"]` is a `StageRun`.
 
     Ray Train retries every worker failure up to `max_failures` times (its failure policy has no
-    hook for the kind of error). A failure on the user's input is recorded in the stage's folder;
-    the retries Ray then makes stop at once, before loading anything, and the driver reports the
-    recorded error as one line (`stage_runner.run_stage`)."""
+    hook for the kind of error). A failure on the user's input is recorded in the stage's folder
+    (this node's: local scratch when checkpoints go to an object store); the retries Ray then makes
+    there stop at once, before loading anything. The driver reports the error as one line from the
+    exception Ray carries back, wherever the worker ran (`stage_runner.run_stage`, `input_errors`)."""
     run: StageRun = config["run"]
     marker = Path(run.checkpoint_root) / INPUT_ERROR_FILE
     if marker.exists():
