@@ -17,7 +17,7 @@ from ray.train import FailureConfig, Result, RunConfig, ScalingConfig, TrainingF
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from forge_platform.cluster import check_resources
-from forge_platform.input_errors import StageInputError
+from forge_platform.input_errors import StageInputError, worker_input_error
 from forge_platform.training.checkpoint_files import META_FILE, CheckpointMeta, IncompatibleCheckpointError, read_meta
 from forge_platform.training.checkpoint_manager import (
     check_resumable,
@@ -78,9 +78,11 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str, scratch_dir: st
     try:
         result = trainer.fit()
     except TrainingFailedError as err:  # Ray Train raises what its workers raised (after max_failures)
-        if input_error.exists():  # the user's input: one line, exit code 2 (cli.job_main)
-            message = json.loads(input_error.read_text())["message"]
-            raise StageInputError(f"stage {run.stage.name!r}: {message}") from err
+        # The user's input: one line, exit code 2 (cli.job_main). Read from the exception Ray carries
+        # back from whichever node the worker ran on, not from its input_error.json (input_errors.py).
+        input_failure = worker_input_error(err)
+        if input_failure is not None:
+            raise StageInputError(f"stage {run.stage.name!r}: {input_failure}") from err
         raise RuntimeError(f"stage {run.stage.name!r} failed: {err}") from err
     if result.error is not None:
         raise RuntimeError(f"stage {run.stage.name!r} failed") from result.error
