@@ -13,10 +13,14 @@
 
     # one node with a GPU: the same command runs there on the kernel path (bf16)
     # a cluster: `ray job submit --working-dir . -- python -m jobs.evaluate ...` runs the evaluation
-    # as a Ray task that takes one GPU
+    # as a Ray task that takes one GPU; the checkpoint, its tokenizer and the held-out data may be on
+    # an object store (credentials from the environment; docs/deploy.md), e.g.
+    python -m jobs.evaluate --checkpoint s3://bucket/runs/demo/checkpoints/demo-extend-1024/step_00000040 \
+        --val_manifest s3://bucket/runs/demo/data/extend-1024/val/manifest.json --suites validation,phonebook
 
 Bad input (no tokenizer, an unknown suite or task, a length the memory cannot hold, characters the
-tokenizer cannot encode) is one line on stderr and exit code 2. `--help` lists every field.
+tokenizer cannot encode, a checkpoint or manifest that is not there, a store that refuses the
+credentials or has no such bucket) is one line on stderr and exit code 2. `--help` lists every field.
 """
 
 import sys
