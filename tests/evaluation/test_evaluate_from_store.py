@@ -69,6 +69,15 @@ def test_a_checkpoint_on_the_store_gives_the_metrics_of_its_local_copy(campaign,
     assert {"val_loss", "phonebook_4_accuracy"} <= set(remote) and remote == local
 
 
+def test_the_lm_eval_adapters_loader_reads_the_weights_and_tokenizer_on_the_store(campaign, model) -> None:
+    from forge_eval.checkpoint import find_tokenizer, load_model
+
+    loaded = load_model(CHECKPOINT)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert find_tokenizer(CHECKPOINT) == f"{RUN}/tokenizer/tokenizer.model"  # two folders up, on the store
+
+
 def test_a_stage_run_whose_tags_point_into_the_store(campaign, tmp_path, capsys) -> None:
     from forge_platform.run_inputs import CHECKPOINT_TAG, VAL_MANIFEST_TAG
     from mlflow.tracking import MlflowClient
