@@ -49,9 +49,9 @@ def test_an_unknown_suite_is_refused_naming_the_valid_ones() -> None:
         EvalConfig(suites=["validation", "niah"])
     with pytest.raises(ValueError, match=r"eval.suites = 'validation': must be a list of suite names"):
         EvalConfig(suites="validation")  # type: ignore[arg-type]
-    with pytest.raises(KeyError, match="the suites are: phonebook, ppl, ruler, validation"):
+    with pytest.raises(KeyError, match="the suites are: phonebook, ppl, ruler, validation, validation_plain"):
         get_suite("niah")
-    assert set(SUITES) == {"validation", "phonebook", "ruler", "ppl"}
+    assert set(SUITES) == {"validation", "validation_plain", "phonebook", "ruler", "ppl"}
 
 
 def test_config_values_are_checked_in_the_one_error_style() -> None:
