@@ -100,6 +100,15 @@ def make_questions(num_entries: int, num_questions: int, seed: int = 0, fmt: str
     return questions
 
 
+def answered_book(rng: random.Random, num_entries: int, num_examples: int, fmt: str = "standard") -> str:
+    """A book of `num_entries` names in the suite's format with its query answered: training text
+    (forge_eval.practice) that teaches the format. Books come from `rng`, never from the suite's seeds."""
+    _check(fmt, None)
+    book = _Book.draw(rng, num_entries)
+    target, examples = _pick(rng, num_entries, rng.random(), num_examples)
+    return book.prompt(num_entries, target, examples, fmt) + " " + book.numbers[target] + "\n"
+
+
 def questions_of_length(tokenizer: TextTokenizer, length: int, num_questions: int, seed: int = 0,
                         fmt: str = "standard", num_examples: int = 2,
                         depth: float | None = None) -> list[PhonebookQuestion]:

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,12 +30,13 @@ from forge_data import storage
 from forge_data import (DataPipelineConfig, LongContextConfig, Manifest, TokenStore, load_tokenizer, pack_tokens,
                         tokenize_corpus, train_tokenizer)
 from forge_data.manifest import MANIFEST_FILE
+from forge_data.tokenizer import Tokenizer
 from forge_models import ModelConfig
 
 from forge_platform.config_loader import ConfigError, config_hash, flatten
-from forge_platform.demo_corpus import prepare_demo_corpus
+from forge_platform.demo_corpus import DemoCorpus, prepare_demo_corpus
 from forge_platform.evaluation import check_stage_evaluations
-from forge_platform.job_config import CampaignConfig, StageConfig
+from forge_platform.job_config import CampaignConfig, CorpusConfig, StageConfig
 from forge_platform.memory_plan import plan_for_job
 from forge_platform.session import JobPlaces, JobSession, banner, job_places, job_session, local_copy
 from forge_platform.stage import PPL_SPLIT, StageOutcome, train_and_evaluate
@@ -102,26 +104,12 @@ def _run_stages(cfg: CampaignConfig, places: JobPlaces, session: JobSession, par
     if cfg.data.inputs:
         inputs = {"train": list(cfg.data.inputs), "val": list(cfg.val_inputs)}
     else:
-        banner("preparing the demo corpus")
-        corpus = prepare_demo_corpus(cfg.corpus, places.local("corpus"))
-        print(f"{corpus.num_train_docs} training and {corpus.num_val_docs} held-out documents", flush=True)
-        corpus_dir = places.upload(places.local("corpus"))  # on a store, every node reads it there
-        inputs = {"train": [storage.join(corpus_dir, "train")], "val": [storage.join(corpus_dir, "val")]}
+        inputs = demo_inputs(cfg.corpus, places)
 
-    banner("training the SentencePiece tokenizer")
-    tokenizer_path = train_tokenizer(
-        cfg.data.tokenizer, inputs["train"], places.join("tokenizer"), format=cfg.data.format,
-        text_field=cfg.data.text_field, include_suffixes=cfg.data.include_suffixes, cleaning=cfg.data.cleaning,
-    )
-    tokenizer = load_tokenizer(tokenizer_path)
-    check_stage_evaluations(tokenizer, cfg.stages)  # before any stage trains
-    runs.log_artifact(parent, local_copy(tokenizer_path, places.scratch), "tokenizer")
+    tokens = tokenize_once(cfg.data, inputs, places, session, parent, cfg.stages)
+    tokenizer_path, tokenizer, stores = tokens.tokenizer_path, tokens.tokenizer, tokens.stores
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
     print(f"vocabulary {tokenizer.vocab_size}; model pattern {model_cfg.pattern!r}", flush=True)
-
-    banner("tokenizing the corpus once (every stage packs these tokens)")
-    stores = {split: tokenize_split(cfg.data, split_inputs, str(tokenizer_path), places.join("data", "tokens", split))
-              for split, split_inputs in inputs.items() if split_inputs}
 
     progress = CampaignProgress(places.join(PROGRESS_FILE))
     keys = stage_progress_keys(cfg, inputs, model_cfg, file_sha256(tokenizer_path))
@@ -155,6 +143,46 @@ def _run_stages(cfg: CampaignConfig, places: JobPlaces, session: JobSession, par
         )
         progress.record(outcome.stages[-1], key)
         previous = outcome.stages[-1].checkpoint_dir
+
+
+def demo_inputs(corpus_cfg: CorpusConfig, places: JobPlaces,
+                add: Callable[[DemoCorpus], DemoCorpus] | None = None) -> dict[str, list[str]]:
+    """Write the bundled demo corpus under the job's places (with what `add` writes into its folders,
+    returning the corpus with its new counts); the inputs of each split, where every node reads them."""
+    banner("preparing the demo corpus")
+    corpus = prepare_demo_corpus(corpus_cfg, places.local("corpus"))
+    if add is not None:
+        corpus = add(corpus)
+    print(f"{corpus.num_train_docs} training and {corpus.num_val_docs} held-out documents", flush=True)
+    corpus_dir = places.upload(places.local("corpus"))  # on a store, every node reads it there
+    return {"train": [storage.join(corpus_dir, "train")], "val": [storage.join(corpus_dir, "val")]}
+
+
+@dataclass
+class CorpusTokens:
+    """A job's tokenizer and its corpus tokenized once, per split."""
+
+    tokenizer_path: Path | str
+    tokenizer: Tokenizer
+    stores: dict[str, TokenStore]
+
+
+def tokenize_once(data: DataPipelineConfig, inputs: dict[str, list[str]], places: JobPlaces, session: JobSession,
+                  parent: str, stages: list[StageConfig]) -> CorpusTokens:
+    """Train the tokenizer on the training inputs, check every stage's evaluations can be built with it
+    (before anything trains), log it on the parent run, and tokenize each split once."""
+    banner("training the SentencePiece tokenizer")
+    tokenizer_path = train_tokenizer(
+        data.tokenizer, inputs["train"], places.join("tokenizer"), format=data.format,
+        text_field=data.text_field, include_suffixes=data.include_suffixes, cleaning=data.cleaning,
+    )
+    tokenizer = load_tokenizer(tokenizer_path)
+    check_stage_evaluations(tokenizer, stages)
+    session.runs.log_artifact(parent, local_copy(tokenizer_path, places.scratch), "tokenizer")
+    banner("tokenizing the corpus once (every stage packs these tokens)")
+    stores = {split: tokenize_split(data, split_inputs, str(tokenizer_path), places.join("data", "tokens", split))
+              for split, split_inputs in inputs.items() if split_inputs}
+    return CorpusTokens(tokenizer_path, tokenizer, stores)
 
 
 PROGRESS_FILE = "campaign_progress.json"

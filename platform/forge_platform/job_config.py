@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from forge_data.config import DataPipelineConfig, LongContextConfig
 from forge_eval import EvalConfig
+from forge_eval.practice import PracticeMix
 from forge_models import ModelConfig, get_preset
 from forge_models.tp_plan import check_context_parallel, check_tensor_parallel
 
@@ -446,6 +447,86 @@ class EvaluateConfig:
     """What to measure."""
 
 
+@dataclass
+class StudyArm:
+    """One model of a study: a name, the model, and how it trains on packed documents."""
+
+    name: str = "hybrid"
+    """The arm's name: its MLflow child runs are `<name>-seed<seed>`, its rows and lines in the results."""
+    model: ModelConfig = field(default_factory=lambda: get_preset("hybrid-debug"))
+    """The model (start from a preset with `preset = "..."`); the study sets its vocab_size."""
+    document_resets: bool = True
+    """Train with document resets (exact per-document state), or as plain packing (false)."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name and "-seed" not in self.name,
+                 f"arms.name = {self.name!r}: must be a non-empty folder name without '-seed'")
+
+
+@dataclass
+class StudyConfig(JobBase):
+    """A controlled comparison: several models trained on the same data, tokenizer, token budget and
+    seeds, each evaluated by the same suites; one MLflow parent run with a child per model and seed,
+    a results page with the table, the plots and paired confidence intervals."""
+
+    name: str = "study"
+    """The study's name: the MLflow parent run's name."""
+    output_dir: str = "runs/study"
+    """Everything the study writes: corpus, tokenizer, shards, checkpoints, plots, results page, local MLflow."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    """The bundled real text (tiny Shakespeare, standard-library sources)."""
+    practice_documents: int = 2000
+    """Synthetic recall documents (forge_eval.practice) added to the training text; 0 adds none."""
+    practice_seed: int = 1000
+    """Seed of the practice documents (their random stream differs from every suite's)."""
+    practice: PracticeMix = field(default_factory=PracticeMix)
+    """Which practice documents, and how big."""
+    data: DataPipelineConfig = field(default_factory=DataPipelineConfig)
+    """Tokenizer training, tokenizing and packing (packed once, at `stage.seq_len`, for every arm)."""
+    stage: StageConfig = field(default_factory=StageConfig)
+    """What every arm and seed runs: sequence length, steps, batch, optimizer, evaluation
+    (`stage.train.seed` and `stage.train.document_resets` are set per run)."""
+    arms: list[StudyArm] = field(default_factory=lambda: [StudyArm()])
+    """The models compared."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Every arm trains once per seed (initialisation and data order); the same seeds for every arm,
+    so differences are paired."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Workers of each run."""
+    comparisons: list[str] = field(default_factory=list)
+    """Headline comparisons, `"<arm> vs <arm>"` (on `headline_metric`) or `"<arm> vs <arm> on <metric>"`:
+    the results give the paired difference over the seeds with its 95% confidence interval."""
+    headline_metric: str = "phonebook_accuracy_mean"
+    """The metric compared: any evaluation metric, or the study's means over lengths and formats
+    (`phonebook_accuracy_mean`, `niah_score_mean`)."""
+    results_page: str = ""
+    """Also write the results page (Markdown) and its plots here, e.g. docs/results/reproduction.md
+    (a local path); it is always written to `output_dir/results/`."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.practice_documents >= 0, f"practice_documents = {self.practice_documents}: must be >= 0")
+        _require(bool(self.arms), "arms = []: must hold at least one arm")
+        names = [arm.name for arm in self.arms]
+        _require(len(set(names)) == len(names), f"arms.*.name = {names}: must be unique")
+        _require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
+                 f"seeds = {self.seeds}: must be distinct and at least one")
+        for comparison in self.comparisons:
+            first, second, metric = self.comparison(comparison)
+            _require(first in names and second in names and first != second and bool(metric),
+                     f"comparisons: {comparison!r} must be '<arm> vs <arm>' or '<arm> vs <arm> on <metric>' "
+                     f"with two of {names}")
+        for arm in self.arms:
+            check_layout(arm.model, self.parallel)
+        _require(not self.stage.init_from_previous, "stage.init_from_previous = true: a study trains from scratch")
+
+    def comparison(self, text: str) -> tuple[str, str, str]:
+        """('<arm>', '<arm>', metric) of one `comparisons` entry."""
+        pair, _, metric = text.partition(" on ")
+        first, _, second = pair.partition(" vs ")
+        return first.strip(), second.strip(), metric.strip() or self.headline_metric
+
+
 # Every job's config class, by job module name (`python -m jobs.<name>`).
 JOB_CONFIGS: dict[str, type] = {
     "campaign": CampaignConfig,
@@ -453,6 +534,7 @@ JOB_CONFIGS: dict[str, type] = {
     "extend_context": PretrainConfig,
     "tokenize": TokenizeConfig,
     "evaluate": EvaluateConfig,
+    "reproduce": StudyConfig,
 }
 
 

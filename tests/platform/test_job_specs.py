@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from forge_models import build_model
 from forge_platform.training.deepspeed_config import build_deepspeed_config
-from forge_platform.job_config import JOB_CONFIGS, CampaignConfig, PretrainConfig, load_job_config
+from forge_platform.job_config import JOB_CONFIGS, CampaignConfig, PretrainConfig, StudyConfig, load_job_config
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "jobs" / "specs"
@@ -23,6 +23,8 @@ SPEC_JOBS = {
     "pretrain.toml": "pretrain",
     "extend_context_16k.toml": "extend_context",
     "tokenize.toml": "tokenize",
+    "reproduce_recall.toml": "reproduce",
+    "reproduce_recall_cpu.toml": "reproduce",
 }
 
 
@@ -34,9 +36,12 @@ def test_every_spec_file_is_known() -> None:
 def test_spec_loads_and_dry_runs(spec: str) -> None:
     cls = JOB_CONFIGS[SPEC_JOBS[spec]]
     cfg = load_job_config(cls, SPECS / spec, [])
-    stages = cfg.stages if isinstance(cfg, CampaignConfig) else [cfg.stage] if isinstance(cfg, PretrainConfig) else []
-    if hasattr(cfg, "model"):
-        model = build_model(cfg.model, device="meta")  # the 8B presets too, without allocating them
+    stages = (cfg.stages if isinstance(cfg, CampaignConfig) else [cfg.stage]
+              if isinstance(cfg, (PretrainConfig, StudyConfig)) else [])
+    models = [arm.model for arm in cfg.arms] if isinstance(cfg, StudyConfig) else [cfg.model] \
+        if hasattr(cfg, "model") else []
+    for model_cfg in models:
+        model = build_model(model_cfg, device="meta")  # the 8B presets too, without allocating them
         assert model.num_parameters() > 0
     for stage in stages:
         ds = build_deepspeed_config(stage.train, stage.optim, cfg.parallel.dims.dp)

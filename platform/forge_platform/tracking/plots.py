@@ -13,7 +13,7 @@ from pathlib import Path
 def plot_loss_per_stage(histories: Mapping[str, Sequence[tuple[int, float]]], path: str | Path,
                         title: str = "Training loss per stage") -> Path:
     """One line per stage, steps laid end to end so a context extension continues its parent."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     offset = 0
     for name, points in histories.items():
@@ -28,7 +28,7 @@ def plot_loss_per_stage(histories: Mapping[str, Sequence[tuple[int, float]]], pa
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 # --- Evaluation across a campaign's stages (metric names: forge_eval.suites' docstring) ---
@@ -64,7 +64,7 @@ def evaluation_series(stage_metrics: Mapping[str, Mapping[str, float]]) -> Evalu
     return series
 
 
-def _figure():  # noqa: ANN202 - matplotlib.pyplot, imported lazily
+def pyplot():  # noqa: ANN202 - matplotlib.pyplot, imported lazily
     import matplotlib
 
     matplotlib.use("Agg")  # headless: workers and CI have no display
@@ -73,7 +73,7 @@ def _figure():  # noqa: ANN202 - matplotlib.pyplot, imported lazily
     return plt
 
 
-def _save(plt, fig, path: str | Path) -> Path:  # noqa: ANN001
+def save_figure(plt, fig, path: str | Path) -> Path:  # noqa: ANN001
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def _save(plt, fig, path: str | Path) -> Path:  # noqa: ANN001
     return path
 
 
-def _length_axis(ax, lengths: Sequence[int]) -> None:  # noqa: ANN001
+def length_axis(ax, lengths: Sequence[int]) -> None:  # noqa: ANN001
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(lengths))
     ax.set_xticklabels([f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n) for n in sorted(lengths)])
@@ -92,27 +92,27 @@ def plot_accuracy_vs_length(accuracy: Mapping[str, Mapping[int, float]], path: s
                             title: str = "Phonebook accuracy vs context length") -> Path:
     """One line per stage (and format): exact-match accuracy against the book's length in tokens
     (the paper's Figure 7 shape)."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     lengths: set[int] = set()
     for name, points in accuracy.items():
         xs = sorted(points)
         lengths.update(xs)
         ax.plot(xs, [points[x] for x in xs], marker="o", label=name, linewidth=1.4)
-    _length_axis(ax, lengths)
+    length_axis(ax, lengths)
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("phonebook length (tokens)")
     ax.set_ylabel("exact-match accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def plot_niah_heatmap(niah: Mapping[str, Mapping[tuple[int, int], float]], path: str | Path,
                       title: str = "Needle in a haystack: score by depth and length") -> Path:
     """One heatmap per stage (and haystack): needle depth (rows) x context length (columns)."""
-    plt = _figure()
+    plt = pyplot()
     panels = list(niah.items())
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.2, 3.8), dpi=110, squeeze=False)
     image = None
@@ -142,7 +142,7 @@ def plot_niah_heatmap(niah: Mapping[str, Mapping[tuple[int, int], float]], path:
 def plot_position_loss(position_loss: Mapping[str, Mapping[int, float]], path: str | Path,
                        title: str = "Held-out loss by position") -> Path:
     """One line per stage: loss in each position bucket (does the stage use its context, does it extrapolate)."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     for name, points in position_loss.items():
         xs = sorted(points)
@@ -152,7 +152,7 @@ def plot_position_loss(position_loss: Mapping[str, Mapping[int, float]], path: s
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def plot_campaign_evaluation(stage_metrics: Mapping[str, Mapping[str, float]], out_dir: str | Path,

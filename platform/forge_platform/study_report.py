@@ -1,0 +1,329 @@
+"""A study's results, read in a minute: per arm the mean over seeds with a 95% confidence interval,
+the headline comparisons as paired differences (the same seeds give every arm the same data order),
+two plots, and a Markdown page that holds them all with the command that made them.
+
+Intervals are Student t intervals over seeds (n seeds, n - 1 degrees of freedom): with 3 seeds the
+half-width is 4.30 standard errors, so only large differences come out as real; with 1 seed there
+is no interval (shown as "n/a"), and the page says so.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean, stdev
+
+from forge_platform.job_config import StudyConfig
+from forge_platform.session import JobPlaces
+from forge_platform.tracking.plots import evaluation_series, length_axis, pyplot, save_figure
+
+PAGE = "reproduction.md"
+RECALL_PLOT = "recall_vs_length.png"
+RESETS_PLOT = "document_resets.png"
+_PHONEBOOK = re.compile(r"phonebook_(standard|reversed)_(\d+)_accuracy")
+_NIAH = re.compile(r"ruler_niah_single_\w+?_(\d+)_score")  # the mean over depths at one length
+
+
+@dataclass
+class RunResult:
+    """One arm trained with one seed, and what its evaluation measured."""
+
+    arm: str
+    seed: int
+    pattern: str
+    document_resets: bool
+    num_params: int
+    final_loss: float
+    run_id: str
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The study's own summaries: means over every length and format measured.
+        phonebook = [v for k, v in self.metrics.items() if _PHONEBOOK.fullmatch(k)]
+        niah = [v for k, v in self.metrics.items() if _NIAH.fullmatch(k)]
+        if phonebook:
+            self.metrics.setdefault("phonebook_accuracy_mean", mean(phonebook))
+        if niah:
+            self.metrics.setdefault("niah_score_mean", mean(niah))
+        self.metrics.setdefault("final_train_loss", self.final_loss)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over seeds and its 95% confidence half-width (nan with one seed)."""
+
+    mean: float
+    half_width: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Estimate":
+        values = [v for v in values if not math.isnan(v)]
+        if not values:
+            return cls(math.nan, math.nan, 0)
+        if len(values) == 1:
+            return cls(values[0], math.nan, 1)
+        from scipy.stats import t  # scipy ships with the platform's dependencies (MLflow's)
+
+        return cls(mean(values), t.ppf(0.975, len(values) - 1) * stdev(values) / math.sqrt(len(values)), len(values))
+
+    def text(self, digits: int = 3) -> str:
+        if math.isnan(self.mean):
+            return "n/a"
+        if math.isnan(self.half_width):
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f}"
+
+    @property
+    def excludes_zero(self) -> bool:
+        return not math.isnan(self.half_width) and abs(self.mean) > self.half_width
+
+
+@dataclass
+class StudyResults:
+    """What `write_results` produced."""
+
+    files: list[Path]
+    parent_metrics: dict[str, float]
+    summary: str
+    comparisons: dict[str, Estimate]
+
+
+def by_arm(runs: Sequence[RunResult]) -> dict[str, list[RunResult]]:
+    """Runs grouped by arm, arms in the order they ran."""
+    groups: dict[str, list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault(run.arm, []).append(run)
+    return groups
+
+
+def estimate(runs: Sequence[RunResult], metric: str) -> Estimate:
+    return Estimate.of([r.metrics.get(metric, math.nan) for r in runs])
+
+
+def paired_difference(runs: Sequence[RunResult], first: str, second: str, metric: str) -> Estimate:
+    """`first` minus `second` on `metric`, seed by seed (seeds both arms ran)."""
+    a = {r.seed: r.metrics.get(metric, math.nan) for r in runs if r.arm == first}
+    b = {r.seed: r.metrics.get(metric, math.nan) for r in runs if r.arm == second}
+    return Estimate.of([a[s] - b[s] for s in sorted(a) if s in b])
+
+
+def write_results(cfg: StudyConfig, runs: Sequence[RunResult], places: JobPlaces, gpu_seconds: float) -> StudyResults:
+    """The plots and the page in the job's results folder (uploaded with an object-store output_dir),
+    copied to `cfg.results_page` when set; the per-arm means for the parent run."""
+    folder = places.local("results")
+    files = [plot_recall(runs, cfg.stage.seq_len, folder / RECALL_PLOT)]
+    if any(not r.document_resets for r in runs):
+        files.append(plot_resets(runs, folder / RESETS_PLOT))
+    comparisons = {}
+    for text in cfg.comparisons:
+        first, second, metric = cfg.comparison(text)
+        comparisons[f"{first} vs {second} on {metric}"] = paired_difference(runs, first, second, metric)
+    page = folder / PAGE
+    page.write_text(results_page(cfg, runs, comparisons, [f.name for f in files], gpu_seconds), encoding="utf-8")
+    files.append(page)
+    places.upload(folder)
+    if cfg.results_page:
+        target = Path(cfg.results_page)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        reading = kept_reading(target)
+        for path in files:
+            shutil.copyfile(path, target if path == page else target.parent / path.name)
+        if reading:
+            target.write_text(target.read_text(encoding="utf-8") + reading, encoding="utf-8")
+    metrics = {}
+    for arm, group in by_arm(runs).items():
+        for metric in (cfg.headline_metric, "val_loss", "val_plain_loss", "niah_score_mean"):
+            value = estimate(group, metric)
+            if not math.isnan(value.mean):
+                metrics[f"{arm}.{metric}"] = value.mean
+    return StudyResults(files, metrics, summary_table(cfg, runs, comparisons), comparisons)
+
+
+def _recall_series(runs: Sequence[RunResult]) -> dict[str, dict[str, dict[int, Estimate]]]:
+    """task ('phonebook standard', 'phonebook reversed', 'NIAH') -> arm -> {length: estimate over seeds}."""
+    per_task: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for run in runs:
+        for name, value in run.metrics.items():
+            if m := _PHONEBOOK.fullmatch(name):
+                task, length = f"phonebook {m[1]}", int(m[2])
+            elif (m := _NIAH.fullmatch(name)) and "_depth" not in name:
+                task, length = "NIAH (single needle)", int(m[1])
+            else:
+                continue
+            per_task.setdefault(task, {}).setdefault(run.arm, {}).setdefault(length, []).append(value)
+    return {task: {arm: {n: Estimate.of(v) for n, v in sorted(points.items())} for arm, points in arms.items()}
+            for task, arms in per_task.items()}
+
+
+def plot_recall(runs: Sequence[RunResult], trained_length: int, path: Path) -> Path:
+    """One panel per recall task: accuracy against context length, a line per arm (mean over seeds,
+    band: 95% interval), the trained length marked (the paper's Figure 3/7 shape)."""
+    series = _recall_series(runs)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, max(1, len(series)), figsize=(5 * max(1, len(series)), 4.2), dpi=110, squeeze=False)
+    for ax, (task, arms) in zip(axes[0], sorted(series.items())):
+        lengths: set[int] = set()
+        for arm, points in arms.items():
+            xs = sorted(points)
+            lengths.update(xs)
+            ys = [points[x].mean for x in xs]
+            line, = ax.plot(xs, ys, marker="o", label=arm, linewidth=1.5)
+            low = [points[x].mean - (0 if math.isnan(points[x].half_width) else points[x].half_width) for x in xs]
+            high = [points[x].mean + (0 if math.isnan(points[x].half_width) else points[x].half_width) for x in xs]
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
+        ax.axvline(trained_length, color="grey", linestyle="--", linewidth=0.8)
+        length_axis(ax, lengths | {trained_length})
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(task)
+        ax.set_xlabel("context length (tokens); dashed: trained length")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    return save_figure(plt, fig, path)
+
+
+def plot_resets(runs: Sequence[RunResult], path: Path) -> Path:
+    """Document resets on vs off: held-out loss on multi-document rows scored with resets and as plain
+    streams (bars per arm), and loss by position on whole held-out documents (a line per arm)."""
+    groups = by_arm(runs)
+    plt = pyplot()
+    fig, (bars, lines) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    names = list(groups)
+    for offset, (metric, label) in enumerate((("val_loss", "scored with resets"),
+                                              ("val_plain_loss", "scored as plain streams"))):
+        values = [estimate(groups[a], metric) for a in names]
+        xs = [i + (offset - 0.5) * 0.38 for i in range(len(names))]
+        bars.bar(xs, [v.mean for v in values], width=0.38, label=label,
+                 yerr=[0 if math.isnan(v.half_width) else v.half_width for v in values], capsize=3)
+    bars.set_xticks(range(len(names)))
+    bars.set_xticklabels([f"{a}\n(resets {'on' if groups[a][0].document_resets else 'off'})" for a in names],
+                         fontsize=8)
+    bars.set_ylabel("held-out loss (nats per token)")
+    bars.set_title("multi-document rows")
+    bars.legend(fontsize=8)
+    for arm, group in groups.items():
+        per_seed = [evaluation_series({arm: r.metrics}).position_loss.get(arm, {}) for r in group]
+        starts = sorted(set().union(*per_seed)) if per_seed else []
+        if starts:
+            lines.plot(starts, [Estimate.of([p.get(s, math.nan) for p in per_seed]).mean for s in starts],
+                       marker=".", label=arm, linewidth=1.4)
+    lines.set_xlabel("position in the document (bucket start, tokens)")
+    lines.set_ylabel("loss (nats per token)")
+    lines.set_title("long single documents")
+    lines.grid(alpha=0.3)
+    lines.legend(fontsize=8)
+    return save_figure(plt, fig, path)
+
+
+def _columns(cfg: StudyConfig) -> list[tuple[str, str]]:
+    return [("params", ""), ("final_train_loss", "train loss"), ("val_loss", "held-out loss"),
+            ("val_plain_loss", "held-out loss, plain streams"), ("phonebook_accuracy_mean", "phonebook (mean)"),
+            ("niah_score_mean", "NIAH (mean)")] + ([(cfg.headline_metric, cfg.headline_metric)]
+                                                   if cfg.headline_metric not in ("phonebook_accuracy_mean",
+                                                                                  "niah_score_mean") else [])
+
+
+def _arm_rows(cfg: StudyConfig, runs: Sequence[RunResult]) -> list[list[str]]:
+    rows = []
+    for arm, group in by_arm(runs).items():
+        row = [arm, group[0].pattern, "on" if group[0].document_resets else "off", str(len(group))]
+        for metric, _ in _columns(cfg):
+            row.append(f"{group[0].num_params / 1e6:.2f}M" if metric == "params" else estimate(group, metric).text())
+        rows.append(row)
+    return rows
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _recall_table(runs: Sequence[RunResult]) -> str:
+    blocks = []
+    for task, arms in sorted(_recall_series(runs).items()):
+        lengths = sorted({n for points in arms.values() for n in points})
+        rows = [[arm] + [points[n].text(2) if n in points else "" for n in lengths] for arm, points in arms.items()]
+        blocks.append(f"**{task}**, accuracy by context length (tokens):\n\n" + _table(["arm"] + [str(n) for n in lengths], rows))
+    return "\n\n".join(blocks)
+
+
+def _comparison_rows(comparisons: Mapping[str, Estimate]) -> list[list[str]]:
+    rows = []
+    for name, diff in comparisons.items():
+        verdict = ("interval excludes 0" if diff.excludes_zero else
+                   "one seed: no interval" if diff.n == 1 else "interval includes 0: not resolved")
+        rows.append([name, diff.text(), str(diff.n), verdict])
+    return rows
+
+
+def summary_table(cfg: StudyConfig, runs: Sequence[RunResult], comparisons: Mapping[str, Estimate]) -> str:
+    """The results as plain text for the job's log."""
+    header = ["arm", "pattern", "resets", "seeds"] + [label or metric for metric, label in _columns(cfg)]
+    text = _table(header, _arm_rows(cfg, runs))
+    if comparisons:
+        text += "\n\npaired differences (first arm minus second, seed by seed):\n"
+        text += _table(["comparison", "mean ± 95% CI", "seeds", ""], _comparison_rows(comparisons))
+    return text
+
+
+def results_page(cfg: StudyConfig, runs: Sequence[RunResult], comparisons: Mapping[str, Estimate],
+                 plots: Sequence[str], gpu_seconds: float) -> str:
+    """The Markdown results page (the reading of the results is written by a person, below it)."""
+    stage = cfg.stage
+    tokens = stage.train.steps * stage.train.micro_batch_size * stage.train.grad_accum_steps \
+        * cfg.parallel.num_workers * stage.seq_len
+    command = "python -m " + " ".join(shlex.quote(a) for a in [_job_module()] + sys.argv[1:])
+    wall = sum(r.seconds for r in runs)
+    parts = [
+        f"# {cfg.name}: results",
+        "",
+        f"Made by `{command}`: {len(cfg.arms)} arms x seeds {cfg.seeds}, each trained {stage.train.steps} steps "
+        f"on {_count(tokens)} tokens of rows of {stage.seq_len} tokens (the same rows, in the same order for a "
+        f"seed, for every arm), {cfg.practice_documents} recall practice documents in the training text. "
+        f"Training and evaluation took {wall / 60:.1f} min in all"
+        + (f" ({gpu_seconds / 60:.1f} GPU-minutes)." if gpu_seconds else " (CPU workers)."),
+        "",
+        "Means over seeds ± the 95% Student t interval (n/a: one seed).",
+        "",
+        _table(["arm", "pattern", "resets", "seeds"] + [label or metric for metric, label in _columns(cfg)],
+               _arm_rows(cfg, runs)),
+        "",
+        _recall_table(runs),
+    ]
+    if comparisons:
+        parts += ["", "Headline comparisons: the first arm minus the second, seed by seed:", "",
+                  _table(["comparison", "mean difference ± 95% CI", "seeds", "reading"], _comparison_rows(comparisons))]
+    parts += [""] + [f"![{name}]({name})" for name in plots]
+    parts += ["", "MLflow runs (parent, then one per arm and seed): " + ", ".join(
+        f"{r.arm}-seed{r.seed} `{r.run_id}`" for r in runs), ""]
+    return "\n".join(parts)
+
+
+READING = "\n## Reading"
+
+
+def kept_reading(page: Path) -> str:
+    """The part of an existing results page from its `## Reading` heading on: a person's reading of
+    the results, kept when the study writes the page again (the numbers above it are replaced)."""
+    if not page.is_file():
+        return ""
+    text = page.read_text(encoding="utf-8")
+    return text[text.index(READING):] if READING in text else ""
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,.0f}"
+
+
+def _job_module() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None and spec.name else "jobs.reproduce"
