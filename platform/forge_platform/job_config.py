@@ -433,14 +433,20 @@ class EvaluateConfig:
     """Evaluate a checkpoint with forge_eval's suites (held-out loss, Phonebook, ...)."""
 
     checkpoint: str = ""
-    """A checkpoint folder (with model.pt and model_config.json); empty with `run_id`: the run's."""
+    """A checkpoint folder (with model.pt and model_config.json), local or on an object store (s3://...,
+    gs://...; credentials from the environment); empty with `run_id`: the run's."""
     run_id: str = ""
-    """An MLflow stage run to evaluate instead: its checkpoint and held-out manifest come from its tags
-    (forge.checkpoint, forge.val_manifest), and the metrics are added to it at the checkpoint's step."""
+    """An MLflow stage run to evaluate instead: its checkpoint and held-out manifests come from its tags
+    (forge.checkpoint, forge.val_manifest, forge.ppl_manifest), and the metrics are added to it at the
+    checkpoint's step."""
     tracking_uri: str = ""
     """The MLflow server holding `run_id`; empty: the MLFLOW_TRACKING_URI environment variable."""
     val_manifest: str = ""
     """manifest.json of held-out packed shards; empty with `run_id`: the one the run was evaluated on."""
+    ppl_manifest: str = ""
+    """manifest.json of held-out shards packed at (at least) `eval.ppl_max_position` tokens, read by the
+    `ppl` suite instead of `val_manifest`; empty: `ppl` reads `val_manifest`, or, with `run_id` and no
+    `val_manifest` given, the longer rows the run's `ppl` suite read (forge.ppl_manifest) if it had any."""
     tokenizer: str = ""
     """The SentencePiece model file the data was tokenized with."""
     eval: EvalConfig = field(default_factory=EvalConfig)
