@@ -164,8 +164,11 @@ def run_evaluate_job(cfg: EvaluateConfig) -> dict[str, float]:
         if not tracking_uri:
             raise ConfigError("tracking_uri: must be given with run_id (or set MLFLOW_TRACKING_URI)")
         recorded = run_inputs(tracking_uri, cfg.run_id)
+        # The run's longer ppl rows are its held-out data packed again: with a --val_manifest naming
+        # other data they would measure `ppl` on something else, so they come only with the run's own.
+        ppl_manifest = cfg.ppl_manifest or ("" if cfg.val_manifest else recorded.ppl_manifest)
         cfg = dataclasses.replace(cfg, checkpoint=cfg.checkpoint or recorded.checkpoint,
-                                  val_manifest=cfg.val_manifest or recorded.val_manifest)
+                                  val_manifest=cfg.val_manifest or recorded.val_manifest, ppl_manifest=ppl_manifest)
     if not cfg.checkpoint:
         raise ConfigError("checkpoint: must be given (a checkpoint folder with model.pt and model_config.json), "
                           "or run_id: a stage's MLflow run")
@@ -173,12 +176,15 @@ def run_evaluate_job(cfg: EvaluateConfig) -> dict[str, float]:
     # anything loads, so a missing object, refused credentials or a missing bucket is one line.
     model_cfg = checkpoint_model_config(cfg.checkpoint)
     suites = cfg.eval.suites
-    needs_rows = [s for s in suites if s in HELD_OUT_SUITES]
+    needs_rows = [s for s in suites if s in HELD_OUT_SUITES and not (s == "ppl" and cfg.ppl_manifest)]
     if needs_rows and not cfg.val_manifest:
         raise ConfigError(f"val_manifest: must be given for suites {', '.join(needs_rows)} (held-out packed shards)")
-    if needs_rows:
-        storage.check_location(cfg.val_manifest)  # unreachable, refused, no bucket: said as such
-        Manifest.load(cfg.val_manifest)
+    held_out = [cfg.val_manifest] if needs_rows else []
+    if "ppl" in suites and cfg.ppl_manifest:
+        held_out.append(cfg.ppl_manifest)
+    for manifest in held_out:
+        storage.check_location(manifest)  # unreachable, refused, no bucket: said as such
+        Manifest.load(manifest)
     try:
         tokenizer = load_tokenizer(str(find_tokenizer(cfg.checkpoint, cfg.tokenizer))) if cfg.eval.needs_tokenizer \
             else None
@@ -191,7 +197,8 @@ def run_evaluate_job(cfg: EvaluateConfig) -> dict[str, float]:
     weights = weights_size(cfg.checkpoint)
     check_eval_lengths(model_cfg, weights, cfg.eval, available_memory(on_gpu), on_gpu)
     step = checkpoint_step(cfg.checkpoint) if cfg.run_id else 0  # where the metrics go: known before evaluating
-    metrics = evaluate_checkpoint(cfg.checkpoint, model_cfg, cfg.eval, cfg.val_manifest or None, tokenizer)
+    metrics = evaluate_checkpoint(cfg.checkpoint, model_cfg, cfg.eval, cfg.val_manifest or None, tokenizer,
+                                  ppl_manifest=cfg.ppl_manifest or None)
     print(json.dumps(metrics, indent=2))
     if cfg.run_id:
         log_to_run(tracking_uri, cfg.run_id, metrics, step)

@@ -1,10 +1,11 @@
 """What an MLflow stage run points at: its checkpoint and held-out data, for `jobs.evaluate --run_id`.
 
 A stage run is tagged, when it ends, with its last checkpoint (`forge.checkpoint`) and, when it
-starts, with the held-out manifest it was evaluated on (`forge.val_manifest`). Evaluating "the run"
-means evaluating that checkpoint on that data and adding the metrics to that run, at the checkpoint's
-step, beside the ones the stage logged itself. A run without those tags (a campaign's parent run, a
-stage that never finished) is refused in one line naming the run and the tag.
+starts, with the held-out manifest it was evaluated on (`forge.val_manifest`) and, when its `ppl`
+suite measured past its seq_len, the same data packed that long (`forge.ppl_manifest`). Evaluating
+"the run" means evaluating that checkpoint on that data and adding the metrics to that run, at the
+checkpoint's step, beside the ones the stage logged itself. A run without a checkpoint tag (a
+campaign's parent run, a stage that never finished) is refused in one line naming the run and the tag.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ CHECKPOINT_TAG = "forge.checkpoint"
 """Tag of a stage run: its last checkpoint (a folder or an object-store URI)."""
 VAL_MANIFEST_TAG = "forge.val_manifest"
 """Tag of a stage run: the held-out manifest its evaluation read."""
+PPL_MANIFEST_TAG = "forge.ppl_manifest"
+"""Tag of a stage run whose `ppl` suite read longer rows: the held-out data packed at its longest position."""
 
 
 @dataclass(frozen=True)
@@ -28,10 +31,12 @@ class RunInputs:
     checkpoint: str
     val_manifest: str
     """Empty when the stage had no held-out data."""
+    ppl_manifest: str = ""
+    """Empty when the stage's `ppl` suite read `val_manifest` (it measured no further than its seq_len)."""
 
 
 def run_inputs(tracking_uri: str, run_id: str) -> RunInputs:
-    """The checkpoint and held-out manifest a stage run recorded; ConfigError when it recorded none."""
+    """The checkpoint and held-out manifests a stage run recorded; ConfigError when it recorded none."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -44,7 +49,8 @@ def run_inputs(tracking_uri: str, run_id: str) -> RunInputs:
     if not tags.get(CHECKPOINT_TAG):
         raise ConfigError(f"run_id = {run_id!r} ({run.info.run_name}) has no {CHECKPOINT_TAG} tag: evaluate a stage's "
                           "run that finished training (a campaign's parent run has none: pick one of its children)")
-    return RunInputs(checkpoint=tags[CHECKPOINT_TAG], val_manifest=tags.get(VAL_MANIFEST_TAG, ""))
+    return RunInputs(checkpoint=tags[CHECKPOINT_TAG], val_manifest=tags.get(VAL_MANIFEST_TAG, ""),
+                     ppl_manifest=tags.get(PPL_MANIFEST_TAG, ""))
 
 
 def log_to_run(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:

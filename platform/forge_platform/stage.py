@@ -16,7 +16,7 @@ from forge_models import ModelConfig
 from forge_platform.config_loader import config_hash, flatten
 from forge_platform.evaluation import evaluate_checkpoint
 from forge_platform.job_config import ParallelConfig, StageConfig
-from forge_platform.run_inputs import CHECKPOINT_TAG, VAL_MANIFEST_TAG
+from forge_platform.run_inputs import CHECKPOINT_TAG, PPL_MANIFEST_TAG, VAL_MANIFEST_TAG
 from forge_platform.session import JobSession, banner, local_copy
 from forge_platform.training.stage_runner import run_stage
 from forge_platform.training.trainer import StageRun
@@ -39,6 +39,17 @@ class StageOutcome:
     eval_metrics: dict[str, float]
 
 
+def stage_run_tags(model_cfg: ModelConfig, manifests: dict[str, Path | str]) -> dict[str, str]:
+    """The tags a stage's MLflow run starts with: what it is and, so that `jobs.evaluate --run_id` reads
+    the data the stage was evaluated on, its held-out manifests (the `ppl` suite's longer rows too)."""
+    tags = {"forge.kind": "stage", "forge.model": model_cfg.pattern}
+    if "val" in manifests:
+        tags[VAL_MANIFEST_TAG] = str(manifests["val"])
+        if PPL_SPLIT in manifests:
+            tags[PPL_MANIFEST_TAG] = str(manifests[PPL_SPLIT])
+    return tags
+
+
 def train_and_evaluate(
     stage: StageConfig,
     model_cfg: ModelConfig,
@@ -55,9 +66,7 @@ def train_and_evaluate(
     """Train `stage` from `manifests["train"]`, then evaluate on `manifests["val"]` if present (the `ppl`
     suite on `manifests[PPL_SPLIT]` when present: held-out data packed at its longest position)."""
     runs = session.runs
-    tags = {"forge.kind": "stage", "forge.model": model_cfg.pattern}
-    if "val" in manifests:  # so `jobs.evaluate --run_id` finds the data the stage was evaluated on
-        tags[VAL_MANIFEST_TAG] = str(manifests["val"])
+    tags = stage_run_tags(model_cfg, manifests)
     key = f"{ray_name}/{config_hash(stage)}/{config_hash(model_cfg)}"
     run_id = runs.start(stage.name, flatten(stage), parent_run_id=parent_run_id, tags=tags, key=key)
     try:

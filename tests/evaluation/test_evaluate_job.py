@@ -187,6 +187,36 @@ def test_evaluate_a_stage_run_by_its_mlflow_run_id(campaign_like, tmp_path, caps
     assert [(m.step, m.value) for m in history] == [(7, pytest.approx(val_loss))]
     assert client.get_run(stage_run.info.run_id).info.status == "FINISHED"
 
+    # A stage whose `ppl` suite measured past its seq_len (64) read longer rows (PPL_SPLIT): the run's tags,
+    # as the stage writes them, bring them back, so evaluating the run measures as far again.
+    from forge_data import DataPipelineConfig, PackingConfig, TokenizerConfig, run_pipeline
+    from forge_platform.stage import PPL_SPLIT, stage_run_tags
+
+    data_root = Path(manifest).parents[1]
+    long_rows = tmp_path / PPL_SPLIT
+    run_pipeline(DataPipelineConfig(inputs=[str(data_root / "corpus")], output_dir=str(long_rows),
+                                    tokenizer=TokenizerConfig(model_path=str(data_root / "tokenizer" / "tokenizer.model")),
+                                    packing=PackingConfig(seq_len=256), shard_tokens=256 * 16), use_ray=False)
+    model_cfg = json.loads((checkpoint / "model_config.json").read_text())
+    from forge_models import ModelConfig
+
+    tags = stage_run_tags(ModelConfig(**model_cfg), {"val": manifest, PPL_SPLIT: long_rows / "manifest.json"})
+    long_run = client.create_run(experiment, tags={CHECKPOINT_TAG: str(checkpoint), **tags})
+    client.set_terminated(long_run.info.run_id)
+    ppl = ("--suites", "validation,ppl", "--eval.val_batches", "1", "--eval.ppl_rows", "1", "--eval.ppl_bucket", "64",
+           "--eval.ppl_max_position", "256")
+    code, out, errors = run(capsys, "--run_id", long_run.info.run_id, "--tracking_uri", uri, *tokenizer, *ppl)
+    assert code == 0 and not errors, errors
+    metrics = json.loads(out[out.index("{"):])
+    assert metrics["pos_max_position"] == 256 and metrics["pos_192_256_tokens"] > 0, metrics
+    assert metrics["val_loss"] == pytest.approx(val_loss)  # validation still reads the stage's own rows
+    assert client.get_metric_history(long_run.info.run_id, "pos_192_256_loss")[0].step == 7
+    # A --val_manifest naming the data leaves the run's longer rows out: ppl stops at that data's 64 tokens.
+    code, out, errors = run(capsys, "--run_id", long_run.info.run_id, "--tracking_uri", uri, *tokenizer, *ppl,
+                            "--val_manifest", manifest)
+    assert code == 0 and not errors, errors
+    assert json.loads(out[out.index("{"):])["pos_max_position"] <= 64
+
     parent = client.create_run(experiment)
     code, _, errors = run(capsys, "--run_id", parent.info.run_id, "--tracking_uri", uri, "--suites", "validation")
     assert code == 2 and errors and re.search(rf"run_id = '{parent.info.run_id}' .* has no forge.checkpoint tag", errors[0])
