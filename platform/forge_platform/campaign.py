@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from forge_data import storage
 from forge_data import (DataPipelineConfig, LongContextConfig, Manifest, TokenStore, load_tokenizer, pack_tokens,
@@ -202,14 +203,19 @@ def stage_progress_keys(cfg: CampaignConfig, inputs: dict[str, list[str]], model
     is left out: checkpoints reshard, so a rerun on another layout skips what finished."""
     key = config_hash({"corpus": cfg.corpus, "data": cfg.data, "inputs": inputs, "model": model_cfg,
                        "tokenizer": tokenizer_sha256})
-    data_parallel = cfg.parallel.dims.dp
     keys = []
     for stage in cfg.stages:
-        rows = stage.train.micro_batch_size * stage.train.grad_accum_steps * data_parallel
-        result = dataclasses.replace(stage, train=dataclasses.replace(stage.train, **LAYOUT_ONLY_TRAIN_FIELDS))
-        key = config_hash({"before": key, "stage": result, "global_batch_rows": rows})
+        key = config_hash({"before": key, **layout_free(stage, cfg.parallel.dims.dp)})
         keys.append(key)
     return keys
+
+
+def layout_free(stage: StageConfig, data_parallel: int) -> dict[str, Any]:
+    """What of `stage` decides its result, for progress keys: the stage with the fields that follow the
+    layout (`LAYOUT_ONLY_TRAIN_FIELDS`) set aside, and its global batch in rows in their place."""
+    rows = stage.train.micro_batch_size * stage.train.grad_accum_steps * data_parallel
+    result = dataclasses.replace(stage, train=dataclasses.replace(stage.train, **LAYOUT_ONLY_TRAIN_FIELDS))
+    return {"stage": result, "global_batch_rows": rows}
 
 
 class CampaignProgress:

@@ -23,8 +23,8 @@ from forge_data.manifest import MANIFEST_FILE
 from forge_eval.practice import practice_documents
 from forge_models import ModelConfig, build_model
 
-from forge_platform.campaign import CampaignProgress, demo_inputs, describe_stage_data, file_sha256, pack_stage, \
-    tokenize_once
+from forge_platform.campaign import (CampaignProgress, demo_inputs, describe_stage_data, file_sha256, layout_free,
+                                    pack_stage, tokenize_once)
 from forge_platform.config_loader import config_hash, flatten
 from forge_platform.demo_corpus import DemoCorpus
 from forge_platform.job_config import StageConfig, StudyArm, StudyConfig
@@ -50,15 +50,17 @@ class StudyOutcome:
 def run_study(cfg: StudyConfig) -> StudyOutcome:
     """Train and evaluate every arm of `cfg` once per seed, then write the results page."""
     started = time.perf_counter()
-    for arm in cfg.arms:  # the memory plan refuses, before any tokenizing, a run that cannot fit
-        plan_for_job(arm.model, [cfg.stage], cfg.parallel)
+    # The memory plan per arm: a run that cannot fit is refused before any tokenizing, and `auto`
+    # recompute is resolved for each model.
+    planned = {arm.name: plan_for_job(arm.model, [cfg.stage], cfg.parallel)[0] for arm in cfg.arms}
     with job_places(cfg.output_dir, cfg.scratch_dir, cfg.tracking) as places:
         banner(f"study {cfg.name!r}: {len(cfg.arms)} arms x {len(cfg.seeds)} seeds; starting Ray")
         with job_session(cfg.ray_num_cpus, cfg.tracking, places) as session:
-            return _run_study(cfg, places, session, started)
+            return _run_study(cfg, planned, places, session, started)
 
 
-def _run_study(cfg: StudyConfig, places: JobPlaces, session: JobSession, started: float) -> StudyOutcome:
+def _run_study(cfg: StudyConfig, planned: dict[str, StageConfig], places: JobPlaces, session: JobSession,
+               started: float) -> StudyOutcome:
     runs = session.runs
     params = {k: v for k, v in flatten(cfg).items() if not k.startswith("arms")}
     params["arms"] = ", ".join(f"{a.name}={a.model.pattern}{'' if a.document_resets else ' (no resets)'}"
@@ -66,7 +68,7 @@ def _run_study(cfg: StudyConfig, places: JobPlaces, session: JobSession, started
     parent = runs.start(cfg.name, params, tags={"forge.kind": "study"}, key=f"{cfg.name}/{config_hash(cfg)}")
     outcome = StudyOutcome(session.tracking.uri, parent)
     try:
-        outcome.runs = _train_every_run(cfg, places, session, parent)
+        outcome.runs = _train_every_run(cfg, planned, places, session, parent)
         gpu_seconds = sum(r.seconds for r in outcome.runs) if cfg.parallel.use_gpu else 0.0
         outcome.results = write_results(cfg, outcome.runs, places, gpu_seconds)
         for path in outcome.results.files:
@@ -84,7 +86,8 @@ def _run_study(cfg: StudyConfig, places: JobPlaces, session: JobSession, started
     return outcome
 
 
-def _train_every_run(cfg: StudyConfig, places: JobPlaces, session: JobSession, parent: str) -> list[RunResult]:
+def _train_every_run(cfg: StudyConfig, planned: dict[str, StageConfig], places: JobPlaces, session: JobSession,
+                     parent: str) -> list[RunResult]:
     inputs = demo_inputs(cfg.corpus, places, lambda corpus: write_practice(cfg, corpus))
     stage = cfg.stage
     tokens = tokenize_once(cfg.data, inputs, places, session, parent, [stage])
@@ -103,8 +106,8 @@ def _train_every_run(cfg: StudyConfig, places: JobPlaces, session: JobSession, p
     for arm in cfg.arms:
         model_cfg = dataclasses.replace(arm.model, vocab_size=tokens.tokenizer.vocab_size)
         for seed in cfg.seeds:
-            run_stage = arm_stage(stage, arm, seed)
-            key = config_hash({"base": base_key, "stage": run_stage, "model": model_cfg})
+            run_stage = arm_stage(planned[arm.name], arm, seed)
+            key = progress_key(base_key, arm_stage(cfg.stage, arm, seed), model_cfg, cfg.parallel.dims.dp)
             done = progress.finished(run_stage.name, key)
             if done is None:
                 banner(f"run {len(results) + 1}/{total}: {arm.name} (pattern {model_cfg.pattern!r}, document resets "
@@ -127,6 +130,13 @@ def _train_every_run(cfg: StudyConfig, places: JobPlaces, session: JobSession, p
                        "with the same settings; skipped")
             results.append(run_result(arm, seed, model_cfg, done))
     return results
+
+
+def progress_key(base_key: str, stage: StageConfig, model_cfg: ModelConfig, data_parallel: int) -> str:
+    """What a run is recorded as finished under: the data (`base_key`), the model and the stage as
+    specified, with its global batch in rows instead of the layout's batch shape and recompute mode
+    (as a campaign's stages: a rerun on another layout or GPU skips what finished)."""
+    return config_hash({"base": base_key, **layout_free(stage, data_parallel), "model": model_cfg})
 
 
 def arm_stage(stage: StageConfig, arm: StudyArm, seed: int) -> StageConfig:
