@@ -16,11 +16,9 @@ from pathlib import Path
 
 def plot_speedups(result: dict, path: str | Path) -> Path:
     """Draw `result["speedups"]` (bench_decode.py's output) to a PNG at `path`."""
-    import matplotlib
+    from forge_platform.tracking.plots import length_axis, pyplot, save_figure
 
-    matplotlib.use("Agg")  # headless
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = result.get("speedups", [])
     if not rows:
         raise ValueError("no speedups in the JSON: the run needs both hybrid-2b-bench and transformer-2b-bench points")
@@ -32,20 +30,13 @@ def plot_speedups(result: dict, path: str | Path) -> Path:
         colour = f"C{i}"
         ax.plot(xs, [r["measured_speedup"] for r in line], "o-", color=colour, label=f"batch {batch} measured")
         ax.plot(xs, [r["predicted_speedup"] for r in line], "--", color=colour, label=f"batch {batch} traffic model")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(contexts)
-    ax.set_xticklabels([f"{c // 1024}K" if c % 1024 == 0 else str(c) for c in contexts])
+    length_axis(ax, contexts)
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel("hybrid / Transformer decode speedup")
     ax.set_title(f"Decode speedup, {result.get('device', '?')} ({result.get('date', '?')})")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def main() -> None:

@@ -135,14 +135,12 @@ def local_copy(path: str | Path, scratch: Path | None) -> str:
 
 
 @contextlib.contextmanager
-def job_session(ray_num_cpus: int, tracking: TrackingConfig, places: JobPlaces | Path) -> Iterator[JobSession]:
+def job_session(ray_num_cpus: int, tracking: TrackingConfig, places: JobPlaces) -> Iterator[JobSession]:
     """Join (or start) Ray, then connect to (or start) the tracking server; yield the session.
 
-    `places` is the job's `JobPlaces` (a local output folder alone is accepted too). An unreachable
+    `places` is the job's `JobPlaces` (`job_places`). An unreachable
     tracking server is one line in the log, then the job goes on with tracking queued
     (`tracking.on_unreachable = "continue"`), or a `ConfigError` naming the setting ("refuse")."""
-    if not isinstance(places, JobPlaces):
-        places = JobPlaces(str(Path(places).resolve()), None)
     # Absolute: Ray workers write rank 0's spilled metrics here from another working directory.
     spill_dir = str(Path(tracking.spill_dir or places.local("tracking")).resolve())
     if tracking.backend == "mlflow" and tracking.uri:
