@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forge_data import storage
+from forge_data.storage import StorageNotFound
 from ray.train import FailureConfig, Result, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -25,7 +26,13 @@ from forge_platform.training.checkpoint_manager import (
     ray_checkpoint_config,
 )
 from forge_platform.training.checkpoint_storage import checkpoint_uri, latest_registered_meta, ray_storage
-from forge_platform.training.trainer import FINAL_METRICS_FILE, INPUT_ERROR_FILE, StageRun, train_stage_worker
+from forge_platform.training.trainer import (
+    FINAL_METRICS_FILE,
+    INPUT_ERROR_FILE,
+    StageRun,
+    final_metrics_location,
+    train_stage_worker,
+)
 
 
 @dataclass(frozen=True)
@@ -52,9 +59,11 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str, scratch_dir: st
     if stage_uri is not None and scratch_dir is None:
         raise ValueError(f"run_stage: storage {storage_dir} is an object store: scratch_dir must be given")
     local_root = Path(scratch_dir).resolve() / "checkpoints" / name if stage_uri else Path(storage_path) / name
-    run = dataclasses.replace(run, checkpoint_root=str(local_root))
-    final_metrics = Path(run.checkpoint_root) / FINAL_METRICS_FILE
-    final_metrics.unlink(missing_ok=True)  # an earlier run's ending is not this one's
+    # The last step's metrics go beside the checkpoints on the store: rank 0's scratch may be another node's.
+    run = dataclasses.replace(run, checkpoint_root=str(local_root),
+                              final_metrics_uri=storage.join(stage_uri, FINAL_METRICS_FILE) if stage_uri else "")
+    final_metrics = final_metrics_location(run)
+    storage.remove(final_metrics)  # an earlier run's ending is not this one's
     input_error = Path(run.checkpoint_root) / INPUT_ERROR_FILE
     input_error.unlink(missing_ok=True)  # nor its input's error
     refuse_unresumable(run, stage_uri)
@@ -92,8 +101,10 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str, scratch_dir: st
     if result.checkpoint is not None:
         checkpoint_dir = checkpoint_uri(result.checkpoint) if stage_uri else Path(result.checkpoint.path)
     metrics = dict(result.metrics or {})
-    if final_metrics.exists():  # the last step's, also when no final checkpoint was saved
-        metrics.update(json.loads(final_metrics.read_text()))
+    try:  # the last step's, also when no final checkpoint was saved
+        metrics.update(json.loads(storage.read_bytes(final_metrics)))
+    except StorageNotFound:  # the stage ran no step
+        pass
     return StageResult(checkpoint_dir=checkpoint_dir, metrics=metrics, raw=result)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import ray.train
 import torch
 import torch.distributed as dist
-from forge_data import IGNORE_INDEX, PackedShardLoader
+from forge_data import IGNORE_INDEX, PackedShardLoader, storage
 from forge_data.loader import without_document_resets
 from forge_models import ModelConfig, build_model, kernel_path
 from forge_models.flops import attention_context, training_flops_per_token
@@ -66,8 +66,14 @@ class StageRun:
     init_weights: str = ""
     """Consolidated weights (model.pt or its folder) to start from; empty for a fresh model."""
     checkpoint_root: str = ""
-    """Folder the checkpoints are written into (set by `run_stage`: the Ray run's storage folder,
-    which must be a filesystem every node shares)."""
+    """Folder the checkpoints are written into (set by `run_stage`): the Ray run's storage folder when
+    that is a local filesystem (on a cluster, one every node shares), else, when checkpoints go to an
+    object store, this node's local scratch folder, from which each rank's checkpoint files are
+    uploaded (checkpoint_storage.py)."""
+    final_metrics_uri: str = ""
+    """Where rank 0 publishes the stage's last metrics (`final_metrics.json`) when checkpoints go to an
+    object store (set by `run_stage`: beside them on the store, which the driver reads whatever node rank 0
+    ran on); empty: into `checkpoint_root`."""
     drill: FailureDrill | None = None
     """A failure drill to run after each step (tests of fault tolerance); None in real runs."""
 
@@ -247,7 +253,7 @@ class Trainer:
         if last is not None and self.rank == 0:
             # Ray Train's result only carries metrics reported with a checkpoint; a stage run
             # without a final checkpoint (benchmarks, smoke runs) still tells the driver how it ended.
-            write_final_metrics(Path(self.run.checkpoint_root), {"loss": last.loss, "step": train.steps})
+            write_final_metrics(final_metrics_location(self.run), {"loss": last.loss, "step": train.steps})
             print(f"[{self.run.stage.name}] time: {self.timings.describe()}", flush=True)
         self.logger.close()
 
@@ -293,10 +299,20 @@ class Trainer:
         }
 
 
-def write_final_metrics(folder: Path, metrics: dict[str, float]) -> None:
-    """Atomically write the stage's last metrics beside its checkpoints."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / FINAL_METRICS_FILE, metrics)
+def final_metrics_location(run: StageRun) -> str:
+    """Where the stage's last metrics go and the driver reads them: a local path, or a URI on the store."""
+    return run.final_metrics_uri or str(Path(run.checkpoint_root) / FINAL_METRICS_FILE)
+
+
+def write_final_metrics(location: str, metrics: dict[str, float]) -> None:
+    """Atomically write the stage's last metrics at `location` (a local path or an object-store URI)."""
+    # Not carried in Ray Train's result: it keeps only metrics reported with a checkpoint, and a
+    # report with one would register a checkpoint the stage was told not to save. Nor in the node's
+    # scratch when checkpoints go to a store: the driver may run on another node. The store is the
+    # one place every node and the driver share.
+    if not storage.is_uri(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+    storage.publish(location, json.dumps(metrics, indent=2, sort_keys=True).encode())
 
 
 def token_weights(counts: list[int], accum: int, groups: ParallelGroups, device: torch.device
