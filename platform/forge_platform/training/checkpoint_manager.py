@@ -58,10 +58,10 @@ from forge_platform.training.universal_checkpoint import load_universal_state, s
 
 
 IGNORED_ON_RESUME = ("train.recompute", "train.log_every")
-BATCH_SHAPE = ("train.micro_batch_size", "train.grad_accum_steps")
-"""May change on resume when the global batch in rows (with the data-parallel degree) stays the same."""
 """Settings that change memory, speed or what is printed, never the numbers: a rerun may change them
 freely (on another GPU `auto` may resolve the recompute mode differently and still continue)."""
+BATCH_SHAPE = ("train.micro_batch_size", "train.grad_accum_steps")
+"""May change on resume when the global batch in rows (with the data-parallel degree) stays the same."""
 ZERO_STAGE = "train.zero_stage"
 """May change on resume when the checkpoint holds its universal state (or the stage in effect stays)."""
 
