@@ -62,11 +62,11 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str, scratch_dir: st
     # The last step's metrics go beside the checkpoints on the store: rank 0's scratch may be another node's.
     run = dataclasses.replace(run, checkpoint_root=str(local_root),
                               final_metrics_uri=storage.join(stage_uri, FINAL_METRICS_FILE) if stage_uri else "")
+    refuse_unresumable(run, stage_uri)  # before anything of the earlier run is removed
     final_metrics = final_metrics_location(run)
     storage.remove(final_metrics)  # an earlier run's ending is not this one's
     input_error = Path(run.checkpoint_root) / INPUT_ERROR_FILE
     input_error.unlink(missing_ok=True)  # nor its input's error
-    refuse_unresumable(run, stage_uri)
     trainer = TorchTrainer(
         train_stage_worker,
         train_loop_config={"run": run},
