@@ -193,6 +193,19 @@ def is_dir(uri: str) -> bool:
         raise explain(exc, uri) from None
 
 
+def file_size(path: str) -> int | None:
+    """Bytes of the file at `path` (local or a URI); None when no file is there. On an object store a
+    missing bucket, refused credentials or no answer is a `StorageError` naming it."""
+    if not is_uri(path):
+        return os.path.getsize(path) if os.path.isfile(path) else None
+    try:
+        fs, inner = resolve_filesystem(path)
+        info = fs.get_file_info(inner)
+    except (OSError, pa.ArrowException) as exc:
+        raise explain(exc, path) from None
+    return int(info.size or 0) if info.type == pafs.FileType.File else None
+
+
 def file_sizes(folder: str) -> dict[str, int]:
     """{path relative to `folder`: size} of every file below it, from one listing ({} if none)."""
     try:

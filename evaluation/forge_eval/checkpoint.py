@@ -19,8 +19,6 @@ import json
 import posixpath
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.fs as pafs
 import torch
 from forge_data import storage
 from forge_models import ModelConfig, build_model
@@ -36,19 +34,6 @@ TOKENIZER_SEARCH_DEPTH = 5
 
 class CheckpointInputError(ValueError):
     """A checkpoint (or its tokenizer) that cannot be evaluated, said in one line."""
-
-
-def file_size(path: str | Path) -> int | None:
-    """The size of the file at `path` (local or a URI), None when there is no file there. On an
-    object store a missing bucket, refused credentials or no answer is a `StorageError` naming it."""
-    if not storage.is_uri(str(path)):
-        return Path(path).stat().st_size if Path(path).is_file() else None
-    try:
-        fs, inner = storage.resolve_filesystem(str(path))
-        info = fs.get_file_info(inner)
-    except (OSError, pa.ArrowException) as exc:
-        raise storage.explain(exc, str(path)) from None
-    return int(info.size or 0) if info.type == pafs.FileType.File else None
 
 
 def read_checkpoint_file(checkpoint: str | Path, name: str) -> bytes:
@@ -75,7 +60,7 @@ def read_model_config(checkpoint: str | Path) -> ModelConfig:
 
 def weights_size(checkpoint: str | Path) -> int:
     """Bytes of the checkpoint's consolidated weights (`model.pt`); CheckpointInputError when it has none."""
-    size = file_size(storage.join(str(checkpoint), WEIGHTS_FILE))
+    size = storage.file_size(storage.join(str(checkpoint), WEIGHTS_FILE))
     if size is None:
         raise CheckpointInputError(f"checkpoint = {str(checkpoint)!r}: has no {WEIGHTS_FILE}")
     return size
@@ -97,7 +82,7 @@ def find_tokenizer(checkpoint: str | Path, tokenizer: str | Path = "") -> str | 
         return path
     for folder in _folders_up(checkpoint)[:TOKENIZER_SEARCH_DEPTH]:
         for candidate in (storage.join(folder, TOKENIZER_FILE), storage.join(folder, "tokenizer", TOKENIZER_FILE)):
-            if file_size(candidate) is not None:
+            if storage.file_size(candidate) is not None:
                 return candidate if storage.is_uri(candidate) else Path(candidate)
     raise CheckpointInputError(f"checkpoint = {str(checkpoint)!r} has no tokenizer beside it or in a campaign folder "
                                "above it: pass --tokenizer PATH/tokenizer.model")
@@ -110,7 +95,7 @@ def _tokenizer_file(tokenizer: str) -> str | Path | None:
         return path if path.is_file() else None
     storage.check_location(tokenizer)  # unreachable, refused or no bucket: the store's one line first
     path = storage.join(tokenizer, TOKENIZER_FILE) if storage.is_dir(tokenizer) else tokenizer
-    return path if file_size(path) is not None else None
+    return path if storage.file_size(path) is not None else None
 
 
 def _folders_up(checkpoint: str | Path) -> list[str]:

@@ -24,7 +24,6 @@ Any other failure is a warning naming the checkpoint: the campaign has trained b
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -100,7 +99,7 @@ def _register(cfg: CampaignConfig, parent_run_id: str, stages: Sequence[StageOut
     weights = storage.join(checkpoint, WEIGHTS_FILE)
     # A cluster's billions of parameters stay where their checkpoint is (the version points there):
     # copying them through the driver's disk and the tracking server would double tens of GB.
-    in_place = storage.is_uri(checkpoint) and file_size(weights) > MAX_COPIED_WEIGHTS_BYTES
+    in_place = storage.is_uri(checkpoint) and (storage.file_size(weights) or 0) > MAX_COPIED_WEIGHTS_BYTES
     with tempfile.TemporaryDirectory(prefix="forge-model-") as tmp:
         folder = Path(tmp) / MODEL_ARTIFACT_PATH
         tags["forge.hf_export"] = gather_model_folder(checkpoint, tokenizer_location(cfg), folder,
@@ -114,14 +113,6 @@ def _register(cfg: CampaignConfig, parent_run_id: str, stages: Sequence[StageOut
                         source=checkpoint if in_place else "")
     print(f"MLflow registered model {name!r}: a new version from {where} (stage {final.name!r})", flush=True)
     return name
-
-
-def file_size(location: str) -> int:
-    """Bytes of one file, on local disk or an object store."""
-    if not storage.is_uri(location):
-        return os.path.getsize(location)
-    fs, path = storage.resolve_filesystem(location)
-    return fs.get_file_info(path).size or 0
 
 
 def tokenizer_location(cfg: CampaignConfig) -> str:
