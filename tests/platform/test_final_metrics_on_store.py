@@ -4,7 +4,6 @@ which on a cluster is not the driver's."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,11 +12,10 @@ import pyarrow.fs as pafs
 import pytest
 
 from tests.moto_s3 import s3_environment
+from tests.platform.other_node import DRIVER_SCRATCH, WORKER_SCRATCH, run_workers_elsewhere
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "forge"
-DRIVER_SCRATCH = "driver-scratch"
-WORKER_SCRATCH = "worker-node-scratch"
 
 
 @pytest.mark.slow
@@ -28,20 +26,8 @@ def test_the_last_steps_metrics_reach_the_driver_from_another_nodes_rank_0(
     from forge_platform.cli import job_main
     from forge_platform.job_config import PretrainConfig
     from forge_platform.single_jobs import run_pretrain
-    from forge_platform.training import stage_runner
-    from forge_platform.training.trainer import train_stage_worker
 
-    def worker_on_another_node(config: dict) -> None:
-        """`train_stage_worker` as on another node: its local folder is not the driver's scratch
-        (defined here so that Ray ships it by value: the workers cannot import a test module)."""
-        run = config["run"]
-        assert f"/{DRIVER_SCRATCH}/" in run.checkpoint_root, run.checkpoint_root
-        elsewhere = run.checkpoint_root.replace(f"/{DRIVER_SCRATCH}/", f"/{WORKER_SCRATCH}/")
-        train_stage_worker({**config, "run": dataclasses.replace(run, checkpoint_root=elsewhere)})
-
-    if ray.is_initialized():  # an earlier test's Ray: its workers do not have this store's environment
-        ray.shutdown()
-    monkeypatch.setattr(stage_runner, "train_stage_worker", worker_on_another_node)
+    run_workers_elsewhere(monkeypatch)
     outcomes = []
     with s3_environment(BUCKET):
         fs, data = storage.resolve_filesystem(f"s3://{BUCKET}/data/train")

@@ -5,7 +5,6 @@ local) folder, which only stops that node's retries."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -18,11 +17,10 @@ from forge_platform.input_errors import INPUT_ERRORS, InputError, worker_input_e
 from ray.train import WorkerGroupError
 
 from tests.moto_s3 import s3_environment
+from tests.platform.other_node import DRIVER_SCRATCH, WORKER_SCRATCH, run_workers_elsewhere
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "forge"
-DRIVER_SCRATCH = "driver-scratch"
-WORKER_SCRATCH = "worker-node-scratch"
 
 
 @pytest.mark.parametrize(("failure", "found"), [
@@ -56,21 +54,8 @@ def test_a_worker_on_another_node_fails_on_the_input_the_driver_says_it_in_one_l
     from forge_platform.cli import job_main
     from forge_platform.job_config import PretrainConfig
     from forge_platform.single_jobs import run_pretrain
-    from forge_platform.training import stage_runner
-    from forge_platform.training.trainer import train_stage_worker
 
-    def worker_on_another_node(config: dict) -> None:
-        """`train_stage_worker` as on another node: the stage's local folder moves from the driver's
-        scratch to this "node's" (defined here so that Ray ships it by value: the workers cannot
-        import a test module)."""
-        run = config["run"]
-        assert f"/{DRIVER_SCRATCH}/" in run.checkpoint_root, run.checkpoint_root
-        elsewhere = run.checkpoint_root.replace(f"/{DRIVER_SCRATCH}/", f"/{WORKER_SCRATCH}/")
-        train_stage_worker({**config, "run": dataclasses.replace(run, checkpoint_root=elsewhere)})
-
-    if ray.is_initialized():  # an earlier test's Ray: its workers do not have this store's environment
-        ray.shutdown()
-    monkeypatch.setattr(stage_runner, "train_stage_worker", worker_on_another_node)
+    run_workers_elsewhere(monkeypatch)
     with s3_environment(BUCKET):
         fs, data = storage.resolve_filesystem(f"s3://{BUCKET}/data/train")
         pafs.copy_files(str(packed_data.manifest.parent), data, destination_filesystem=fs, use_threads=False)
