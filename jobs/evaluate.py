@@ -6,8 +6,9 @@
         --suites validation,phonebook,ruler,ppl,lm-eval:forge_phonebook \
         --eval.phonebook_lengths 512,1024 --eval.ruler_lengths 1024 --eval.ppl_max_position 2048
 
-    # a stage's MLflow run: its checkpoint and held-out data from the run's tags; the metrics are
-    # added to that run at the checkpoint's step
+    # a stage's MLflow run: its checkpoint and held-out data from the run's tags (the ppl suite's
+    # longer rows too, when the stage packed them: --ppl_manifest names them by hand); the metrics
+    # are added to that run at the checkpoint's step
     python -m jobs.evaluate --run_id 3f2a... --tracking_uri http://127.0.0.1:5000 --suites phonebook,ruler \
         --eval.phonebook_lengths 4096,16384
 
