@@ -119,25 +119,27 @@ def write_results(cfg: StudyConfig, runs: Sequence[RunResult], places: JobPlaces
     """The plots and the page in the job's results folder (uploaded with an object-store output_dir),
     copied to `cfg.results_page` when set; the per-arm means for the parent run."""
     folder = places.local("results")
-    files = [plot_recall(runs, cfg.stage.seq_len, folder / RECALL_PLOT)]
+    files = [plot_recall(runs, cfg.stage.seq_len, folder / RECALL_PLOT)] if _recall_series(runs) else []
     if any(not r.document_resets for r in runs):
         files.append(plot_resets(runs, folder / RESETS_PLOT))
     comparisons = {}
     for text in cfg.comparisons:
         first, second, metric = cfg.comparison(text)
         comparisons[f"{first} vs {second} on {metric}"] = paired_difference(runs, first, second, metric)
+    plots = list(files)
     page = folder / PAGE
-    page.write_text(results_page(cfg, runs, comparisons, [f.name for f in files], gpu_seconds), encoding="utf-8")
+    page.write_text(results_page(cfg, runs, comparisons, [p.name for p in plots], gpu_seconds), encoding="utf-8")
     files.append(page)
     places.upload(folder)
     if cfg.results_page:
+        # Plots named after the page (`<page>_recall_vs_length.png`): pages of several studies share a folder.
         target = Path(cfg.results_page)
         target.parent.mkdir(parents=True, exist_ok=True)
+        names = [f"{target.stem}_{p.name}" for p in plots]
+        for plot, name in zip(plots, names):
+            shutil.copyfile(plot, target.parent / name)
         reading = kept_reading(target)
-        for path in files:
-            shutil.copyfile(path, target if path == page else target.parent / path.name)
-        if reading:
-            target.write_text(target.read_text(encoding="utf-8") + reading, encoding="utf-8")
+        target.write_text(results_page(cfg, runs, comparisons, names, gpu_seconds) + reading, encoding="utf-8")
     metrics = {}
     for arm, group in by_arm(runs).items():
         for metric in (cfg.headline_metric, "val_loss", "val_plain_loss", "niah_score_mean"):
@@ -225,19 +227,29 @@ def plot_resets(runs: Sequence[RunResult], path: Path) -> Path:
     return save_figure(plt, fig, path)
 
 
-def _columns(cfg: StudyConfig) -> list[tuple[str, str]]:
-    return [("params", ""), ("final_train_loss", "train loss"), ("val_loss", "held-out loss"),
-            ("val_plain_loss", "held-out loss, plain streams"), ("phonebook_accuracy_mean", "phonebook (mean)"),
-            ("niah_score_mean", "NIAH (mean)")] + ([(cfg.headline_metric, cfg.headline_metric)]
-                                                   if cfg.headline_metric not in ("phonebook_accuracy_mean",
-                                                                                  "niah_score_mean") else [])
+COLUMNS = (("params", ""), ("final_train_loss", "train loss"), ("val_loss", "held-out loss"),
+           ("val_plain_loss", "held-out loss, plain streams"), ("phonebook_accuracy_mean", "phonebook (mean)"),
+           ("niah_score_mean", "NIAH (mean)"))
+"""The results table's metric columns and their headings; a column no run measured is left out."""
+
+
+def _columns(cfg: StudyConfig, runs: Sequence[RunResult]) -> list[tuple[str, str]]:
+    columns = list(COLUMNS)
+    if cfg.headline_metric not in dict(columns):
+        columns.append((cfg.headline_metric, cfg.headline_metric))
+    return [(metric, label) for metric, label in columns
+            if metric == "params" or any(metric in r.metrics for r in runs)]
+
+
+def _header(cfg: StudyConfig, runs: Sequence[RunResult]) -> list[str]:
+    return ["arm", "pattern", "resets", "seeds"] + [label or metric for metric, label in _columns(cfg, runs)]
 
 
 def _arm_rows(cfg: StudyConfig, runs: Sequence[RunResult]) -> list[list[str]]:
     rows = []
     for arm, group in by_arm(runs).items():
         row = [arm, group[0].pattern, "on" if group[0].document_resets else "off", str(len(group))]
-        for metric, _ in _columns(cfg):
+        for metric, _ in _columns(cfg, runs):
             row.append(f"{group[0].num_params / 1e6:.2f}M" if metric == "params" else estimate(group, metric).text())
         rows.append(row)
     return rows
@@ -268,8 +280,7 @@ def _comparison_rows(comparisons: Mapping[str, Estimate]) -> list[list[str]]:
 
 def summary_table(cfg: StudyConfig, runs: Sequence[RunResult], comparisons: Mapping[str, Estimate]) -> str:
     """The results as plain text for the job's log."""
-    header = ["arm", "pattern", "resets", "seeds"] + [label or metric for metric, label in _columns(cfg)]
-    text = _table(header, _arm_rows(cfg, runs))
+    text = _table(_header(cfg, runs), _arm_rows(cfg, runs))
     if comparisons:
         text += "\n\npaired differences (first arm minus second, seed by seed):\n"
         text += _table(["comparison", "mean ± 95% CI", "seeds", ""], _comparison_rows(comparisons))
@@ -295,11 +306,10 @@ def results_page(cfg: StudyConfig, runs: Sequence[RunResult], comparisons: Mappi
         "",
         "Means over seeds ± the 95% Student t interval (n/a: one seed).",
         "",
-        _table(["arm", "pattern", "resets", "seeds"] + [label or metric for metric, label in _columns(cfg)],
-               _arm_rows(cfg, runs)),
-        "",
-        _recall_table(runs),
+        _table(_header(cfg, runs), _arm_rows(cfg, runs)),
     ]
+    if _recall_series(runs):
+        parts += ["", _recall_table(runs)]
     if comparisons:
         parts += ["", "Headline comparisons: the first arm minus the second, seed by seed:", "",
                   _table(["comparison", "mean difference ± 95% CI", "seeds", "reading"], _comparison_rows(comparisons))]

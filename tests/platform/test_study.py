@@ -146,7 +146,8 @@ def _run_and_check(tmp_path: Path, uri: str, mlflow, run_study) -> None:  # noqa
     page = (tmp_path / "docs" / "reproduction.md").read_text()
     assert "| hybrid-plain | M+M*+M+ | off | 2 |" in page and "(CPU workers)" in page
     for plot in ("recall_vs_length.png", "document_resets.png"):
-        assert (tmp_path / "docs" / plot).stat().st_size > 10_000
+        assert (tmp_path / "docs" / f"reproduction_{plot}").stat().st_size > 10_000  # named after the page
+        assert f"![reproduction_{plot}](reproduction_{plot})" in page
         assert (tmp_path / "study" / "results" / plot).is_file()
 
     client = mlflow.MlflowClient(outcome.tracking_uri)
