@@ -21,7 +21,8 @@ from forge_eval.position_loss import loss_by_position
 from forge_eval.prompts import TextTokenizer, UnencodableTextError
 from forge_eval.ruler import RulerSample, make_samples, string_match_all
 from forge_eval.scoring import ContinuationScore, ModelScorer, Scorer
-from forge_eval.suites import SUITES, EvalInputs, Suite, check_suites_build, evaluate_model, get_suite
+from forge_eval.inputs import EvalInputs
+from forge_eval.suites import SUITES, Suite, check_suites_build, evaluate_model, get_suite
 from forge_eval.validation import validation_loss
 
 __all__ = [

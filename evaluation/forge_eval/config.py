@@ -13,9 +13,8 @@ from forge_eval.answering import ANSWER_MODES
 from forge_eval.names import name_pool_size
 from forge_eval.phonebook import FORMATS
 from forge_eval.haystack import HAYSTACKS
-from forge_eval.lm_eval_suite import lm_eval_task
 from forge_eval.ruler import TASKS
-from forge_eval.suites import HELD_OUT_SUITES, SUITES
+from forge_eval.suite_names import HELD_OUT_SUITES, SUITE_NAMES, lm_eval_task
 
 MAX_LENGTH = 1 << 20
 """Longest prompt or document any suite builds (tokens): 4x the 256K the suites must reach."""
@@ -89,10 +88,10 @@ class EvalConfig:
     def __post_init__(self) -> None:
         # A TOML `suites = "validation"` would otherwise be read letter by letter.
         if isinstance(self.suites, str) or not all(isinstance(name, str) for name in self.suites):
-            _fail("suites", self.suites, f"be a list of suite names ({', '.join(sorted(SUITES))})")
-        unknown = [name for name in self.suites if name not in SUITES and not lm_eval_task(name)]
+            _fail("suites", self.suites, f"be a list of suite names ({', '.join(sorted(SUITE_NAMES))})")
+        unknown = [name for name in self.suites if name not in SUITE_NAMES and not lm_eval_task(name)]
         if unknown:
-            _fail("suites", self.suites, f"name known suites ({', '.join(sorted(SUITES))}, or lm-eval:<task>); "
+            _fail("suites", self.suites, f"name known suites ({', '.join(sorted(SUITE_NAMES))}, or lm-eval:<task>); "
                   f"unknown: {', '.join(unknown)}")
         if self.val_batches < 1:
             _fail("val_batches", self.val_batches, "be >= 1")

@@ -8,20 +8,12 @@ light for everyone else. Metrics: `lmeval_<task>_<metric>` for each of the task'
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from forge_eval.config import EvalConfig
-    from forge_eval.suites import EvalInputs
-
-PREFIX = "lm-eval:"
-
-
-def lm_eval_task(suite: str) -> str | None:
-    """The task of an `lm-eval:<task>` suite name; None for our own suites."""
-    return suite[len(PREFIX):] if suite.startswith(PREFIX) else None
+from forge_eval.config import EvalConfig
+from forge_eval.inputs import EvalInputs
 
 
 def _manager(tasks: Sequence[str]) -> Any:

@@ -26,43 +26,23 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from statistics import mean
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from forge_eval.answering import predict
-from forge_eval.lm_eval_suite import lm_eval_task, run_lm_eval
+from forge_eval.config import EvalConfig
+from forge_eval.inputs import EvalInputs
+from forge_eval.lm_eval_suite import run_lm_eval
 from forge_eval.phonebook import PhonebookQuestion, make_questions, questions_of_length, score_number
 from forge_eval.position_loss import loss_by_position
 from forge_eval.prompts import TextTokenizer, check_encodable, fill_token
 from forge_eval.ruler import HAYSTACK_TASKS, RulerSample, make_samples, string_match_all
-from forge_eval.scoring import ModelScorer, Scorer
+from forge_eval.scoring import ModelScorer
+from forge_eval.suite_names import lm_eval_task
 from forge_eval.validation import validation_loss
 
-if TYPE_CHECKING:  # the config validates its suite names against this registry
-    from forge_eval.config import EvalConfig
-
-
-@dataclass(frozen=True)
-class EvalInputs:
-    """What the suites read besides the model."""
-
-    val_manifest: str | None = None
-    """manifest.json of held-out packed shards (validation and ppl need it)."""
-    tokenizer: TextTokenizer | None = None
-    """The tokenizer the model was trained with (Phonebook and RULER need it)."""
-    scorer: Scorer | None = None
-    """How answers are asked for; None: `ModelScorer` over the model (reference generation)."""
-    progress: bool = True
-    """Progress bars on the long loops."""
-    ppl_manifest: str | None = None
-    """manifest.json of held-out shards packed at (at least) `ppl_max_position` tokens, for the ppl
-    suite: rows of the stage's own length stop there. None: ppl reads `val_manifest`."""
-
-
-Suite = Callable[[nn.Module, "EvalConfig", EvalInputs], dict[str, float]]
+Suite = Callable[[nn.Module, EvalConfig, EvalInputs], dict[str, float]]
 
 
 def _validation(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, float]:
@@ -189,9 +169,6 @@ def _ppl(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, flo
     return loss_by_position(model, manifest, cfg.ppl_rows, cfg.ppl_bucket, cfg.ppl_max_position,
                             progress=inputs.progress)
 
-
-HELD_OUT_SUITES = ("validation", "validation_plain", "ppl")
-"""The suites that read held-out packed rows (a val_manifest) and ask no question in text."""
 
 SUITES: dict[str, Suite] = {"validation": _validation, "validation_plain": _validation_plain, "phonebook": _phonebook,
                            "ruler": _ruler, "ppl": _ppl}

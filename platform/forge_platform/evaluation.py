@@ -29,7 +29,7 @@ from forge_eval import (EvalConfig, EvalInputs, TextTokenizer, UnencodableTextEr
 from forge_eval.checkpoint import (CheckpointInputError, checkpoint_step, find_tokenizer, read_checkpoint_file,
                                    weights_size)
 from forge_eval.lm_eval_suite import check_lm_eval_tasks
-from forge_eval.suites import HELD_OUT_SUITES
+from forge_eval.suite_names import HELD_OUT_SUITES
 from forge_models import ModelConfig, build_model
 
 from forge_platform.config_loader import ConfigError, from_dict

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from forge_eval import SUITES, ContinuationScore, EvalConfig, EvalInputs, check_suites_build, evaluate_model, get_suite
 from forge_eval.names import name_pool_size
+from forge_eval.suite_names import HELD_OUT_SUITES, SUITE_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("ray", "deepspeed", "mlflow", "lm_eval", "datasets")  # lm_eval only where its adapter is imported
@@ -52,6 +53,13 @@ def test_an_unknown_suite_is_refused_naming_the_valid_ones() -> None:
     with pytest.raises(KeyError, match="the suites are: phonebook, ppl, ruler, validation, validation_plain"):
         get_suite("niah")
     assert set(SUITES) == {"validation", "validation_plain", "phonebook", "ruler", "ppl"}
+
+
+def test_the_names_the_config_accepts_are_the_registry_s() -> None:
+    # EvalConfig validates against suite_names (so that it need not import the suites): the two
+    # lists must not drift apart, or a config would accept a suite that cannot run.
+    assert SUITE_NAMES == tuple(SUITES)
+    assert set(HELD_OUT_SUITES) <= set(SUITES)
 
 
 def test_config_values_are_checked_in_the_one_error_style() -> None:
