@@ -95,3 +95,16 @@ def test_norms_choose_their_compiled_kernel_inside_the_module() -> None:
     assert len(norms) == len(model.layers) + 1 and all(n.compiled for n in norms)
     x = torch.randn(2, 5, model.config.d_model)
     torch.testing.assert_close(model.final_norm(x), RMSNorm(model.config.d_model, compiled=False)(x))
+
+
+def test_compiled_blocks_without_gradients_compile_once_for_every_length() -> None:
+    # Evaluation and prefill call the compiled blocks at a new length per prompt: a static compile
+    # per length hit torch's recompile limit (8) on the H200 and fell back to eager with warnings.
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    weight = torch.ones(16)
+    with torch.no_grad():
+        for length in range(3, 15):
+            x = torch.randn(1, length, 16)
+            assert rel_err(fused.compiled_rms_norm(x, weight, 1e-5), fused.rms_norm(x, weight, 1e-5, x.dtype)) < 1e-6
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2

@@ -46,16 +46,23 @@ def mlp_block(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, up_w: torc
 
 
 @functools.cache
-def _compiled(name: str) -> Callable[..., torch.Tensor]:
+def _compiled(name: str, dynamic: bool) -> Callable[..., torch.Tensor]:
     fn = {"rms_norm": rms_norm, "mlp_block": mlp_block}[name]
-    return torch.compile(fn, dynamic=False)
+    return torch.compile(fn, dynamic=dynamic)
+
+
+def _dynamic_shapes() -> bool:
+    """Static kernels for training (a stage's shapes never change, and static ones are fastest);
+    one shape-generic graph without gradients: evaluation and prefill see a new length per prompt,
+    and static compilation would recompile for each until torch gives up after 8 and runs eager."""
+    return not torch.is_grad_enabled()
 
 
 def compiled_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Fused RMSNorm whose output is already in the compute dtype."""
     dtype = _compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
-        return _compiled("rms_norm")(x, weight, eps, dtype)
+        return _compiled("rms_norm", _dynamic_shapes())(x, weight, eps, dtype)
 
 
 def compiled_mlp_block(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, up_w: torch.Tensor,
@@ -63,4 +70,4 @@ def compiled_mlp_block(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, u
     """Fused pre-norm MLP layer with its residual add."""
     dtype = _compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):  # explicit casts inside: one graph either way
-        return _compiled("mlp_block")(x, norm_weight, eps, up_w, gate_w, down_w, dtype)
+        return _compiled("mlp_block", _dynamic_shapes())(x, norm_weight, eps, up_w, gate_w, down_w, dtype)
