@@ -33,7 +33,8 @@ class EvalConfig:
     ruler, ppl) or
     `lm-eval:<task>`, an lm-evaluation-harness task (ours: forge_phonebook, forge_niah)."""
     val_batches: int = 8
-    """Held-out packed sequences (batches of one) averaged into the validation loss."""
+    """Held-out packed rows averaged into the validation loss (the first ones, each at most once; they
+    run `batch_tokens // seq_len` rows per forward pass)."""
     answer_mode: str = "generate"
     """How Phonebook and RULER ask for answers: `generate` (greedy decoding) or `teacher_forcing` (the
     model's top token at each answer position in one forward pass: same exact match, far cheaper)."""

@@ -49,7 +49,7 @@ def _validation(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[s
     """Held-out loss (`val_loss`, `val_perplexity`, `val_tokens`) over `cfg.val_batches` rows."""
     if not inputs.val_manifest:
         raise ValueError("suite 'validation' needs held-out data: no val_manifest was given")
-    return validation_loss(model, inputs.val_manifest, cfg.val_batches)
+    return validation_loss(model, inputs.val_manifest, cfg.val_batches, cfg.batch_tokens)
 
 
 def _validation_plain(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> dict[str, float]:
@@ -58,7 +58,7 @@ def _validation_plain(model: nn.Module, cfg: EvalConfig, inputs: EvalInputs) -> 
     documents before the one it predicts; one trained without them sees what it trained on."""
     if not inputs.val_manifest:
         raise ValueError("suite 'validation_plain' needs held-out data: no val_manifest was given")
-    return validation_loss(model, inputs.val_manifest, cfg.val_batches, document_resets=False)
+    return validation_loss(model, inputs.val_manifest, cfg.val_batches, cfg.batch_tokens, document_resets=False)
 
 
 def _ask(cfg: EvalConfig, inputs: EvalInputs, prompts: list[str], answers: list[str], desc: str) -> list[str]:

@@ -24,6 +24,22 @@ def test_buckets_add_up_to_the_validation_loss(model, tokenizer_and_manifest) ->
     assert metrics["pos_0_16_ppl"] == pytest.approx(math.exp(metrics["pos_0_16_loss"]))
 
 
+@pytest.mark.parametrize("document_resets", [True, False])
+def test_batched_validation_equals_one_row_at_a_time(model, tokenizer_and_manifest, document_resets: bool) -> None:
+    # Rows of 64 tokens, 3 per forward pass: 7 rows end in a part batch, and asking for more rows
+    # than there are must count each row once.
+    _, manifest = tokenizer_and_manifest
+    available = PackedShardLoader(manifest, micro_batch_size=1, shuffle=False).num_rows
+    for rows in (7, available + 5):
+        single = validation_loss(model, manifest, rows, document_resets=document_resets)
+        batched = validation_loss(model, manifest, rows, batch_tokens=3 * 64, document_resets=document_resets)
+        assert batched.keys() == single.keys()
+        prefix = "val" if document_resets else "val_plain"
+        assert batched[f"{prefix}_tokens"] == single[f"{prefix}_tokens"]
+        assert batched[f"{prefix}_loss"] == pytest.approx(single[f"{prefix}_loss"], rel=1e-5)
+    assert available > 7
+
+
 def test_positions_restart_at_document_boundaries(model, tokenizer_and_manifest) -> None:
     _, manifest = tokenizer_and_manifest
     loader = PackedShardLoader(manifest, micro_batch_size=1, shuffle=False)
