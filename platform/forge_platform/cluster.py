@@ -85,7 +85,8 @@ def check_resources(parallel: ParallelConfig, *, on_cluster: bool | None = None,
     resources, then fails naming what was asked and what the cluster has.
     """
     on_cluster = bool(os.environ.get("RAY_ADDRESS")) if on_cluster is None else on_cluster
-    need = {"CPU": parallel.num_workers * parallel.cpus_per_worker, "GPU": parallel.num_workers * parallel.use_gpu}
+    need = {"CPU": parallel.num_workers * parallel.cpus_per_worker,
+            "GPU": parallel.num_workers * parallel.use_gpu * parallel.gpu_share}
     deadline = time.monotonic() + (parallel.placement_timeout_s if on_cluster else 0.0)
     while True:
         have = ray.cluster_resources()
@@ -101,5 +102,5 @@ def check_resources(parallel: ParallelConfig, *, on_cluster: bool | None = None,
                if on_cluster else "raise ray_num_cpus or lower parallel.cpus_per_worker / num_workers")
         raise ValueError(
             f"parallel: {parallel.num_workers} workers x {parallel.cpus_per_worker:g} CPU"
-            f"{' + 1 GPU' if parallel.use_gpu else ''} cannot be placed ({detail}); {fix}"
+            f"{f' + {parallel.gpu_share:g} GPU' if parallel.use_gpu else ''} cannot be placed ({detail}); {fix}"
         )

@@ -42,16 +42,17 @@ GIB = 1 << 30
 
 def evaluate_checkpoint(checkpoint_dir: Path | str, model_cfg: ModelConfig, eval_cfg: EvalConfig,
                         val_manifest: str | None, tokenizer: TextTokenizer | None,
-                        ppl_manifest: str | None = None) -> dict[str, float]:
+                        ppl_manifest: str | None = None, gpu_share: float = 1.0) -> dict[str, float]:
     """Run `eval_cfg.suites` on the consolidated weights in `checkpoint_dir` (a local folder or one on
     an object store, s3://...), where the GPU is (see the module docstring); every metric in a flat dict.
-    `ppl_manifest`: held-out rows packed longer for the `ppl` suite (None: it reads `val_manifest`)."""
+    `ppl_manifest`: held-out rows packed longer for the `ppl` suite (None: it reads `val_manifest`).
+    `gpu_share`: of a GPU the Ray task reserves (a run that trained on a share evaluates on one)."""
     if not torch.cuda.is_available() and _cluster_gpus() >= 1:
         import ray
 
         proto = tokenizer.model_proto if isinstance(tokenizer, Tokenizer) else None
         shipped = None if proto is not None else tokenizer  # other tokenizers travel pickled
-        task = ray.remote(num_gpus=1, num_cpus=1)(_evaluate_on_worker)
+        task = ray.remote(num_gpus=gpu_share, num_cpus=1)(_evaluate_on_worker)
         metrics, where = ray.get(task.remote(str(checkpoint_dir), model_cfg, eval_cfg, val_manifest, proto, shipped,
                                              ppl_manifest))
         print(f"evaluated in a Ray task: {where}", flush=True)

@@ -113,6 +113,10 @@ class ParallelConfig:
     (same number of collectives). Needs tensor_parallel > 1 and seq_len divisible by tp x cp."""
     use_gpu: bool = False
     """Give each worker a GPU."""
+    gpu_share: float = 1.0
+    """The share of one GPU each worker reserves, in (0, 1]. Below 1 several small runs share a GPU
+    (a study's `concurrent_runs` sets it); it needs num_workers = 1: ranks of one run on one GPU are
+    not something NCCL does."""
     cpus_per_worker: float = 1.0
     """Logical CPUs Ray reserves per worker (keep Ray's CPU count above workers x this: see docs)."""
     max_failures: int = 0
@@ -141,6 +145,10 @@ class ParallelConfig:
                              f"{self.context_parallel}: must divide parallel.num_workers = {self.num_workers} "
                              f"({err})") from None
         _require(self.cpus_per_worker > 0, f"parallel.cpus_per_worker = {self.cpus_per_worker}: must be > 0")
+        _require(0 < self.gpu_share <= 1, f"parallel.gpu_share = {self.gpu_share}: must be in (0, 1]")
+        _require(self.gpu_share == 1 or self.num_workers == 1,
+                 f"parallel.gpu_share = {self.gpu_share} with num_workers = {self.num_workers}: a share of a GPU "
+                 "needs num_workers = 1 (ranks of one run on one GPU are not something NCCL does)")
         _require(self.max_failures >= 0, f"parallel.max_failures = {self.max_failures}: must be >= 0")
         _require(self.placement_timeout_s >= 0,
                  f"parallel.placement_timeout_s = {self.placement_timeout_s}: must be >= 0")
@@ -499,6 +507,11 @@ class StudyConfig(JobBase):
     so differences are paired."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """Workers of each run."""
+    concurrent_runs: int = 1
+    """Runs trained and evaluated at once. Small models leave a GPU mostly idle (a 6M-parameter model
+    ran at ~1% MFU on an H200, its time in kernel launches and start-up), so on GPUs each run then
+    reserves 1/concurrent_runs of one (parallel.gpu_share; needs parallel.num_workers = 1). Ray places
+    what fits and queues the rest; results are the same whatever the number."""
     comparisons: list[str] = field(default_factory=list)
     """Headline comparisons, `"<arm> vs <arm>"` (on `headline_metric`) or `"<arm> vs <arm> on <metric>"`:
     the results give the paired difference over the seeds with its 95% confidence interval."""
@@ -525,6 +538,16 @@ class StudyConfig(JobBase):
         for arm in self.arms:
             check_layout(arm.model, self.parallel)
         _require(not self.stage.init_from_previous, "stage.init_from_previous = true: a study trains from scratch")
+        _require(self.concurrent_runs >= 1, f"concurrent_runs = {self.concurrent_runs}: must be >= 1")
+        _require(self.concurrent_runs == 1 or not self.parallel.use_gpu or self.parallel.num_workers == 1,
+                 f"concurrent_runs = {self.concurrent_runs} on GPUs with parallel.num_workers = "
+                 f"{self.parallel.num_workers}: runs that share a GPU need parallel.num_workers = 1")
+
+    def run_parallel(self) -> ParallelConfig:
+        """The workers of one run: on GPUs with concurrent runs, each reserves its share of one GPU."""
+        if self.concurrent_runs == 1 or not self.parallel.use_gpu:
+            return self.parallel
+        return dataclasses.replace(self.parallel, gpu_share=min(self.parallel.gpu_share, 1.0 / self.concurrent_runs))
 
     def comparison(self, text: str) -> tuple[str, str, str]:
         """('<arm>', '<arm>', metric) of one `comparisons` entry."""

@@ -88,7 +88,7 @@ def train_and_evaluate(
             evaluating = time.perf_counter()
             ppl_manifest = str(manifests[PPL_SPLIT]) if PPL_SPLIT in manifests else None
             metrics = evaluate_checkpoint(result.checkpoint_dir, model_cfg, stage.eval, str(manifests["val"]),
-                                          tokenizer, ppl_manifest=ppl_manifest)
+                                          tokenizer, ppl_manifest=ppl_manifest, gpu_share=parallel.gpu_share)
             print(f"stage {stage.name!r}: evaluation took {time.perf_counter() - evaluating:.0f} s", flush=True)
             runs.log_metrics(run_id, metrics, step=stage.train.steps)
             print("  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)

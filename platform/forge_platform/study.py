@@ -14,7 +14,9 @@ the run it was in.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +47,8 @@ class StudyOutcome:
     runs: list[RunResult] = field(default_factory=list)
     results: StudyResults | None = None
     seconds: float = 0.0
+    runs_seconds: float = 0.0
+    """Wall time of the runs (training and evaluation) in this invocation."""
 
 
 def run_study(cfg: StudyConfig) -> StudyOutcome:
@@ -68,9 +72,8 @@ def _run_study(cfg: StudyConfig, planned: dict[str, StageConfig], places: JobPla
     parent = runs.start(cfg.name, params, tags={"forge.kind": "study"}, key=f"{cfg.name}/{config_hash(cfg)}")
     outcome = StudyOutcome(session.tracking.uri, parent)
     try:
-        outcome.runs = _train_every_run(cfg, planned, places, session, parent)
-        gpu_seconds = sum(r.seconds for r in outcome.runs) if cfg.parallel.use_gpu else 0.0
-        outcome.results = write_results(cfg, outcome.runs, places, gpu_seconds)
+        outcome.runs, outcome.runs_seconds = _train_every_run(cfg, planned, places, session, parent)
+        outcome.results = write_results(cfg, outcome.runs, places, outcome.runs_seconds)
         for path in outcome.results.files:
             runs.log_artifact(parent, str(path), "results")
         runs.log_metrics(parent, outcome.results.parent_metrics)
@@ -87,7 +90,8 @@ def _run_study(cfg: StudyConfig, planned: dict[str, StageConfig], places: JobPla
 
 
 def _train_every_run(cfg: StudyConfig, planned: dict[str, StageConfig], places: JobPlaces, session: JobSession,
-                     parent: str) -> list[RunResult]:
+                     parent: str) -> tuple[list[RunResult], float]:
+    """Every arm and seed trained and evaluated (or found finished); also the wall time the runs took."""
     inputs = demo_inputs(cfg.corpus, places, lambda corpus: write_practice(cfg, corpus))
     stage = cfg.stage
     tokens = tokenize_once(cfg.data, inputs, places, session, parent, [stage])
@@ -101,35 +105,52 @@ def _train_every_run(cfg: StudyConfig, planned: dict[str, StageConfig], places: 
     base_key = config_hash({"corpus": cfg.corpus, "practice": [cfg.practice_documents, cfg.practice_seed,
                                                                cfg.practice], "data": cfg.data,
                             "tokenizer": file_sha256(tokens.tokenizer_path)})
-    results = []
-    total = len(cfg.arms) * len(cfg.seeds)
-    for arm in cfg.arms:
+    parallel = cfg.run_parallel()
+    plan = [(arm, seed) for arm in cfg.arms for seed in cfg.seeds]
+    recording = threading.Lock()  # runs finish in any order when several train at once
+
+    def one_run(number: int, arm: StudyArm, seed: int) -> RunResult:
         model_cfg = dataclasses.replace(arm.model, vocab_size=tokens.tokenizer.vocab_size)
-        for seed in cfg.seeds:
-            run_stage = arm_stage(planned[arm.name], arm, seed)
-            key = progress_key(base_key, arm_stage(cfg.stage, arm, seed), model_cfg, cfg.parallel.dims.dp)
-            done = progress.finished(run_stage.name, key)
-            if done is None:
-                banner(f"run {len(results) + 1}/{total}: {arm.name} (pattern {model_cfg.pattern!r}, document resets "
-                       f"{'on' if arm.document_resets else 'off'}), seed {seed}")
-                started = time.perf_counter()
-                done = train_and_evaluate(
-                    dataclasses.replace(run_stage, eval=run_stage.eval.for_length(stage.seq_len)), model_cfg,
-                    cfg.parallel, manifests, tokens.tokenizer, session,
-                    parent_run_id=parent, checkpoint_root=places.join("checkpoints"), init_weights="",
-                    ray_name=f"{cfg.name}-{run_stage.name}",
-                )
-                seconds = time.perf_counter() - started
-                done.eval_metrics["run_seconds"] = seconds
-                for tag, value in (("forge.arm", arm.name), ("forge.seed", str(seed)),
-                                   ("forge.document_resets", str(arm.document_resets).lower())):
-                    session.runs.set_tag(done.run_id, tag, value)
-                progress.record(done, key)
-            else:
-                banner(f"run {len(results) + 1}/{total}: {run_stage.name} finished in an earlier run of this study "
-                       "with the same settings; skipped")
-            results.append(run_result(arm, seed, model_cfg, done))
-    return results
+        run_stage = arm_stage(planned[arm.name], arm, seed)
+        key = progress_key(base_key, arm_stage(cfg.stage, arm, seed), model_cfg, cfg.parallel.dims.dp)
+        done = progress.finished(run_stage.name, key)
+        if done is not None:
+            banner(f"run {number}/{len(plan)}: {run_stage.name} finished in an earlier run of this study "
+                   "with the same settings; skipped")
+            return run_result(arm, seed, model_cfg, done, ran_now=False)
+        banner(f"run {number}/{len(plan)}: {arm.name} (pattern {model_cfg.pattern!r}, document resets "
+               f"{'on' if arm.document_resets else 'off'}), seed {seed}")
+        started = time.perf_counter()
+        done = train_and_evaluate(
+            dataclasses.replace(run_stage, eval=run_stage.eval.for_length(stage.seq_len)), model_cfg,
+            parallel, manifests, tokens.tokenizer, session,
+            parent_run_id=parent, checkpoint_root=places.join("checkpoints"), init_weights="",
+            ray_name=f"{cfg.name}-{run_stage.name}",
+        )
+        done.eval_metrics["run_seconds"] = time.perf_counter() - started
+        for tag, value in (("forge.arm", arm.name), ("forge.seed", str(seed)),
+                           ("forge.document_resets", str(arm.document_resets).lower())):
+            session.runs.set_tag(done.run_id, tag, value)
+        with recording:
+            progress.record(done, key)
+        return run_result(arm, seed, model_cfg, done, ran_now=True)
+
+    started = time.perf_counter()
+    if cfg.concurrent_runs == 1:
+        return [one_run(number, arm, seed) for number, (arm, seed) in enumerate(plan, 1)], time.perf_counter() - started
+    banner(f"{len(plan)} runs, {cfg.concurrent_runs} at a time"
+           + (f", each on {parallel.gpu_share:.2g} of a GPU" if parallel.use_gpu else ""))
+    with ThreadPoolExecutor(cfg.concurrent_runs, thread_name_prefix="study-run") as pool:
+        futures = [pool.submit(one_run, number, arm, seed) for number, (arm, seed) in enumerate(plan, 1)]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f.done() and f.exception() is not None]
+        if failed:
+            # Runs not started yet are dropped; those training finish (and are recorded, so a rerun
+            # skips them) before the first failure is raised.
+            for future in futures:
+                future.cancel()
+            raise failed[0].exception()
+        return [future.result() for future in futures], time.perf_counter() - started
 
 
 def progress_key(base_key: str, stage: StageConfig, model_cfg: ModelConfig, data_parallel: int) -> str:
@@ -145,12 +166,12 @@ def arm_stage(stage: StageConfig, arm: StudyArm, seed: int) -> StageConfig:
     return dataclasses.replace(stage, name=f"{arm.name}-seed{seed}", train=train)
 
 
-def run_result(arm: StudyArm, seed: int, model_cfg: ModelConfig, done: StageOutcome) -> RunResult:
-    """One run's row of the results."""
+def run_result(arm: StudyArm, seed: int, model_cfg: ModelConfig, done: StageOutcome, ran_now: bool) -> RunResult:
+    """One run's row of the results (`ran_now`: trained by this invocation, not skipped as finished)."""
     num_params = build_model(model_cfg, device="meta").num_parameters()  # no memory, no init
     return RunResult(arm=arm.name, seed=seed, pattern=model_cfg.pattern, document_resets=arm.document_resets,
                      num_params=num_params, final_loss=done.final_loss, run_id=done.run_id,
-                     seconds=float(done.eval_metrics.get("run_seconds", 0.0)),
+                     seconds=float(done.eval_metrics.get("run_seconds", 0.0)), ran_now=ran_now,
                      metrics={k: v for k, v in done.eval_metrics.items() if k != "run_seconds"})
 
 

@@ -42,6 +42,9 @@ class RunResult:
     final_loss: float
     run_id: str
     seconds: float
+    """The run's own wall time, training and evaluation (runs that train at once overlap)."""
+    ran_now: bool = True
+    """Trained by this invocation of the study (False: found finished by an earlier one)."""
     metrics: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,7 +118,7 @@ def paired_difference(runs: Sequence[RunResult], first: str, second: str, metric
     return Estimate.of([a[s] - b[s] for s in sorted(a) if s in b])
 
 
-def write_results(cfg: StudyConfig, runs: Sequence[RunResult], places: JobPlaces, gpu_seconds: float) -> StudyResults:
+def write_results(cfg: StudyConfig, runs: Sequence[RunResult], places: JobPlaces, runs_seconds: float) -> StudyResults:
     """The plots and the page in the job's results folder (uploaded with an object-store output_dir),
     copied to `cfg.results_page` when set; the per-arm means for the parent run."""
     folder = places.local("results")
@@ -128,7 +131,7 @@ def write_results(cfg: StudyConfig, runs: Sequence[RunResult], places: JobPlaces
         comparisons[f"{first} vs {second} on {metric}"] = paired_difference(runs, first, second, metric)
     plots = list(files)
     page = folder / PAGE
-    page.write_text(results_page(cfg, runs, comparisons, [p.name for p in plots], gpu_seconds), encoding="utf-8")
+    page.write_text(results_page(cfg, runs, comparisons, [p.name for p in plots], runs_seconds), encoding="utf-8")
     files.append(page)
     places.upload(folder)
     if cfg.results_page:
@@ -139,7 +142,7 @@ def write_results(cfg: StudyConfig, runs: Sequence[RunResult], places: JobPlaces
         for plot, name in zip(plots, names):
             shutil.copyfile(plot, target.parent / name)
         reading = kept_reading(target)
-        target.write_text(results_page(cfg, runs, comparisons, names, gpu_seconds) + reading, encoding="utf-8")
+        target.write_text(results_page(cfg, runs, comparisons, names, runs_seconds) + reading, encoding="utf-8")
     metrics = {}
     for arm, group in by_arm(runs).items():
         for metric in (cfg.headline_metric, "val_loss", "val_plain_loss", "niah_score_mean"):
@@ -288,21 +291,27 @@ def summary_table(cfg: StudyConfig, runs: Sequence[RunResult], comparisons: Mapp
 
 
 def results_page(cfg: StudyConfig, runs: Sequence[RunResult], comparisons: Mapping[str, Estimate],
-                 plots: Sequence[str], gpu_seconds: float) -> str:
-    """The Markdown results page (the reading of the results is written by a person, below it)."""
+                 plots: Sequence[str], runs_seconds: float) -> str:
+    """The Markdown results page (the reading of the results is written by a person, below it).
+    `runs_seconds`: the wall time this invocation spent in the runs (training and evaluation)."""
     stage = cfg.stage
     tokens = stage.train.steps * stage.train.micro_batch_size * stage.train.grad_accum_steps \
         * cfg.parallel.num_workers * stage.seq_len
     command = "python -m " + " ".join(shlex.quote(a) for a in [_job_module()] + sys.argv[1:])
-    wall = sum(r.seconds for r in runs)
+    own = sum(r.seconds for r in runs)
+    earlier = sum(not r.ran_now for r in runs)
+    at_once = "one run at a time" if cfg.concurrent_runs == 1 else f"{cfg.concurrent_runs} runs at a time"
+    where = f"{'one GPU' if cfg.parallel.use_gpu else 'CPU workers'}, {at_once}"
+    timing = (f"The runs took {runs_seconds / 60:.1f} min of wall time ({where}; the runs' own times add up to "
+              f"{own / 60:.1f} min)" + (f"; {earlier} of them had finished in an earlier invocation and were "
+                                         "skipped, their own times included in the sum" if earlier else "") + ".")
     parts = [
         f"# {cfg.name}: results",
         "",
         f"Made by `{command}`: {len(cfg.arms)} arms x seeds {cfg.seeds}, each trained {stage.train.steps} steps "
         f"on {_count(tokens)} tokens of rows of {stage.seq_len} tokens (the same rows, in the same order for a "
         f"seed, for every arm), {cfg.practice_documents} recall practice documents in the training text. "
-        f"Training and evaluation took {wall / 60:.1f} min in all"
-        + (f" ({gpu_seconds / 60:.1f} GPU-minutes)." if gpu_seconds else " (CPU workers)."),
+        + timing,
         "",
         "Means over seeds ± the 95% Student t interval (n/a: one seed).",
         "",

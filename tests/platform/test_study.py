@@ -41,10 +41,22 @@ def test_the_shipped_study_compares_models_of_matched_size() -> None:
     (["--comparisons", '["hybrid vs nothing"]'], "comparisons: 'hybrid vs nothing' must be"),
     (["--seeds", "[0, 0]"], "seeds = [0, 0]: must be distinct"),
     (["--stage.init_from_previous", "true"], "a study trains from scratch"),
+    (["--concurrent_runs", "0"], "concurrent_runs = 0: must be >= 1"),
+    (["--concurrent_runs", "2", "--parallel.use_gpu", "true", "--parallel.num_workers", "2"],
+     "runs that share a GPU need parallel.num_workers = 1"),
+    (["--parallel.gpu_share", "1.5"], "parallel.gpu_share = 1.5: must be in"),
+    (["--parallel.gpu_share", "0.5", "--parallel.num_workers", "2"], "a share of a GPU needs num_workers = 1"),
 ])
 def test_bad_study_specs_are_refused(override: list[str], message: str) -> None:
     with pytest.raises(Exception, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_job_config(StudyConfig, CPU_SPEC, override)
+
+
+def test_concurrent_runs_on_a_gpu_each_reserve_their_share() -> None:
+    cfg = load_job_config(StudyConfig, CPU_SPEC, ["--concurrent_runs", "4"])
+    assert cfg.run_parallel() == cfg.parallel  # CPU workers: nothing to share
+    on_gpu = load_job_config(StudyConfig, CPU_SPEC, ["--concurrent_runs", "4", "--parallel.use_gpu", "true"])
+    assert on_gpu.run_parallel().gpu_share == 0.25 and on_gpu.parallel.gpu_share == 1.0
 
 
 def test_practice_documents_are_seeded_and_never_the_questions_asked() -> None:
@@ -113,8 +125,9 @@ def test_the_page_keeps_a_persons_reading(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_reduced_study_runs_end_to_end(tmp_path: Path) -> None:
-    """The CPU spec with two arms (the hybrid with resets on and off) and two seeds: four child runs
-    under one parent in a real MLflow server, the results page with its plots, intervals over seeds."""
+    """The CPU spec with two arms (the hybrid with resets on and off) and two seeds, two runs at a time:
+    four child runs under one parent in a real MLflow server, the results page with its plots,
+    intervals over seeds."""
     import mlflow
     from forge_platform.study import run_study
     from forge_platform.tracking.mlflow_server import local_mlflow_server
@@ -130,7 +143,7 @@ def _run_and_check(tmp_path: Path, uri: str, mlflow, run_study) -> None:  # noqa
         # held-out part is one long document for loss by position past the trained length.
         "--output_dir", str(tmp_path / "study"), "--practice_documents", "2000", "--corpus.stdlib_files", "3",
         "--comparisons", '["hybrid vs hybrid-plain", "hybrid vs hybrid-plain on val_plain_loss"]',
-        "--results_page", str(tmp_path / "docs" / "reproduction.md")])
+        "--results_page", str(tmp_path / "docs" / "reproduction.md"), "--concurrent_runs", "2"])
     cfg = dataclasses.replace(cfg, arms=[a for a in cfg.arms if a.name in ("hybrid", "hybrid-plain")])
     outcome = run_study(cfg)
 
@@ -142,9 +155,11 @@ def _run_and_check(tmp_path: Path, uri: str, mlflow, run_study) -> None:  # noqa
         assert {"val_loss", "val_plain_loss", "phonebook_accuracy_mean", "niah_score_mean"} <= set(on.metrics)
         assert on.metrics["pos_256_320_tokens"] > 0  # loss by position past twice the trained 128 tokens
     assert all(e.n == 2 and not math.isnan(e.half_width) for e in outcome.results.comparisons.values())
+    # Two at a time: the runs' own wall times add up to well over the study's (one at a time: equal).
+    assert sum(r.seconds for r in outcome.runs) > 1.3 * outcome.runs_seconds
 
     page = (tmp_path / "docs" / "reproduction.md").read_text()
-    assert "| hybrid-plain | M+M*+M+ | off | 2 |" in page and "(CPU workers)" in page
+    assert "| hybrid-plain | M+M*+M+ | off | 2 |" in page and "(CPU workers, 2 runs at a time;" in page
     for plot in ("recall_vs_length.png", "document_resets.png"):
         assert (tmp_path / "docs" / f"reproduction_{plot}").stat().st_size > 10_000  # named after the page
         assert f"![reproduction_{plot}](reproduction_{plot})" in page

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -50,6 +51,9 @@ class MlflowRuns:
     queued in a journal in `spill_dir` (`journal.CallJournal`) and made, in order, at the next call
     that finds the server back, or at `close()`. A run started during an outage gets a placeholder
     id that the journal maps to the real one once the run is created.
+
+    Thread-safe: a study trains several runs at once from driver threads, and the journal and the
+    client are shared; every call that touches them holds one lock (calls are short next to training).
     """
 
     def __init__(self, tracking_uri: str, experiment: str, spill_dir: str | Path | None = None) -> None:
@@ -60,6 +64,7 @@ class MlflowRuns:
         self.client = MlflowClient(tracking_uri)
         self.spill_dir = Path(spill_dir) if spill_dir else Path(tempfile.mkdtemp(prefix="forge-tracking-"))
         self.journal = CallJournal(self.spill_dir)
+        self._lock = threading.RLock()
         self._experiment_id = ""
         # Down at start: the session has said so in one line already; queue from the first call.
         self._down = bool(unreachable_reason(tracking_uri))
@@ -119,9 +124,10 @@ class MlflowRuns:
 
     def loss_history(self, run_id: str, key: str = "loss") -> list[tuple[int, float]]:
         """(step, value) pairs of one metric, in step order (empty while the server is down)."""
-        run_id = self.journal.resolve(run_id)
-        if run_id.startswith(PENDING_RUN_PREFIX) or not self._sync():
-            return []
+        with self._lock:
+            run_id = self.journal.resolve(run_id)
+            if run_id.startswith(PENDING_RUN_PREFIX) or not self._sync():
+                return []
         history = self.client.get_metric_history(run_id, key)
         return sorted((m.step, m.value) for m in history)
 
@@ -135,8 +141,9 @@ class MlflowRuns:
 
     def close(self) -> None:
         """Send what is queued; if the server is still down, say where it is kept and how to send it."""
-        if self._sync() or not self.journal:
-            return
+        with self._lock:
+            if self._sync() or not self.journal:
+                return
         print(f"tracking: {len(self.journal)} tracking calls could not be sent to {self.tracking_uri}; they are kept "
               f"in {self.journal.path} and sent by the next job using that folder, or now with: python -m "
               f"forge_platform.tracking.replay {self.spill_dir} --uri {self.tracking_uri}", flush=True)
@@ -160,6 +167,10 @@ class MlflowRuns:
 
     def _call(self, call: dict[str, Any]) -> str | None:
         """Make `call` now if nothing is queued before it and the server answers, else queue it."""
+        with self._lock:
+            return self._call_locked(call)
+
+    def _call_locked(self, call: dict[str, Any]) -> str | None:
         if self._sync():
             try:
                 return self._make(self.journal.with_real_ids(call))

@@ -74,7 +74,8 @@ def run_stage(run: StageRun, storage_dir: str | Path, name: str, scratch_dir: st
         scaling_config=ScalingConfig(
             num_workers=parallel.num_workers,
             use_gpu=parallel.use_gpu,
-            resources_per_worker={"CPU": parallel.cpus_per_worker},
+            resources_per_worker={"CPU": parallel.cpus_per_worker,
+                                  **({"GPU": parallel.gpu_share} if parallel.use_gpu else {})},
         ),
         run_config=RunConfig(
             name=name,
