@@ -9,8 +9,18 @@
 #     source .carry/bootstrap.sh && WAIT_S=540 bash benchmarks/platform/gpu_background.sh reproduce \
 #         bash benchmarks/platform/gpu_reproduce.sh
 # Extra arguments go to the job (e.g. --seeds 0 --stage.train.steps 300 for a first look).
+#
+# MLflow: the device image has none and .carry has no room for it. Before the call above, make one
+# call with carry [".carry-mlflow"] (built here by benchmarks/platform/prepare_mlflow_carry.sh) that runs
+#     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-mlflow .carry-mlflow/*.whl
+# and make the next call within ~30 s, while the machine is still warm. (Or pass --tracking.backend console.)
 set -euo pipefail
 source benchmarks/platform/gpu_env.sh
+if [ -d /tmp/site-mlflow ]; then export PYTHONPATH="$PYTHONPATH:/tmp/site-mlflow"; fi
+if [[ " $* " != *" --tracking.backend console "* ]] && ! python3 -c "import mlflow" 2>/dev/null; then
+  echo "gpu_reproduce: no MLflow on this machine: install it first (see this script's header), or pass --tracking.backend console" >&2
+  exit 2
+fi
 work=/tmp/forge-reproduce
 mkdir -p "$work" "$out/results"
 started=$(date +%s)

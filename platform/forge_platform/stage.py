@@ -7,6 +7,7 @@ extend_context: a run of their own).
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +63,11 @@ def train_and_evaluate(
     checkpoint_root: Path | str,
     init_weights: str,
     ray_name: str,
+    evaluation_lock: AbstractContextManager | None = None,
 ) -> StageOutcome:
     """Train `stage` from `manifests["train"]`, then evaluate on `manifests["val"]` if present (the `ppl`
-    suite on `manifests[PPL_SPLIT]` when present: held-out data packed at its longest position)."""
+    suite on `manifests[PPL_SPLIT]` when present: held-out data packed at its longest position).
+    `evaluation_lock`: held while evaluating, when several stages run at once in this process."""
     runs = session.runs
     tags = stage_run_tags(model_cfg, manifests)
     key = f"{ray_name}/{config_hash(stage)}/{config_hash(model_cfg)}"
@@ -87,8 +90,9 @@ def train_and_evaluate(
             banner(f"stage {stage.name!r}: evaluating")
             evaluating = time.perf_counter()
             ppl_manifest = str(manifests[PPL_SPLIT]) if PPL_SPLIT in manifests else None
-            metrics = evaluate_checkpoint(result.checkpoint_dir, model_cfg, stage.eval, str(manifests["val"]),
-                                          tokenizer, ppl_manifest=ppl_manifest, gpu_share=parallel.gpu_share)
+            with evaluation_lock or nullcontext():
+                metrics = evaluate_checkpoint(result.checkpoint_dir, model_cfg, stage.eval, str(manifests["val"]),
+                                              tokenizer, ppl_manifest=ppl_manifest, gpu_share=parallel.gpu_share)
             print(f"stage {stage.name!r}: evaluation took {time.perf_counter() - evaluating:.0f} s", flush=True)
             runs.log_metrics(run_id, metrics, step=stage.train.steps)
             print("  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)

@@ -108,6 +108,10 @@ def _train_every_run(cfg: StudyConfig, planned: dict[str, StageConfig], places: 
     parallel = cfg.run_parallel()
     plan = [(arm, seed) for arm in cfg.arms for seed in cfg.seeds]
     recording = threading.Lock()  # runs finish in any order when several train at once
+    # Evaluations run in this process, one at a time: Triton's autotuner keeps per-call state on the
+    # kernel object, and two threads evaluating Mamba-2 models at once failed inside it on an H200
+    # (TypeError in autotuner._bench). They are short next to training, which runs in Ray's workers.
+    evaluating = threading.Lock()
 
     def one_run(number: int, arm: StudyArm, seed: int) -> RunResult:
         model_cfg = dataclasses.replace(arm.model, vocab_size=tokens.tokenizer.vocab_size)
@@ -125,7 +129,7 @@ def _train_every_run(cfg: StudyConfig, planned: dict[str, StageConfig], places: 
             dataclasses.replace(run_stage, eval=run_stage.eval.for_length(stage.seq_len)), model_cfg,
             parallel, manifests, tokens.tokenizer, session,
             parent_run_id=parent, checkpoint_root=places.join("checkpoints"), init_weights="",
-            ray_name=f"{cfg.name}-{run_stage.name}",
+            ray_name=f"{cfg.name}-{run_stage.name}", evaluation_lock=evaluating,
         )
         done.eval_metrics["run_seconds"] = time.perf_counter() - started
         for tag, value in (("forge.arm", arm.name), ("forge.seed", str(seed)),

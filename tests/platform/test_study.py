@@ -124,16 +124,33 @@ def test_the_page_keeps_a_persons_reading(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_reduced_study_runs_end_to_end(tmp_path: Path) -> None:
+def test_a_reduced_study_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU spec with two arms (the hybrid with resets on and off) and two seeds, two runs at a time:
     four child runs under one parent in a real MLflow server, the results page with its plots,
     intervals over seeds."""
+    import time
+
     import mlflow
+    from forge_platform import stage
     from forge_platform.study import run_study
     from forge_platform.tracking.mlflow_server import local_mlflow_server
 
+    # Runs train at once, but evaluate one at a time (Triton's autotuner is not thread-safe): record
+    # when each evaluation ran.
+    spans, evaluate = [], stage.evaluate_checkpoint
+
+    def timed_evaluate(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        started = time.monotonic()
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            spans.append((started, time.monotonic()))
+
+    monkeypatch.setattr(stage, "evaluate_checkpoint", timed_evaluate)
     with local_mlflow_server(tmp_path / "mlflow") as server:  # outlives the job, to look at its runs
         _run_and_check(tmp_path, server.uri, mlflow, run_study)
+    spans.sort()
+    assert len(spans) == 4 and all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
 
 
 def _run_and_check(tmp_path: Path, uri: str, mlflow, run_study) -> None:  # noqa: ANN001
