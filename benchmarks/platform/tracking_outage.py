@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from forge_platform.job_config import TrackingConfig
+from forge_platform.config_sections import TrackingConfig
 from forge_platform.tracking.loggers import build_logger
 from forge_platform.tracking.mlflow_server import free_port, local_mlflow_server
 from forge_platform.tracking.runs import MlflowRuns

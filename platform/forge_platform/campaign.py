@@ -35,9 +35,10 @@ from forge_data.tokenizer import Tokenizer
 from forge_models import ModelConfig
 
 from forge_platform.config_loader import ConfigError, config_hash, flatten
+from forge_platform.config_sections import CorpusConfig, StageConfig
 from forge_platform.demo_corpus import DemoCorpus, prepare_demo_corpus
 from forge_platform.evaluation import check_stage_evaluations
-from forge_platform.job_config import CampaignConfig, CorpusConfig, StageConfig
+from forge_platform.job_config import CampaignConfig
 from forge_platform.memory_plan import plan_for_job
 from forge_platform.session import JobPlaces, JobSession, banner, job_places, job_session, local_copy
 from forge_platform.stage import PPL_SPLIT, StageOutcome, train_and_evaluate

@@ -16,7 +16,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from forge_platform.job_config import CorpusConfig
+from forge_platform.config_sections import CorpusConfig
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 

@@ -33,7 +33,8 @@ from forge_eval.suite_names import HELD_OUT_SUITES
 from forge_models import ModelConfig, build_model
 
 from forge_platform.config_loader import ConfigError, from_dict
-from forge_platform.job_config import EvaluateConfig, StageConfig
+from forge_platform.config_sections import StageConfig
+from forge_platform.job_config import EvaluateConfig
 from forge_platform.run_inputs import log_to_run, run_inputs
 from forge_platform.training.checkpoint_files import MODEL_CONFIG_FILE, load_weights
 

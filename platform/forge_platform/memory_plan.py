@@ -49,7 +49,7 @@ from forge_models import memory as act
 from forge_models.tp_plan import check_context_parallel, check_tensor_parallel, partition_dims
 
 from forge_platform.config_loader import ConfigError
-from forge_platform.job_config import ParallelConfig, StageConfig
+from forge_platform.config_sections import ParallelConfig, StageConfig
 
 GiB = 2**30
 RECOMPUTE_ORDER = ("none", "selective", "full")

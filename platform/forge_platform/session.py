@@ -34,7 +34,7 @@ from forge_data import storage
 
 from forge_platform.cluster import ensure_ray
 from forge_platform.config_loader import ConfigError
-from forge_platform.job_config import TrackingConfig
+from forge_platform.config_sections import TrackingConfig
 from forge_platform.tracking.mlflow_server import LocalMlflowServer, local_mlflow_server
 from forge_platform.tracking.runs import MlflowRuns, NullRuns
 from forge_platform.tracking.transport import unreachable_reason

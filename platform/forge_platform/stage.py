@@ -15,8 +15,8 @@ from forge_eval import TextTokenizer
 from forge_models import ModelConfig
 
 from forge_platform.config_loader import config_hash, flatten
+from forge_platform.config_sections import ParallelConfig, StageConfig
 from forge_platform.evaluation import evaluate_checkpoint
-from forge_platform.job_config import ParallelConfig, StageConfig
 from forge_platform.run_inputs import CHECKPOINT_TAG, PPL_MANIFEST_TAG, VAL_MANIFEST_TAG
 from forge_platform.session import JobSession, banner, local_copy
 from forge_platform.training.stage_runner import run_stage

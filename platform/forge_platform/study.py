@@ -28,8 +28,9 @@ from forge_models import ModelConfig, build_model
 from forge_platform.campaign import (CampaignProgress, demo_inputs, describe_stage_data, file_sha256, layout_free,
                                     pack_stage, tokenize_once)
 from forge_platform.config_loader import config_hash, flatten
+from forge_platform.config_sections import StageConfig
 from forge_platform.demo_corpus import DemoCorpus
-from forge_platform.job_config import StageConfig, StudyArm, StudyConfig
+from forge_platform.job_config import StudyArm, StudyConfig
 from forge_platform.memory_plan import plan_for_job
 from forge_platform.session import JobPlaces, JobSession, banner, job_places, job_session
 from forge_platform.stage import StageOutcome, train_and_evaluate

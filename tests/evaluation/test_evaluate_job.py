@@ -232,8 +232,8 @@ def test_a_campaign_stage_whose_evaluation_cannot_be_built_is_refused_before_tra
     phonebook with its examples: refused naming the stage, before anything trains (it failed after
     the stage had trained)."""
     from forge_platform.config_loader import ConfigError
+    from forge_platform.config_sections import StageConfig
     from forge_platform.evaluation import check_stage_evaluations
-    from forge_platform.job_config import StageConfig
 
     tokenizer, _ = tokenizer_and_manifest
     fine = StageConfig(name="long", seq_len=2048, eval=EvalConfig(suites=["phonebook"], length_multiples=[0.5, 1]))

@@ -19,7 +19,7 @@ from _tp_workers import RunSpec, debug_config, fresh_model, gather_grads, packed
 from forge_data import IGNORE_INDEX
 from forge_models import ModelConfig, language_model_loss, weight_decay_groups
 
-from forge_platform.job_config import OptimConfig, TrainConfig
+from forge_platform.config_sections import OptimConfig, TrainConfig
 from forge_platform.parallel import (
     ModelParallelUnit,
     ParallelDims,

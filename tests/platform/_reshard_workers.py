@@ -20,7 +20,7 @@ from forge_data import IGNORE_INDEX, PackedShardLoader
 from forge_models import ModelConfig, build_model
 
 from forge_platform.config_loader import config_hash
-from forge_platform.job_config import CheckpointConfig, OptimConfig, StageConfig, TrainConfig
+from forge_platform.config_sections import CheckpointConfig, OptimConfig, StageConfig, TrainConfig
 from forge_platform.parallel import ParallelDims, build_process_groups, gather_state_dict
 from forge_platform.parallel.context_parallel import shard_batch
 from forge_platform.parallel.groups import ParallelGroups

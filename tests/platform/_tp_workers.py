@@ -26,6 +26,7 @@ from forge_data import IGNORE_INDEX
 from forge_models import ModelConfig, build_model, get_preset, language_model_loss, weight_decay_groups
 from torch import nn
 
+from forge_platform.config_sections import OptimConfig, TrainConfig
 from forge_platform.parallel import (
     ModelParallelUnit,
     ParallelDims,
@@ -41,7 +42,6 @@ from forge_platform.parallel import (
     vocab_parallel_cross_entropy,
 )
 from forge_models.tp_plan import partition_dims
-from forge_platform.job_config import OptimConfig, TrainConfig
 from forge_platform.training.deepspeed_config import build_deepspeed_config
 
 REPO = Path(__file__).resolve().parents[2]

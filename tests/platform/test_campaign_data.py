@@ -16,7 +16,8 @@ from forge_data.tokenizer import train_from_texts
 
 from forge_platform.campaign import check_long_document_settings, describe_stage_data, pack_stage, tokenize_split
 from forge_platform.config_loader import ConfigError
-from forge_platform.job_config import CampaignConfig, StageConfig, load_job_config
+from forge_platform.config_sections import StageConfig
+from forge_platform.job_config import CampaignConfig, load_job_config
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SPEC = Path(__file__).resolve().parents[2] / "jobs" / "specs" / "demo.toml"

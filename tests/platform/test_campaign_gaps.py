@@ -23,8 +23,9 @@ from forge_eval import EvalConfig
 from forge_models import build_model, get_preset
 
 from forge_platform.campaign import CampaignProgress, pack_stage, ppl_seq_len, stage_progress_keys, tokenize_split
+from forge_platform.config_sections import ParallelConfig, StageConfig, TrainConfig
 from forge_platform.evaluation import evaluate_checkpoint
-from forge_platform.job_config import CampaignConfig, ParallelConfig, StageConfig, TrainConfig, load_job_config
+from forge_platform.job_config import CampaignConfig, load_job_config
 from forge_platform.stage import PPL_SPLIT, StageOutcome
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])

@@ -80,7 +80,7 @@ def test_resume_refuses_other_model_and_layout(tmp_path: Path) -> None:
 
 
 def test_a_resume_names_each_changed_setting_and_allows_only_the_listed_safe_ones() -> None:
-    from forge_platform.job_config import CheckpointConfig, StageConfig, TrainConfig
+    from forge_platform.config_sections import CheckpointConfig, StageConfig, TrainConfig
     from forge_platform.training.checkpoint_manager import training_settings
 
     written = StageConfig(train=TrainConfig(steps=10, micro_batch_size=4, log_every=1, recompute="full"))
@@ -117,7 +117,7 @@ def test_a_resume_names_each_changed_setting_and_allows_only_the_listed_safe_one
 
 
 def test_a_checkpoint_with_universal_state_resumes_with_other_degrees_and_the_same_global_batch() -> None:
-    from forge_platform.job_config import StageConfig, TrainConfig
+    from forge_platform.config_sections import StageConfig, TrainConfig
     from forge_platform.training.checkpoint_manager import training_settings
 
     def settings(micro: int, accum: int, zero_stage: int = 2) -> dict:

@@ -23,8 +23,8 @@ from _reshard_workers import (SAVE_AT, SEQ_LEN, Layout, _build, _finish, _layout
 from _tp_workers import launch
 from forge_data import PackedShardLoader
 
+from forge_platform.config_sections import ParallelConfig
 from forge_platform.input_errors import StageInputError
-from forge_platform.job_config import ParallelConfig
 from forge_platform.training.checkpoint_files import UNIVERSAL_DIR, read_meta
 from forge_platform.training.checkpoint_manager import CheckpointManager
 from forge_platform.training.checkpoint_storage import CheckpointTarget

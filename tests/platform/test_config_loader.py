@@ -9,7 +9,7 @@ from typing import Literal, Optional
 
 import pytest
 from forge_platform.config_loader import ConfigError, describe, field_docs, flatten, load_config
-from forge_platform.job_config import OptimConfig, StageConfig
+from forge_platform.config_sections import OptimConfig, StageConfig
 
 
 @dataclass

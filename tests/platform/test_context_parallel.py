@@ -23,7 +23,7 @@ from _tp_workers import RunSpec, assert_close, launch, reference_run
 from forge_models import get_preset
 from forge_models.tp_plan import check_context_parallel
 
-from forge_platform.job_config import ParallelConfig, TrainConfig
+from forge_platform.config_sections import ParallelConfig, TrainConfig
 from forge_platform.parallel import ParallelDims
 
 WEIGHT_ATOL = 5e-5  # as test_tensor_parallel: Adam turns rounding-level gradient differences into ~1% of a step

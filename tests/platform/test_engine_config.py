@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from forge_platform.config_sections import OptimConfig, TrainConfig
 from forge_platform.training.deepspeed_config import build_deepspeed_config
 from forge_platform.training.optimizer import build_optimizer, build_schedule, lr_at
-from forge_platform.job_config import OptimConfig, TrainConfig
 from forge_models import build_model, get_preset
 
 

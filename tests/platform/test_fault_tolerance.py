@@ -10,18 +10,12 @@ from pathlib import Path
 import pytest
 from forge_models import get_preset
 from forge_platform.cluster import check_resources, ensure_ray
+from forge_platform.config_sections import (CheckpointConfig, OptimConfig, ParallelConfig, StageConfig,
+                                            TrackingConfig, TrainConfig)
 from forge_platform.training.checkpoint_files import read_meta
 from forge_platform.training.stage_runner import run_stage
 from forge_platform.training.trainer import INPUT_ERROR_FILE, StageRun
 from forge_platform.input_errors import StageInputError
-from forge_platform.job_config import (
-    CheckpointConfig,
-    OptimConfig,
-    ParallelConfig,
-    StageConfig,
-    TrackingConfig,
-    TrainConfig,
-)
 from forge_platform.training.drills import FailureDrill
 
 pytestmark = pytest.mark.slow

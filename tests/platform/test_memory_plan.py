@@ -17,7 +17,7 @@ import torch
 from forge_models import build_model, get_preset
 from forge_models import memory as act
 from forge_platform.config_loader import ConfigError
-from forge_platform.job_config import ParallelConfig, StageConfig, TrainConfig
+from forge_platform.config_sections import ParallelConfig, StageConfig, TrainConfig
 from forge_platform.memory_plan import (
     choose_recompute,
     count_parameters,

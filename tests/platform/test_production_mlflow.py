@@ -64,8 +64,8 @@ def _keys(stack, prefix: str) -> list[str]:
 
 def _upload_corpus(stack) -> dict[str, str]:
     """The demo corpus at CI size, uploaded to s3://forge/corpus/{train,val}."""
+    from forge_platform.config_sections import CorpusConfig
     from forge_platform.demo_corpus import prepare_demo_corpus
-    from forge_platform.job_config import CorpusConfig
 
     corpus = prepare_demo_corpus(CorpusConfig(shakespeare=str(REPO / "datasets/tinyshakespeare/input.txt"),
                                               stdlib_files=12), stack.scratch / "corpus")

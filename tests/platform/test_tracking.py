@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from forge_platform.job_config import TrackingConfig
+from forge_platform.config_sections import TrackingConfig
 from forge_platform.tracking.loggers import ConsoleLogger, MlflowLogger, NullLogger, build_logger
 from forge_platform.tracking.mlflow_server import free_port, local_mlflow_server
 from forge_platform.tracking.plots import plot_loss_per_stage

@@ -142,7 +142,7 @@ def test_a_stage_that_trained_is_finished_whatever_tracking_does(tmp_path: Path,
     FAILED, no exception), and its run is FINISHED with its tag and metrics once the server returns."""
     import forge_platform.stage as stage_module
     from forge_models import get_preset
-    from forge_platform.job_config import ParallelConfig, StageConfig, TrackingConfig
+    from forge_platform.config_sections import ParallelConfig, StageConfig, TrackingConfig
     from forge_platform.session import JobSession
     from forge_platform.tracking.loggers import build_logger
     from forge_platform.training.stage_runner import StageResult
@@ -193,8 +193,8 @@ def test_ray_train_stage_with_the_server_killed_mid_stage(packed_data, tmp_path:
 
     from forge_models import get_preset
     from forge_platform.cluster import ensure_ray
-    from forge_platform.job_config import (CheckpointConfig, ParallelConfig, StageConfig, TrackingConfig,
-                                           TrainConfig)
+    from forge_platform.config_sections import (CheckpointConfig, ParallelConfig, StageConfig, TrackingConfig,
+                                                TrainConfig)
     from forge_platform.session import JobSession
     from forge_platform.stage import CHECKPOINT_TAG, train_and_evaluate
 

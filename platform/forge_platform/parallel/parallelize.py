@@ -37,7 +37,7 @@ import torch
 from forge_models import LanguageModel
 from torch import nn
 
-from forge_platform.job_config import StageConfig
+from forge_platform.config_sections import StageConfig
 from forge_platform.parallel.context_parallel import apply_context_parallel
 from forge_platform.parallel.recompute import apply_recompute
 from forge_platform.parallel.cross_entropy import build_loss_fn

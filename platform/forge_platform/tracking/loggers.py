@@ -18,7 +18,7 @@ from forge_platform.tracking.metric_queue import MetricQueue
 from forge_platform.tracking.transport import PENDING_RUN_PREFIX, MetricSender, Record, iter_batches
 
 if TYPE_CHECKING:
-    from forge_platform.job_config import TrackingConfig
+    from forge_platform.config_sections import TrackingConfig
 
 
 class MetricLogger(Protocol):

@@ -41,7 +41,7 @@ from forge_data import PackedShardLoader
 from forge_models import ModelConfig
 
 from forge_platform.config_loader import config_hash
-from forge_platform.job_config import CheckpointConfig, StageConfig, may_change_on_resume
+from forge_platform.config_sections import CheckpointConfig, StageConfig, may_change_on_resume
 from forge_platform.parallel.parallelize import ParallelModel
 from forge_platform.parallel.sharding import gather_state_dict
 from forge_platform.training.checkpoint_files import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from forge_platform.job_config import OptimConfig, TrainConfig
+from forge_platform.config_sections import OptimConfig, TrainConfig
 
 
 def build_deepspeed_config(train: TrainConfig, optim: OptimConfig, data_parallel_size: int) -> dict[str, Any]:

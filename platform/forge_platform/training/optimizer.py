@@ -8,7 +8,7 @@ import torch
 from forge_models import weight_decay_groups
 from torch import nn
 
-from forge_platform.job_config import OptimConfig
+from forge_platform.config_sections import OptimConfig
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     """A plain `torch.optim.AdamW` (no DeepSpeed op to JIT-compile) over the model's two groups.

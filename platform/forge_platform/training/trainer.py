@@ -33,8 +33,8 @@ from forge_models import ModelConfig, build_model, kernel_path
 from forge_models.flops import attention_context, training_flops_per_token
 
 from forge_platform.config_loader import config_hash
+from forge_platform.config_sections import ParallelConfig, StageConfig, TrackingConfig
 from forge_platform.input_errors import INPUT_ERRORS, TRANSIENT_ERRORS, InputError
-from forge_platform.job_config import ParallelConfig, StageConfig, TrackingConfig
 from forge_platform.memory_plan import choose_recompute, gpu_capacity, resolve_recompute
 from forge_platform.parallel.batch import check_tp_batch
 from forge_platform.parallel.context_parallel import shard_batch
