@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
 import ray
 
-from forge_platform.job_config import ParallelConfig
+from forge_platform.config_sections import ParallelConfig
 
 
 def worker_env(workspace: str | Path) -> dict[str, str]:
@@ -45,6 +46,7 @@ def ensure_ray(num_cpus: int, workspace: str | Path = ".") -> None:
     # driver's log fills with "Failed to query Ray Train Controller actor state".
     # address="local": always a new Ray of our own; a bare ray.init() would join any cluster left
     # on this machine (a `ray start` head, another job's), with other resources than asked for.
+    forget_dead_cluster_address()
     dashboard_missing = _dashboard_dependency_error()
     if dashboard_missing:
         print(f"Ray's dashboard cannot start ({dashboard_missing}; `pip install 'ray[default]'` brings it): "
@@ -59,6 +61,35 @@ def ensure_ray(num_cpus: int, workspace: str | Path = ".") -> None:
         configure_logging=True,
         logging_level="WARNING",
     )
+
+
+def forget_dead_cluster_address() -> str:
+    """Remove Ray's record of the last `ray start` cluster when nothing answers at its address, and
+    return that address ('' when there was nothing to remove).
+
+    `ray start` writes `<ray temp dir>/ray_current_cluster` and `ray stop` leaves it behind. Ray's State
+    API resolves that address first, and Ray Train's placement-group cleaner queries the State API
+    at every stage: with a dead address each query waits ~40 s, and every stage's end stalled 12 s
+    (the cleaner's stop timeout; seen here after any test that ran `ray start`). A live address
+    is left alone.
+    """
+    try:
+        from ray._common.utils import get_ray_address_file
+    except ImportError:  # another Ray layout: nothing to clean
+        return ""
+    path = Path(get_ray_address_file(None))
+    try:
+        address = path.read_text().strip()
+    except OSError:
+        return ""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return ""  # a cluster answers there
+    except (OSError, ValueError):
+        pass
+    path.unlink(missing_ok=True)
+    return address
 
 
 def _dashboard_dependency_error() -> str:
