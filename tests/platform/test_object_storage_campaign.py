@@ -218,7 +218,7 @@ import dataclasses, json, sys
 from forge_models import get_preset
 from forge_platform.cluster import ensure_ray
 from forge_platform.input_errors import StageInputError
-from forge_platform.job_config import CheckpointConfig, OptimConfig, ParallelConfig, StageConfig, TrackingConfig, TrainConfig
+from forge_platform.config_sections import CheckpointConfig, OptimConfig, ParallelConfig, StageConfig, TrackingConfig, TrainConfig
 from forge_platform.training.drills import FailureDrill
 from forge_platform.training.stage_runner import run_stage
 from forge_platform.training.trainer import StageRun
