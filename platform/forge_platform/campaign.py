@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -226,10 +227,14 @@ class CampaignProgress:
     Re-running a campaign's command after its driver died skips the stages that finished, if
     nothing they depend on changed (`stage_progress_keys`: the corpus, data, tokenizer, model and
     every stage up to it, not the parallel layout), and the unfinished stage resumes from its last checkpoint (Ray Train
-    hands a rerun of a stage its latest checkpoint; the checkpoint manager checks it)."""
+    hands a rerun of a stage its latest checkpoint; the checkpoint manager checks it).
+
+    Records may come from several threads (a study's concurrent runs): one at a time, so no file
+    is written from a half-updated table."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self._lock = threading.Lock()
         try:
             self.stages: dict[str, dict] = json.loads(storage.read_bytes(self.path))["stages"]
         except storage.StorageNotFound:
@@ -246,9 +251,11 @@ class CampaignProgress:
     def record(self, stage: StageOutcome, key: str) -> None:
         if stage.checkpoint_dir is None:  # nothing to start the next stage from: not resumable
             return
-        self.stages[stage.name] = {"key": key, "checkpoint_dir": str(stage.checkpoint_dir), "run_id": stage.run_id,
-                                   "final_loss": stage.final_loss, "eval_metrics": stage.eval_metrics}
-        storage.publish(self.path, json.dumps({"stages": self.stages}, indent=2, sort_keys=True, default=str).encode())
+        with self._lock:
+            self.stages[stage.name] = {"key": key, "checkpoint_dir": str(stage.checkpoint_dir), "run_id": stage.run_id,
+                                       "final_loss": stage.final_loss, "eval_metrics": stage.eval_metrics}
+            storage.publish(self.path, json.dumps({"stages": self.stages}, indent=2, sort_keys=True,
+                                                  default=str).encode())
 
 
 def file_sha256(path: str | Path) -> str:

@@ -108,7 +108,6 @@ def _train_every_run(cfg: StudyConfig, planned: dict[str, StageConfig], places: 
                             "tokenizer": file_sha256(tokens.tokenizer_path)})
     parallel = cfg.run_parallel()
     plan = [(arm, seed) for arm in cfg.arms for seed in cfg.seeds]
-    recording = threading.Lock()  # runs finish in any order when several train at once
     # Evaluations run in this process, one at a time: Triton's autotuner keeps per-call state on the
     # kernel object, and two threads evaluating Mamba-2 models at once failed inside it on an H200
     # (TypeError in autotuner._bench). They are short next to training, which runs in Ray's workers.
@@ -136,8 +135,7 @@ def _train_every_run(cfg: StudyConfig, planned: dict[str, StageConfig], places: 
         for tag, value in (("forge.arm", arm.name), ("forge.seed", str(seed)),
                            ("forge.document_resets", str(arm.document_resets).lower())):
             session.runs.set_tag(done.run_id, tag, value)
-        with recording:
-            progress.record(done, key)
+        progress.record(done, key)  # thread-safe: runs finish in any order when several train at once
         return run_result(arm, seed, model_cfg, done, ran_now=True)
 
     started = time.perf_counter()
