@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import socket
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -83,8 +84,16 @@ def _entry(rank: int, fn: Callable[..., None], world_size: int, port: int, args:
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)
+        dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         dist.destroy_process_group()
+    # A worker that finished leaves at once: the interpreter's normal exit runs native destructors
+    # (gloo's and DeepSpeed's threads), and one of them aborted a passing child about one run in
+    # seven here ("terminate called without an active exception", SIGABRT). Failures still raise
+    # above and reach pytest as the child's traceback.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # ---------------------------------------------------------------------------------------------
