@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from forge_platform.config_sections import OptimConfig, TrainConfig
 from forge_platform.training.deepspeed_config import build_deepspeed_config
 from forge_platform.training.optimizer import build_optimizer, build_schedule, lr_at
