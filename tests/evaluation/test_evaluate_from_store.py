@@ -19,6 +19,7 @@ from forge_platform import evaluation
 from forge_platform.evaluation import evaluate_main
 from forge_platform.training.checkpoint_files import CheckpointMeta, write_json
 
+from tests.evaluation.helpers import campaign_checkpoint
 from tests.moto_s3 import s3_environment
 
 BUCKET = "forge"
@@ -35,11 +36,7 @@ def campaign(tmp_path_factory, model, tokenizer_and_manifest) -> Path:
     store at RUN; one checkpoint folder on the store has no weights. Yields the local copy."""
     tokenizer, manifest = tokenizer_and_manifest
     local = tmp_path_factory.mktemp("campaign")
-    tokenizer.save(str(local / "tokenizer"))
-    checkpoint = local / "checkpoints" / "stage" / "step_00000007"
-    checkpoint.mkdir(parents=True)
-    torch.save(model.state_dict(), checkpoint / "model.pt")
-    (checkpoint / "model_config.json").write_text(json.dumps(dataclasses.asdict(model.config)))
+    checkpoint = campaign_checkpoint(local, model, tokenizer, "step_00000007")
     write_json(checkpoint / "meta.json", dataclasses.asdict(CheckpointMeta(
         step=7, tokens_seen=0, samples_consumed=0, stage="stage", config_hash="", model_hash="",
         tensor_parallel=1, data_parallel=1)))

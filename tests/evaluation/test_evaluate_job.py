@@ -13,11 +13,12 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-import torch
 from forge_data import TokenizerConfig
 from forge_data.tokenizer import train_from_texts
 from forge_eval import EvalConfig
 from forge_platform.evaluation import evaluate_checkpoint, evaluate_main
+
+from tests.evaluation.helpers import campaign_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,12 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 def campaign_like(tmp_path_factory, model, tokenizer_and_manifest) -> tuple[Path, str]:
     """A checkpoint folder laid out as a campaign leaves it: <out>/tokenizer, <out>/checkpoints/<stage>/checkpoint_*."""
     tokenizer, manifest = tokenizer_and_manifest
-    out = tmp_path_factory.mktemp("campaign")
-    tokenizer.save(str(out / "tokenizer"))
-    checkpoint = out / "checkpoints" / "stage" / "checkpoint_000000"
-    checkpoint.mkdir(parents=True)
-    torch.save(model.state_dict(), checkpoint / "model.pt")
-    (checkpoint / "model_config.json").write_text(json.dumps(dataclasses.asdict(model.config)))
+    checkpoint = campaign_checkpoint(tmp_path_factory.mktemp("campaign"), model, tokenizer, "checkpoint_000000")
     return checkpoint, manifest
 
 
