@@ -93,6 +93,7 @@ def _run(arm: str, seed: int, accuracy: float, resets: bool = True) -> RunResult
     return RunResult(arm=arm, seed=seed, pattern="M*", document_resets=resets, num_params=1000, final_loss=2.0,
                      run_id=f"{arm}{seed}", seconds=1.0,
                      metrics={"phonebook_standard_512_accuracy": accuracy, "phonebook_reversed_512_accuracy": 0.0,
+                              "phonebook_standard_512_digit_accuracy": accuracy, "phonebook_reversed_512_digit_accuracy": 0.1,
                               "ruler_niah_single_filler_512_score": accuracy})
 
 
@@ -103,6 +104,7 @@ def test_intervals_are_student_t_and_comparisons_are_paired_by_seed() -> None:
     runs = [_run("a", 0, 0.5), _run("a", 1, 0.9), _run("a", 2, 0.7),
             _run("b", 2, 0.6), _run("b", 0, 0.4), _run("b", 1, 0.8)]
     assert runs[0].metrics["phonebook_accuracy_mean"] == 0.25  # the mean over formats and lengths
+    assert runs[0].metrics["phonebook_digit_accuracy_mean"] == pytest.approx(0.3)
     diff = paired_difference(runs, "a", "b", "phonebook_accuracy_mean")
     # Paired: every seed's difference is 0.05, so the interval is 0 wide; unpaired it would be ~0.5 wide.
     assert diff.n == 3 and diff.mean == pytest.approx(0.05) and diff.half_width == pytest.approx(0.0, abs=1e-12)
@@ -119,6 +121,8 @@ def test_the_page_keeps_a_persons_reading(tmp_path: Path) -> None:
             _run("hybrid-plain", 1, 0.6, False)]
     text = results_page(cfg, runs, {"hybrid vs hybrid-plain on x": paired_difference(
         runs, "hybrid", "hybrid-plain", "phonebook_accuracy_mean")}, ["recall_vs_length.png"], 0.0)
+    assert "phonebook digits (mean; chance 0.10) |" in text.splitlines()[next(
+        i for i, line in enumerate(text.splitlines()) if line.startswith("| arm |"))]
     assert "| hybrid-plain | M* | off | 2 |" in text and "![recall_vs_length.png](recall_vs_length.png)" in text
     assert "hybrid vs hybrid-plain on x | 0.075 ± " in text
 
