@@ -306,9 +306,13 @@ def results_page(cfg: StudyConfig, runs: Sequence[RunResult], comparisons: Mappi
     earlier = sum(not r.ran_now for r in runs)
     at_once = "one run at a time" if cfg.concurrent_runs == 1 else f"{cfg.concurrent_runs} runs at a time"
     where = f"{'one GPU' if cfg.parallel.use_gpu else 'CPU workers'}, {at_once}"
-    timing = (f"The runs took {runs_seconds / 60:.1f} min of wall time ({where}; the runs' own times add up to "
-              f"{own / 60:.1f} min)" + (f"; {earlier} of them had finished in an earlier invocation and were "
-                                         "skipped, their own times included in the sum" if earlier else "") + ".")
+    if earlier == len(runs):  # this invocation trained nothing: its wall time says nothing of the study's
+        timing = (f"Every run had finished in an earlier invocation ({where}); their own times add up to "
+                  f"{own / 60:.1f} min. This invocation only wrote the page.")
+    else:
+        timing = (f"The runs took {runs_seconds / 60:.1f} min of wall time ({where}; the runs' own times add up to "
+                  f"{own / 60:.1f} min)" + (f"; {earlier} of them had finished in an earlier invocation and were "
+                                             "skipped, their own times included in the sum" if earlier else "") + ".")
     parts = [
         f"# {cfg.name}: results",
         "",

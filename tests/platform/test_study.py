@@ -127,6 +127,17 @@ def test_the_page_keeps_a_persons_reading(tmp_path: Path) -> None:
     assert "hybrid vs hybrid-plain on x | 0.075 ± " in text
 
 
+def test_a_page_rewritten_from_finished_runs_does_not_claim_their_wall_time() -> None:
+    cfg = load_job_config(StudyConfig, CPU_SPEC, [])
+    runs = [dataclasses.replace(_run("hybrid", seed, 0.5), seconds=60.0, ran_now=False) for seed in (0, 1)]
+    text = results_page(cfg, runs, {}, [], 0.0)
+    assert "0.0 min of wall time" not in text
+    assert "Every run had finished in an earlier invocation (CPU workers, one run at a time); their own times " \
+           "add up to 2.0 min. This invocation only wrote the page." in text
+    runs[0].ran_now = True  # one trained now: the invocation's wall time is the study's again
+    assert "The runs took 1.0 min of wall time" in results_page(cfg, runs, {}, [], 60.0)
+
+
 @pytest.mark.slow
 def test_a_reduced_study_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU spec with two arms (the hybrid with resets on and off) and two seeds, two runs at a time:
