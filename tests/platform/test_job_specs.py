@@ -25,6 +25,7 @@ SPEC_JOBS = {
     "tokenize.toml": "tokenize",
     "reproduce_recall.toml": "reproduce",
     "reproduce_recall_cpu.toml": "reproduce",
+    "reproduce_recall_laptop.toml": "reproduce",
     "reproduce_resets_cpu.toml": "reproduce",
 }
 

@@ -20,12 +20,16 @@ SPEC = REPO / "jobs" / "specs" / "reproduce_recall.toml"
 CPU_SPEC = REPO / "jobs" / "specs" / "reproduce_recall_cpu.toml"
 
 
-def test_the_shipped_study_compares_models_of_matched_size() -> None:
-    cfg = load_job_config(StudyConfig, SPEC, [])
+def _assert_matched_sizes(cfg: StudyConfig) -> None:
     sizes = {arm.name: build_model(dataclasses.replace(arm.model, vocab_size=cfg.data.tokenizer.vocab_size),
                                    device="meta").num_parameters() for arm in cfg.arms}
     mean = sum(sizes.values()) / len(sizes)
     assert all(abs(n / mean - 1) <= 0.10 for n in sizes.values()), sizes  # the issue's +-10%
+
+
+def test_the_shipped_study_compares_models_of_matched_size() -> None:
+    cfg = load_job_config(StudyConfig, SPEC, [])
+    _assert_matched_sizes(cfg)
     patterns = {arm.name: arm.model.pattern for arm in cfg.arms}
     assert set(patterns["mamba2"]) == {"M"} and "M" not in patterns["transformer"]
     hybrid = patterns["hybrid"]
@@ -35,6 +39,12 @@ def test_the_shipped_study_compares_models_of_matched_size() -> None:
     for plain in ("hybrid-plain", "mamba2-plain"):
         assert not arms[plain].document_resets and arms[plain].model == arms[plain.removesuffix("-plain")].model
     assert len(cfg.seeds) >= 3 and max(cfg.stage.eval.length_multiples) >= 4
+
+
+def test_the_laptop_study_compares_models_of_matched_size() -> None:
+    cfg = load_job_config(StudyConfig, REPO / "jobs" / "specs" / "reproduce_recall_laptop.toml", [])
+    _assert_matched_sizes(cfg)
+    assert {arm.name for arm in cfg.arms} == {"mamba2", "transformer", "hybrid"}
 
 
 @pytest.mark.parametrize("override, message", [
