@@ -156,14 +156,15 @@ def write_results(cfg: StudyConfig, runs: Sequence[RunResult], places: JobPlaces
     return StudyResults(files, metrics, summary_table(cfg, runs, comparisons), comparisons)
 
 
-def _recall_series(runs: Sequence[RunResult]) -> dict[str, dict[str, dict[int, Estimate]]]:
-    """task ('phonebook standard', 'phonebook reversed', 'NIAH') -> arm -> {length: estimate over seeds}."""
+def _recall_series(runs: Sequence[RunResult], digits: bool = False) -> dict[str, dict[str, dict[int, Estimate]]]:
+    """task ('phonebook standard', 'phonebook reversed', 'NIAH') -> arm -> {length: estimate over seeds};
+    `digits`: the phonebook tasks' digit accuracy instead (partial recall; chance 0.1)."""
     per_task: dict[str, dict[str, dict[int, list[float]]]] = {}
     for run in runs:
         for name, value in run.metrics.items():
-            if m := _PHONEBOOK.fullmatch(name):
+            if m := (_PHONEBOOK_DIGITS if digits else _PHONEBOOK).fullmatch(name):
                 task, length = f"phonebook {m[1]}", int(m[2])
-            elif (m := _NIAH.fullmatch(name)) and "_depth" not in name:
+            elif not digits and (m := _NIAH.fullmatch(name)) and "_depth" not in name:
                 task, length = "NIAH (single needle)", int(m[1])
             else:
                 continue
@@ -174,8 +175,11 @@ def _recall_series(runs: Sequence[RunResult]) -> dict[str, dict[str, dict[int, E
 
 def plot_recall(runs: Sequence[RunResult], trained_length: int, path: Path) -> Path:
     """One panel per recall task: accuracy against context length, a line per arm (mean over seeds,
-    band: 95% interval), the trained length marked (the paper's Figure 3/7 shape)."""
+    band: 95% interval), the trained length marked (the paper's Figure 3/7 shape). Phonebook panels
+    also draw each arm's digit accuracy, dotted: where every exact score is 0 it still tells the arms
+    apart, and shows chance (0.1) for what it is."""
     series = _recall_series(runs)
+    digit_series = _recall_series(runs, digits=True)
     plt = pyplot()
     fig, axes = plt.subplots(1, max(1, len(series)), figsize=(5 * max(1, len(series)), 4.2), dpi=110, squeeze=False)
     for ax, (task, arms) in zip(axes[0], sorted(series.items())):
@@ -188,10 +192,14 @@ def plot_recall(runs: Sequence[RunResult], trained_length: int, path: Path) -> P
             low = [points[x].mean - (0 if math.isnan(points[x].half_width) else points[x].half_width) for x in xs]
             high = [points[x].mean + (0 if math.isnan(points[x].half_width) else points[x].half_width) for x in xs]
             ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
+            if digit_points := digit_series.get(task, {}).get(arm):
+                ax.plot(sorted(digit_points), [digit_points[x].mean for x in sorted(digit_points)], marker=".",
+                        linestyle=":", color=line.get_color(), linewidth=1.2)
+                lengths.update(digit_points)
         ax.axvline(trained_length, color="grey", linestyle="--", linewidth=0.8)
         length_axis(ax, lengths | {trained_length})
         ax.set_ylim(-0.03, 1.03)
-        ax.set_title(task)
+        ax.set_title(task + ("\n(solid: exact; dotted: digits, chance 0.1)" if task in digit_series else ""))
         ax.set_xlabel("context length (tokens); dashed: trained length")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
@@ -268,12 +276,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _recall_table(runs: Sequence[RunResult]) -> str:
-    blocks = []
-    for task, arms in sorted(_recall_series(runs).items()):
+    blocks = [(f"**{task}**, accuracy by context length (tokens)", arms)
+              for task, arms in sorted(_recall_series(runs).items())]
+    blocks += [(f"**{task}**, digit accuracy by context length (tokens; chance 0.10)", arms)
+               for task, arms in sorted(_recall_series(runs, digits=True).items())]
+    tables = []
+    for title, arms in blocks:
         lengths = sorted({n for points in arms.values() for n in points})
         rows = [[arm] + [points[n].text(2) if n in points else "" for n in lengths] for arm, points in arms.items()]
-        blocks.append(f"**{task}**, accuracy by context length (tokens):\n\n" + _table(["arm"] + [str(n) for n in lengths], rows))
-    return "\n\n".join(blocks)
+        tables.append(f"{title}:\n\n" + _table(["arm"] + [str(n) for n in lengths], rows))
+    return "\n\n".join(tables)
 
 
 def _comparison_rows(comparisons: Mapping[str, Estimate]) -> list[list[str]]:

@@ -131,6 +131,8 @@ def test_the_page_keeps_a_persons_reading(tmp_path: Path) -> None:
             _run("hybrid-plain", 1, 0.6, False)]
     text = results_page(cfg, runs, {"hybrid vs hybrid-plain on x": paired_difference(
         runs, "hybrid", "hybrid-plain", "phonebook_accuracy_mean")}, ["recall_vs_length.png"], 0.0)
+    assert "**phonebook standard**, digit accuracy by context length (tokens; chance 0.10):\n\n| arm | 512 |" in text
+    assert "| hybrid | 0.60 ± " in text.split("**phonebook standard**, digit accuracy")[1]  # seeds 0.5 and 0.7
     assert "phonebook digits (mean; chance 0.10) |" in text.splitlines()[next(
         i for i, line in enumerate(text.splitlines()) if line.startswith("| arm |"))]
     assert "| hybrid-plain | M* | off | 2 |" in text and "![recall_vs_length.png](recall_vs_length.png)" in text
