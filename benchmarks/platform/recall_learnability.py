@@ -104,6 +104,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
     parser.add_argument("--processes", type=int, default=1, help="processes that tokenize the documents")
+    parser.add_argument("--documents", type=int, default=0,
+                        help="distinct training documents, reshuffled each pass (0: one per row, never repeated); "
+                             "tokenizing is ~5 ms a document, so thousands of steps at the GPU spec's batch need a cap")
+    parser.add_argument("--minutes", type=float, default=0.0,
+                        help="stop an arm after this much training time (0: no limit), to fit a bounded device call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="", help="write the curves here")
     parser.add_argument("--plot", default="", help="draw the curves of --from (or of this run) into this PNG")
@@ -124,7 +129,8 @@ def main() -> None:
     batch, seq_len, lr = spec.stage.train.micro_batch_size, spec.stage.seq_len, spec.stage.optim.lr
     device = torch.device(args.device)
 
-    num_train = steps * batch
+    rows = steps * batch
+    num_train = min(args.documents, rows) if args.documents > 0 else rows
     train_texts = list(practice_documents(num_train, seed=args.seed, mix=spec.practice))
     held_out = list(practice_documents(256, seed=10_000 + args.seed, mix=spec.practice))
     tokenizer = train_from_texts(TokenizerConfig(model_type="bpe", vocab_size=args.vocab or spec.data.tokenizer.vocab_size,
@@ -133,11 +139,12 @@ def main() -> None:
     val_inputs, val_labels, val_answers = (t.to(device) for t in rows_of(
         encode_all(tokenizer, held_out, 1), seq_len))
     cut = sum(len(ids) > seq_len + 1 for ids, _ in train)
-    print(f"{num_train} training documents ({cut} cut to {seq_len} tokens), {len(held_out)} held out; "
+    print(f"{num_train} training documents ({cut} cut to {seq_len} tokens) for {rows} rows, {len(held_out)} held out; "
           f"vocabulary {tokenizer.vocab_size}; {int(val_answers.sum())} held-out answer digits; "
           f"{steps} steps of {batch} x {seq_len}, lr {lr}, on {device}")
 
     curves: dict[str, list[tuple[int, float, float]]] = {}
+    result = {"args": vars(args), "overrides": overrides, "tokens_per_step": batch * seq_len, "curves": curves}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for arm in args.arms:
         torch.manual_seed(args.seed)
@@ -146,7 +153,8 @@ def main() -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
                                                        pct_start=0.05, final_div_factor=10)
-        order = random.Random(args.seed).sample(range(num_train), num_train)
+        shuffle = random.Random(args.seed)
+        order = [i for _ in range(-(-rows // num_train)) for i in shuffle.sample(range(num_train), num_train)]
         curve = curves[arm] = []
         start = time.perf_counter()
         for step in range(1, steps + 1):
@@ -166,11 +174,14 @@ def main() -> None:
                 right = (predicted == val_labels) & val_answers
                 accuracy = float(right.sum() / val_answers.sum())
                 curve.append((step, float(loss.detach()), accuracy))
+                elapsed = time.perf_counter() - start
                 print(f"{arm} ({params / 1e6:.2f}M) step {step}: train loss {float(loss.detach()):.3f}, held-out "
-                      f"answer-digit accuracy {accuracy:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
-    result = {"args": vars(args), "overrides": overrides, "tokens_per_step": batch * seq_len, "curves": curves}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+                      f"answer-digit accuracy {accuracy:.3f} ({elapsed:.0f} s)", flush=True)
+                if args.json:  # after every evaluation: a run cut off by a device call's limit keeps its curve
+                    Path(args.json).write_text(json.dumps(result, indent=1))
+                if args.minutes and elapsed > 60 * args.minutes:
+                    print(f"{arm}: stopped at step {step} of {steps} after {elapsed / 60:.1f} min (--minutes)")
+                    break
     if args.plot:
         print(f"wrote {plot_curves([result], args.plot)}")
 
