@@ -144,7 +144,8 @@ def main() -> None:
           f"{steps} steps of {batch} x {seq_len}, lr {lr}, on {device}")
 
     curves: dict[str, list[tuple[int, float, float]]] = {}
-    result = {"args": vars(args), "overrides": overrides, "tokens_per_step": batch * seq_len, "curves": curves}
+    result = {"args": vars(args), "overrides": overrides, "tokens_per_step": batch * seq_len,
+              "rows_per_step": batch, "curves": curves}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for arm in args.arms:
         torch.manual_seed(args.seed)
@@ -187,20 +188,22 @@ def main() -> None:
 
 
 def plot_curves(results: list[dict], path: str) -> Path:
-    """Answer-digit accuracy against optimizer steps (the plateau before lookup appears is counted in
-    steps), a line per (run, arm), chance marked; the legend under the axes names each run's spec and
-    overrides."""
+    """Answer-digit accuracy against the training documents seen (steps x rows a step), a line per
+    (run, arm), chance marked; the legend under the axes names each run's spec and overrides. Documents,
+    not steps: on the small problems a batch of 16 learned the lookup in 2,000 steps where a batch of
+    4 had not in 6,000, and both had seen about as many documents when they left chance."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.2 + 0.35 * sum(len(r["curves"]) for r in results)), dpi=110)
     for result in results:
         label = " ".join([result["args"].get("spec", "").rsplit("/", 1)[-1].removesuffix(".toml")]
                          + result.get("overrides", []))
+        rows = result["rows_per_step"]
         for arm, curve in result["curves"].items():
-            ax.plot([step for step, _, _ in curve], [acc for _, _, acc in curve], marker=".",
-                    label=textwrap.fill(f"{arm}, {result['tokens_per_step']} tokens a step: {label}", 90),
+            ax.plot([step * rows for step, _, _ in curve], [acc for _, _, acc in curve], marker=".",
+                    label=textwrap.fill(f"{arm}, {rows} x {result['tokens_per_step'] // rows} a step: {label}", 90),
                     linewidth=1.4)
     ax.axhline(0.1, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("optimizer steps")
+    ax.set_xlabel("training documents seen (one a row)")
     ax.set_ylabel("held-out answer-digit accuracy\n(dashed: chance)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
