@@ -190,8 +190,8 @@ def main() -> None:
 def plot_curves(results: list[dict], path: str) -> Path:
     """Answer-digit accuracy against the training documents seen (steps x rows a step), a line per
     (run, arm), chance marked; the legend under the axes names each run's spec and overrides. Documents,
-    not steps: on the small problems a batch of 16 learned the lookup in 2,000 steps where a batch of
-    4 had not in 6,000, and both had seen about as many documents when they left chance."""
+    not steps: on the small problems a batch of 16 was at 0.96 after 2,000 steps where a batch of 4
+    was at 0.59 after 6,000, and the two curves lie on each other against documents until the jump."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.2 + 0.35 * sum(len(r["curves"]) for r in results)), dpi=110)
     for result in results:
