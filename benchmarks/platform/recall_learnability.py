@@ -108,7 +108,8 @@ def main() -> None:
                         help="distinct training documents, reshuffled each pass (0: one per row, never repeated); "
                              "tokenizing is ~5 ms a document, so thousands of steps at the GPU spec's batch need a cap")
     parser.add_argument("--minutes", type=float, default=0.0,
-                        help="stop an arm after this much training time (0: no limit), to fit a bounded device call")
+                        help="stop an arm at the first evaluation after this much training time (0: no limit), "
+                             "to fit a bounded device call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="", help="write the curves here")
     parser.add_argument("--plot", default="", help="draw the curves of --from (or of this run) into this PNG")
@@ -130,7 +131,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     rows = steps * batch
-    num_train = min(args.documents, rows) if args.documents > 0 else rows
+    num_train = min(args.documents or rows, rows)
     train_texts = list(practice_documents(num_train, seed=args.seed, mix=spec.practice))
     held_out = list(practice_documents(256, seed=10_000 + args.seed, mix=spec.practice))
     tokenizer = train_from_texts(TokenizerConfig(model_type="bpe", vocab_size=args.vocab or spec.data.tokenizer.vocab_size,
