@@ -94,6 +94,15 @@ def rows_of(docs: list[tuple[list[int], list[int]]], seq_len: int) -> tuple[torc
     return inputs, labels, answers
 
 
+def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """Warm up over ~5% of the steps, in whole steps and at least two: OneCycleLR divides by its warm-up
+    length less one, so a share that comes to exactly one step (20 steps at 5%) divides by zero. Needs
+    at least 4 steps (main checks)."""
+    warmup = max(2, round(0.05 * steps))
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=warmup / steps,
+                                               final_div_factor=10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default=LAPTOP_SPEC, help="the study spec whose arms and stage to train")
@@ -127,6 +136,8 @@ def main() -> None:
     if unknown := sorted(set(args.arms) - set(arms)):
         parser.error(f"arms {unknown} are not in {args.spec} (it has {sorted(arms)})")
     steps = args.steps or spec.stage.train.steps
+    if steps < 4:
+        parser.error(f"--steps {steps}: a warm-up and a decay need at least 4 steps")
     batch, seq_len, lr = spec.stage.train.micro_batch_size, spec.stage.seq_len, spec.stage.optim.lr
     device = torch.device(args.device)
 
@@ -153,8 +164,7 @@ def main() -> None:
         model = build_model(dataclasses.replace(arms[arm], vocab_size=tokenizer.vocab_size)).to(device)
         params = sum(p.numel() for p in model.parameters())
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
-                                                       pct_start=0.05, final_div_factor=10)
+        schedule = one_cycle(optimizer, lr, steps)
         shuffle = random.Random(args.seed)
         order = [i for _ in range(-(-rows // num_train)) for i in shuffle.sample(range(num_train), num_train)]
         curve = curves[arm] = []

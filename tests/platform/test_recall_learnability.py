@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 from forge_data import IGNORE_INDEX, TokenizerConfig
 from forge_data.tokenizer import train_from_texts
 from forge_eval.phonebook import answered_book
 from forge_eval.practice import PracticeMix, associative_recall, practice_documents
 
-from benchmarks.platform.recall_learnability import answer_spans, encode_all, rows_of
+from benchmarks.platform.recall_learnability import answer_spans, encode_all, one_cycle, rows_of
 
 
 def test_answer_spans_are_the_looked_up_values() -> None:
@@ -39,3 +40,16 @@ def test_answer_positions_and_rows_mark_the_answer_digit_labels() -> None:
         assert torch.equal(labels[row][answers[row]], torch.tensor([ids[p] for p in positions]))
         assert torch.equal(inputs[row, :len(ids) - 1], torch.tensor(ids[:-1]))
         assert (labels[row, len(ids) - 1:] == IGNORE_INDEX).all()
+
+
+def test_the_schedule_runs_every_step_count_from_four() -> None:
+    # At 20 steps a 5% warm-up is one step, and OneCycleLR divided by zero (warm-up length less one).
+    for steps in range(4, 61):
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        schedule = one_cycle(optimizer, 1e-3, steps)
+        rates = []
+        for _ in range(steps):
+            optimizer.step()
+            rates.append(optimizer.param_groups[0]["lr"])
+            schedule.step()
+        assert max(rates) == pytest.approx(1e-3) and rates[0] < 1e-3 and rates[-1] < 1e-3
