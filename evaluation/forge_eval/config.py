@@ -73,7 +73,7 @@ class EvalConfig:
     ppl_max_position: int = 8192
     """Positions past this are not measured (set it to 2x the trained length)."""
     ppl_rows: int = 8
-    """Held-out packed rows read for perplexity by position."""
+    """Held-out packed rows scored for perplexity by position: those whose documents run longest."""
 
     length_multiples: list[float] = field(default_factory=list)
     """Lengths as multiples of the stage's seq_len (e.g. [0.5, 1, 2]): in a campaign each stage then

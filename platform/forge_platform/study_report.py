@@ -223,8 +223,8 @@ def plot_resets(runs: Sequence[RunResult], path: Path) -> Path:
              yerr=[0 if math.isnan(g.half_width) else g.half_width for g in gaps], capsize=3)
     bars.axhline(0, color="grey", linewidth=0.8)
     bars.set_xticks(range(len(names)))
-    bars.set_xticklabels([f"{a}\n(trained with resets {'on' if groups[a][0].document_resets else 'off'})"
-                          for a in names], fontsize=8)
+    bars.set_xticklabels([f"{a}\ntrained with\nresets {'on' if groups[a][0].document_resets else 'off'}"
+                          for a in names], fontsize=8)  # three short lines: five arms' labels overlapped on one
     bars.set_ylabel("loss as plain streams - loss with resets")
     bars.set_title("multi-document held-out rows (> 0: other documents hurt)")
     bars.grid(axis="y", alpha=0.3)

@@ -4,12 +4,18 @@ document of a packed row (seq_idx), so a token never claims context from another
 from __future__ import annotations
 
 import math
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
-from forge_data import IGNORE_INDEX
+from forge_data import IGNORE_INDEX, DataPipelineConfig, PackingConfig, TokenizerConfig, run_pipeline
 from forge_data.loader import PackedShardLoader
 from forge_eval import EvalConfig, EvalInputs, evaluate_model, loss_by_position, validation_loss
+from forge_eval.position_loss import longest_rows
+from forge_models.model import positions_from_seq_idx
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
 def test_buckets_add_up_to_the_validation_loss(model, tokenizer_and_manifest) -> None:
@@ -66,3 +72,29 @@ def test_the_ppl_suite(model, tokenizer_and_manifest) -> None:
     assert set(metrics) == {"pos_max_position"} | {f"pos_{s}_{s + 32}_{m}" for s in (0, 32) for m in ("loss", "ppl", "tokens")}
     with pytest.raises(ValueError, match="suite 'ppl' needs held-out data"):
         evaluate_model(model, cfg, EvalInputs())
+
+
+def test_the_rows_scored_are_those_whose_documents_run_longest(tmp_path, model, tokenizer_and_manifest) -> None:
+    # Forty short documents packed first, one long one after them: the first rows reach only a
+    # document's few tokens. Reading the first rows (as before) measured nothing past the first bucket.
+    tokenizer, _ = tokenizer_and_manifest
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for k in range(40):
+        (corpus / f"a{k:02d}.txt").write_text(f"x = {k}\n", encoding="utf-8")
+    (corpus / "z.txt").write_text((STDLIB / "json" / "decoder.py").read_text("utf-8"), encoding="utf-8")
+    cfg = DataPipelineConfig(inputs=[str(corpus)], output_dir=str(tmp_path / "data"),
+                             tokenizer=TokenizerConfig(model_path=tokenizer.save(str(tmp_path / "tokenizer"))),
+                             packing=PackingConfig(seq_len=64), shard_tokens=64 * 64)
+    run_pipeline(cfg, use_ray=False)
+    manifest = str(tmp_path / "data" / "manifest.json")
+    loader = PackedShardLoader(manifest, micro_batch_size=1, shuffle=False)
+    reach = [int(positions_from_seq_idx(loader.next_batch()["seq_idx"]).max()) + 1 for _ in range(loader.num_rows)]
+    assert reach[0] < 16 and max(reach) == 64
+    chosen = longest_rows(manifest, 3, progress=False)
+    expected = sorted(sorted(range(len(reach)), key=lambda i: (-reach[i], i))[:3])
+    check = PackedShardLoader(manifest, micro_batch_size=1, shuffle=False)
+    rows = [check.next_batch() for _ in range(len(reach))]
+    assert [torch.equal(c["input_ids"], rows[i]["input_ids"]) for c, i in zip(chosen, expected, strict=True)] == [True] * 3
+    metrics = loss_by_position(model, manifest, num_rows=1, bucket=16, max_position=64, progress=False)
+    assert metrics["pos_max_position"] == 64 and "pos_48_64_loss" in metrics
