@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import sysconfig
-from pathlib import Path
 
 import pytest
 import torch
-from forge_data import DataPipelineConfig, PackingConfig, TokenizerConfig, run_pipeline
+from forge_data import TokenizerConfig
 from forge_data.tokenizer import Tokenizer, train_from_texts
 from forge_models import build_model, get_preset
 from torch import nn
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
+from tests.evaluation.helpers import STDLIB, pack_folder
 
 
 @pytest.fixture(scope="session")
@@ -27,12 +25,8 @@ def tokenizer_and_manifest(tmp_path_factory: pytest.TempPathFactory) -> tuple[To
         (corpus / path.name).write_bytes(path.read_bytes())
     tokenizer = train_from_texts(TokenizerConfig(vocab_size=512, show_progress=False, sample_bytes=1 << 20),
                                  [p.read_text("utf-8") for p in sources])
-    tokenizer_path = tokenizer.save(str(root / "tokenizer"))
-    cfg = DataPipelineConfig(inputs=[str(corpus)], output_dir=str(root / "data"),
-                             tokenizer=TokenizerConfig(model_path=tokenizer_path),
-                             packing=PackingConfig(seq_len=64), shard_tokens=64 * 64)
-    run_pipeline(cfg, use_ray=False)
-    return tokenizer, str(root / "data" / "manifest.json")
+    manifest = pack_folder(corpus, tokenizer.save(str(root / "tokenizer")), root / "data", seq_len=64, rows_per_shard=64)
+    return tokenizer, manifest
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from forge_data.tokenizer import train_from_texts
 from forge_eval import EvalConfig
 from forge_platform.evaluation import evaluate_checkpoint, evaluate_main
 
-from tests.evaluation.helpers import campaign_checkpoint
+from tests.evaluation.helpers import campaign_checkpoint, pack_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -185,14 +185,12 @@ def test_evaluate_a_stage_run_by_its_mlflow_run_id(campaign_like, tmp_path, caps
 
     # A stage whose `ppl` suite measured past its seq_len (64) read longer rows (PPL_SPLIT): the run's tags,
     # as the stage writes them, bring them back, so evaluating the run measures as far again.
-    from forge_data import DataPipelineConfig, PackingConfig, TokenizerConfig, run_pipeline
     from forge_platform.stage import PPL_SPLIT, stage_run_tags
 
     data_root = Path(manifest).parents[1]
     long_rows = tmp_path / PPL_SPLIT
-    run_pipeline(DataPipelineConfig(inputs=[str(data_root / "corpus")], output_dir=str(long_rows),
-                                    tokenizer=TokenizerConfig(model_path=str(data_root / "tokenizer" / "tokenizer.model")),
-                                    packing=PackingConfig(seq_len=256), shard_tokens=256 * 16), use_ray=False)
+    pack_folder(data_root / "corpus", str(data_root / "tokenizer" / "tokenizer.model"), long_rows, seq_len=256,
+                rows_per_shard=16)
     model_cfg = json.loads((checkpoint / "model_config.json").read_text())
     from forge_models import ModelConfig
 

@@ -4,18 +4,16 @@ document of a packed row (seq_idx), so a token never claims context from another
 from __future__ import annotations
 
 import math
-import sysconfig
-from pathlib import Path
 
 import pytest
 import torch
-from forge_data import IGNORE_INDEX, DataPipelineConfig, PackingConfig, TokenizerConfig, run_pipeline
+from forge_data import IGNORE_INDEX
 from forge_data.loader import PackedShardLoader
 from forge_eval import EvalConfig, EvalInputs, evaluate_model, loss_by_position, validation_loss
 from forge_eval.position_loss import longest_rows
 from forge_models.model import positions_from_seq_idx
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
+from tests.evaluation.helpers import STDLIB, pack_folder
 
 
 def test_buckets_add_up_to_the_validation_loss(model, tokenizer_and_manifest) -> None:
@@ -83,11 +81,8 @@ def test_the_rows_scored_are_those_whose_documents_run_longest(tmp_path, model, 
     for k in range(40):
         (corpus / f"a{k:02d}.txt").write_text(f"x = {k}\n", encoding="utf-8")
     (corpus / "z.txt").write_text((STDLIB / "json" / "decoder.py").read_text("utf-8"), encoding="utf-8")
-    cfg = DataPipelineConfig(inputs=[str(corpus)], output_dir=str(tmp_path / "data"),
-                             tokenizer=TokenizerConfig(model_path=tokenizer.save(str(tmp_path / "tokenizer"))),
-                             packing=PackingConfig(seq_len=64), shard_tokens=64 * 64)
-    run_pipeline(cfg, use_ray=False)
-    manifest = str(tmp_path / "data" / "manifest.json")
+    manifest = pack_folder(corpus, tokenizer.save(str(tmp_path / "tokenizer")), tmp_path / "data", seq_len=64,
+                           rows_per_shard=64)
     loader = PackedShardLoader(manifest, micro_batch_size=1, shuffle=False)
     reach = [int(positions_from_seq_idx(loader.next_batch()["seq_idx"]).max()) + 1 for _ in range(loader.num_rows)]
     assert reach[0] < 16 and max(reach) == 64
