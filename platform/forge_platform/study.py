@@ -74,7 +74,7 @@ def _run_study(cfg: StudyConfig, planned: dict[str, StageConfig], places: JobPla
     outcome = StudyOutcome(session.tracking.uri, parent)
     try:
         outcome.runs, outcome.runs_seconds = _train_every_run(cfg, planned, places, session, parent)
-        outcome.results = write_results(cfg, outcome.runs, places, outcome.runs_seconds)
+        outcome.results = write_results(cfg, outcome.runs, places, outcome.runs_seconds, parent)
         for path in outcome.results.files:
             runs.log_artifact(parent, str(path), "results")
         runs.log_metrics(parent, outcome.results.parent_metrics)

@@ -122,20 +122,22 @@ def paired_difference(runs: Sequence[RunResult], first: str, second: str, metric
     return Estimate.of([a[s] - b[s] for s in sorted(a) if s in b])
 
 
-def write_results(cfg: StudyConfig, runs: Sequence[RunResult], places: JobPlaces, runs_seconds: float) -> StudyResults:
+def write_results(cfg: StudyConfig, runs: Sequence[RunResult], places: JobPlaces, runs_seconds: float,
+                  parent_run_id: str = "") -> StudyResults:
     """The plots and the page in the job's results folder (uploaded with an object-store output_dir),
-    copied to `cfg.results_page` when set; the per-arm means for the parent run."""
+    copied to `cfg.results_page` when set; the per-arm means for the parent run (`parent_run_id`,
+    named on the page)."""
     folder = places.local("results")
     files = [plot_recall(runs, cfg.stage.seq_len, folder / RECALL_PLOT)] if _recall_series(runs) else []
     if any(not r.document_resets for r in runs):
-        files.append(plot_resets(runs, folder / RESETS_PLOT))
+        files.append(plot_resets(runs, cfg.stage.seq_len, folder / RESETS_PLOT))
     comparisons = {}
     for text in cfg.comparisons:
         first, second, metric = cfg.comparison(text)
         comparisons[f"{first} vs {second} on {metric}"] = paired_difference(runs, first, second, metric)
     plots = list(files)
     page = folder / PAGE
-    page.write_text(results_page(cfg, runs, comparisons, [p.name for p in plots], runs_seconds), encoding="utf-8")
+    page.write_text(results_page(cfg, runs, comparisons, [p.name for p in plots], runs_seconds, parent_run_id), encoding="utf-8")
     files.append(page)
     places.upload(folder)
     if cfg.results_page:
@@ -146,7 +148,7 @@ def write_results(cfg: StudyConfig, runs: Sequence[RunResult], places: JobPlaces
         for plot, name in zip(plots, names):
             shutil.copyfile(plot, target.parent / name)
         reading = kept_reading(target)
-        target.write_text(results_page(cfg, runs, comparisons, names, runs_seconds) + reading, encoding="utf-8")
+        target.write_text(results_page(cfg, runs, comparisons, names, runs_seconds, parent_run_id) + reading, encoding="utf-8")
     metrics = {}
     for arm, group in by_arm(runs).items():
         for metric in (cfg.headline_metric, "val_loss", "val_plain_loss", "niah_score_mean"):
@@ -189,9 +191,7 @@ def plot_recall(runs: Sequence[RunResult], trained_length: int, path: Path) -> P
             lengths.update(xs)
             ys = [points[x].mean for x in xs]
             line, = ax.plot(xs, ys, marker="o", label=arm, linewidth=1.5)
-            low = [points[x].mean - (0 if math.isnan(points[x].half_width) else points[x].half_width) for x in xs]
-            high = [points[x].mean + (0 if math.isnan(points[x].half_width) else points[x].half_width) for x in xs]
-            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
+            ax.fill_between(xs, *accuracy_band([points[x] for x in xs]), color=line.get_color(), alpha=0.15)
             if digit_points := digit_series.get(task, {}).get(arm):
                 ax.plot(sorted(digit_points), [digit_points[x].mean for x in sorted(digit_points)], marker=".",
                         linestyle=":", color=line.get_color(), linewidth=1.2)
@@ -207,10 +207,20 @@ def plot_recall(runs: Sequence[RunResult], trained_length: int, path: Path) -> P
     return save_figure(plt, fig, path)
 
 
-def plot_resets(runs: Sequence[RunResult], path: Path) -> Path:
+def accuracy_band(points: Sequence[Estimate]) -> tuple[list[float], list[float]]:
+    """The low and high edges of a band of accuracies' 95% intervals, inside [0, 1]: with 3 seeds a
+    t interval is 4.3 standard errors wide on each side and runs past what an accuracy can be (the
+    page's table keeps the interval as computed)."""
+    widths = [0.0 if math.isnan(p.half_width) else p.half_width for p in points]
+    return ([max(0.0, p.mean - w) for p, w in zip(points, widths)],
+            [min(1.0, p.mean + w) for p, w in zip(points, widths)])
+
+
+def plot_resets(runs: Sequence[RunResult], trained_length: int, path: Path) -> Path:
     """Document resets on vs off: on held-out multi-document rows, how much worse each arm predicts
     when its context holds the documents before (plain streams) than with resets (a bar per arm,
-    mean over seeds with its interval), and loss by position on whole held-out documents (a line per arm)."""
+    mean over seeds with its interval), and loss by position on whole held-out documents (a line per
+    arm, the trained length marked: past it a Transformer's positions are ones it never trained on)."""
     groups = by_arm(runs)
     plt = pyplot()
     fig, (bars, lines) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
@@ -234,7 +244,8 @@ def plot_resets(runs: Sequence[RunResult], path: Path) -> Path:
         if starts:
             lines.plot(starts, [Estimate.of([p.get(s, math.nan) for p in per_seed]).mean for s in starts],
                        marker=".", label=arm, linewidth=1.4)
-    lines.set_xlabel("position in the document (bucket start, tokens)")
+    lines.axvline(trained_length, color="grey", linestyle="--", linewidth=0.8)
+    lines.set_xlabel("position in the document (bucket start, tokens); dashed: trained length")
     lines.set_ylabel("loss (nats per token)")
     lines.set_title("long single documents")
     lines.grid(alpha=0.3)
@@ -307,9 +318,10 @@ def summary_table(cfg: StudyConfig, runs: Sequence[RunResult], comparisons: Mapp
 
 
 def results_page(cfg: StudyConfig, runs: Sequence[RunResult], comparisons: Mapping[str, Estimate],
-                 plots: Sequence[str], runs_seconds: float) -> str:
+                 plots: Sequence[str], runs_seconds: float, parent_run_id: str = "") -> str:
     """The Markdown results page (the reading of the results is written by a person, below it).
-    `runs_seconds`: the wall time this invocation spent in the runs (training and evaluation)."""
+    `runs_seconds`: the wall time this invocation spent in the runs (training and evaluation);
+    `parent_run_id`: the study's MLflow parent run, where the plots and the page are logged too."""
     stage = cfg.stage
     tokens = stage.train.steps * stage.train.micro_batch_size * stage.train.grad_accum_steps \
         * cfg.parallel.num_workers * stage.seq_len
@@ -333,7 +345,8 @@ def results_page(cfg: StudyConfig, runs: Sequence[RunResult], comparisons: Mappi
         f"seed, for every arm), {cfg.practice_documents} recall practice documents in the training text. "
         + timing,
         "",
-        "Means over seeds ± the 95% Student t interval (n/a: one seed).",
+        "Means over seeds ± the 95% Student t interval"
+        + (" (n/a: one seed)." if any(len(g) == 1 for g in by_arm(runs).values()) else "."),
         "",
         _table(_header(cfg, runs), _arm_rows(cfg, runs)),
     ]
@@ -343,7 +356,8 @@ def results_page(cfg: StudyConfig, runs: Sequence[RunResult], comparisons: Mappi
         parts += ["", "Headline comparisons: the first arm minus the second, seed by seed:", "",
                   _table(["comparison", "mean difference ± 95% CI", "seeds", "reading"], _comparison_rows(comparisons))]
     parts += [""] + [f"![{name}]({name})" for name in plots]
-    parts += ["", "MLflow runs (parent, then one per arm and seed): " + ", ".join(
+    parent = f"parent `{parent_run_id}`; " if parent_run_id else ""
+    parts += ["", f"MLflow runs ({cfg.tracking.experiment}): {parent}one per arm and seed: " + ", ".join(
         f"{r.arm}-seed{r.seed} `{r.run_id}`" for r in runs), ""]
     return "\n".join(parts)
 

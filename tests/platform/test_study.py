@@ -13,7 +13,8 @@ from forge_eval import questions_of_length
 from forge_eval.practice import PracticeMix, associative_recall, practice_documents
 from forge_models import build_model
 from forge_platform.job_config import StudyConfig, load_job_config
-from forge_platform.study_report import Estimate, RunResult, kept_reading, paired_difference, results_page
+from forge_platform.study_report import (Estimate, RunResult, accuracy_band, kept_reading, paired_difference,
+                                         results_page)
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "jobs" / "specs" / "reproduce_recall.toml"
@@ -121,6 +122,16 @@ def test_intervals_are_student_t_and_comparisons_are_paired_by_seed() -> None:
     assert diff.excludes_zero
 
 
+def test_accuracy_bands_stay_between_0_and_1() -> None:
+    # Three seeds at 1, 1 and 0.7: the t interval runs to 1.33; a band drawn there is no accuracy.
+    points = [Estimate.of([1.0, 1.0, 0.7]), Estimate.of([0.0, 0.0, 0.1]), Estimate.of([0.5])]
+    low, high = accuracy_band(points)
+    assert points[0].mean + points[0].half_width > 1.0 and high[0] == 1.0
+    assert low[0] == pytest.approx(points[0].mean - points[0].half_width)
+    assert low[1] == 0.0 and high[1] == pytest.approx(points[1].mean + points[1].half_width)
+    assert low[2] == high[2] == 0.5  # one seed: no interval, no band
+
+
 def test_the_page_keeps_a_persons_reading(tmp_path: Path) -> None:
     page = tmp_path / "reproduction.md"
     assert kept_reading(page) == ""
@@ -130,7 +141,11 @@ def test_the_page_keeps_a_persons_reading(tmp_path: Path) -> None:
     runs = [_run("hybrid", 0, 0.5), _run("hybrid", 1, 0.7), _run("hybrid-plain", 0, 0.3, False),
             _run("hybrid-plain", 1, 0.6, False)]
     text = results_page(cfg, runs, {"hybrid vs hybrid-plain on x": paired_difference(
-        runs, "hybrid", "hybrid-plain", "phonebook_accuracy_mean")}, ["recall_vs_length.png"], 0.0)
+        runs, "hybrid", "hybrid-plain", "phonebook_accuracy_mean")}, ["recall_vs_length.png"], 0.0, "p123")
+    assert "Means over seeds ± the 95% Student t interval.\n" in text  # two seeds each: every mean has one
+    assert "parent `p123`; one per arm and seed: hybrid-seed0 `hybrid0`" in text
+    one_seed = results_page(cfg, runs[:1] + runs[2:3], {}, [], 0.0)
+    assert "interval (n/a: one seed)." in one_seed and "parent" not in one_seed
     assert "**phonebook standard**, digit accuracy by context length (tokens; chance 0.10):\n\n| arm | 512 |" in text
     assert "| hybrid | 0.60 ± " in text.split("**phonebook standard**, digit accuracy")[1]  # seeds 0.5 and 0.7
     assert "phonebook digits (mean; chance 0.10) |" in text.splitlines()[next(
