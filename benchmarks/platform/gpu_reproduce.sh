@@ -21,12 +21,8 @@ if [[ " $* " != *" --tracking.backend console "* ]] && ! python3 -c "import mlfl
   echo "gpu_reproduce: no MLflow on this machine: install it first (see this script's header), or pass --tracking.backend console" >&2
   exit 2
 fi
-# One Triton config per mamba_ssm kernel instead of autotuning: autotuning took 114 s of a run's first
-# step, in every run process (its results are not cached where configs have a pre_hook), while a 6M
-# model is launch-bound whatever the tile sizes. mamba_ssm's deterministic mode takes the cheapest
-# config when cached autotuning is off; it also makes its backward deterministic, which a seeded study
-# wants anyway. Ray's workers inherit this environment.
-export MAMBA_DETERMINISTIC=1 TRITON_CACHE_AUTOTUNING=0
+# The spec's `autotune_kernels = false` gives mamba_ssm's Triton kernels one config each (no ~2 min of
+# autotuning in every run's first step), in this process and in Ray's workers.
 work=/tmp/forge-reproduce
 mkdir -p "$work" "$out/results"
 started=$(date +%s)

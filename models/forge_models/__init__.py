@@ -9,12 +9,13 @@ from forge_models.config import AttentionConfig, Mamba2Config, MambaConfig, MLPC
 from forge_models.generate import generate
 from forge_models.losses import IGNORE_INDEX
 from forge_models.model import LanguageModel, build_model, language_model_loss
-from forge_models.ops.kernels import kernel_path
+from forge_models.ops.kernels import FIXED_CONFIG_ENV, kernel_path, use_fixed_kernel_configs
 from forge_models.params import keep_fp32_names, no_weight_decay_names, weight_decay_groups
 from forge_models.patterns import LayerSpec, allocate_layers, count_layers, parse_pattern
 from forge_models.presets import PRESETS, get_preset
 
 __all__ = [
+    "FIXED_CONFIG_ENV",
     "IGNORE_INDEX",
     "PRESETS",
     "AttentionConfig",
@@ -35,5 +36,6 @@ __all__ = [
     "language_model_loss",
     "no_weight_decay_names",
     "parse_pattern",
+    "use_fixed_kernel_configs",
     "weight_decay_groups",
 ]

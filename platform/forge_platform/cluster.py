@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import ray
+from forge_models import FIXED_CONFIG_ENV
 
 from forge_platform.config_sections import ParallelConfig
 
@@ -25,6 +26,9 @@ def worker_env(workspace: str | Path) -> dict[str, str]:
     }
     if not _has_cuda():
         env["DS_ACCELERATOR"] = "cpu"
+    # The kernel-config choice the driver made (a study's `autotune_kernels = false`): a submitted
+    # job's workers do not inherit the driver's environment, only what runtime_env names.
+    env.update({k: os.environ[k] for k in FIXED_CONFIG_ENV if k in os.environ})
     return env
 
 

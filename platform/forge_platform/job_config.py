@@ -242,6 +242,11 @@ class StudyConfig(JobBase):
     results_page: str = ""
     """Also write the results page (Markdown) and its plots here, e.g. docs/results/reproduction.md
     (a local path); it is always written to `output_dir/results/`."""
+    autotune_kernels: bool = True
+    """Let mamba_ssm autotune its Triton kernels in every run (false: one config each, set for the
+    driver and every worker before anything imports them; forge_models.ops.kernels.FIXED_CONFIG_ENV).
+    Autotuning took ~2 minutes of each small run's first step; false also makes mamba_ssm's SSD
+    backward deterministic. CPU runs never use these kernels."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

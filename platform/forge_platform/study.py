@@ -23,7 +23,7 @@ from pathlib import Path
 from forge_data import storage
 from forge_data.manifest import MANIFEST_FILE
 from forge_eval.practice import practice_documents
-from forge_models import ModelConfig, build_model
+from forge_models import ModelConfig, build_model, use_fixed_kernel_configs
 
 from forge_platform.campaign import (CampaignProgress, demo_inputs, describe_stage_data, file_sha256, layout_free,
                                     pack_stage, tokenize_once)
@@ -58,6 +58,8 @@ def run_study(cfg: StudyConfig) -> StudyOutcome:
     # The memory plan per arm: a run that cannot fit is refused before any tokenizing, and `auto`
     # recompute is resolved for each model.
     planned = {arm.name: plan_for_job(arm.model, [cfg.stage], cfg.parallel)[0] for arm in cfg.arms}
+    if not cfg.autotune_kernels:  # before Ray starts, so its workers inherit it (cluster.worker_env)
+        use_fixed_kernel_configs()
     with job_places(cfg.output_dir, cfg.scratch_dir, cfg.tracking) as places:
         banner(f"study {cfg.name!r}: {len(cfg.arms)} arms x {len(cfg.seeds)} seeds; starting Ray")
         with job_session(cfg.ray_num_cpus, cfg.tracking, places) as session:

@@ -47,3 +47,29 @@ def test_rank_zero_records_the_path_and_warns_on_stderr(monkeypatch: pytest.Monk
     trainer.rank, trainer.logger = 1, RecordingLogger()  # other ranks say nothing
     trainer.record_kernel_path()
     assert trainer.logger.tags == {} and capsys.readouterr().err == ""
+
+
+def test_fixed_kernel_configs_reach_every_worker_and_are_refused_too_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from forge_models import use_fixed_kernel_configs
+    from forge_platform.cluster import worker_env
+
+    for name in kernels.FIXED_CONFIG_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert not set(kernels.FIXED_CONFIG_ENV) & set(worker_env("."))  # autotuning, mamba_ssm's default
+    use_fixed_kernel_configs()
+    # A submitted job's workers get only what runtime_env names: the choice must be in it.
+    assert {k: worker_env(".")[k] for k in kernels.FIXED_CONFIG_ENV} == {
+        "MAMBA_DETERMINISTIC": "1", "TRITON_CACHE_AUTOTUNING": "0"}
+    monkeypatch.setenv("MAMBA_DETERMINISTIC", "0")
+    monkeypatch.setitem(sys.modules, "mamba_ssm.ops.triton.ssd_combined", SimpleNamespace())
+    with pytest.raises(RuntimeError, match="after mamba_ssm.ops.triton.ssd_combined was imported"):
+        use_fixed_kernel_configs()  # its configs were chosen at import: the setting would not apply
+
+
+def test_the_gpu_study_spec_fixes_kernel_configs() -> None:
+    from forge_platform.job_config import StudyConfig, load_job_config
+
+    assert load_job_config(StudyConfig, "jobs/specs/reproduce_recall.toml", []).autotune_kernels is False
+    assert load_job_config(StudyConfig, None, []).autotune_kernels is True

@@ -9,12 +9,32 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from types import ModuleType
 
 import torch
 
 KERNEL_MODULES = ("mamba_ssm.ops.triton.ssd_combined", "causal_conv1d")
+
+FIXED_CONFIG_ENV = {"MAMBA_DETERMINISTIC": "1", "TRITON_CACHE_AUTOTUNING": "0"}
+"""mamba_ssm's Triton kernels with one config each instead of autotuning: its deterministic mode
+takes the cheapest config when cached autotuning is off (and makes its SSD backward reductions
+deterministic). Autotuning took 114 s of a 6M model's first step on an H200, in every process; a
+small model is launch-bound whatever the tile sizes. mamba_ssm reads these when its modules are
+imported, so they must be set before (`use_fixed_kernel_configs`) and reach every Ray worker."""
+
+
+def use_fixed_kernel_configs() -> None:
+    """Set `FIXED_CONFIG_ENV` in this process (Ray workers started after it inherit it: see
+    forge_platform.cluster.worker_env). Refused once mamba_ssm's Triton kernels are imported here:
+    their configs were chosen then, and the setting would silently not apply."""
+    imported = sorted(m for m in sys.modules if m.startswith("mamba_ssm.ops.triton"))
+    if imported and any(os.environ.get(k) != v for k, v in FIXED_CONFIG_ENV.items()):
+        raise RuntimeError(f"fixed kernel configs asked for after {imported[0]} was imported: its "
+                           "autotuning configs are chosen at import; set them before anything imports mamba_ssm")
+    os.environ.update(FIXED_CONFIG_ENV)
 
 
 @functools.cache
