@@ -137,7 +137,8 @@ def write_results(cfg: StudyConfig, runs: Sequence[RunResult], places: JobPlaces
         comparisons[f"{first} vs {second} on {metric}"] = paired_difference(runs, first, second, metric)
     plots = list(files)
     page = folder / PAGE
-    page.write_text(results_page(cfg, runs, comparisons, [p.name for p in plots], runs_seconds, parent_run_id), encoding="utf-8")
+    page.write_text(results_page(cfg, runs, comparisons, [p.name for p in plots], runs_seconds, parent_run_id),
+                    encoding="utf-8")
     files.append(page)
     places.upload(folder)
     if cfg.results_page:
@@ -148,7 +149,8 @@ def write_results(cfg: StudyConfig, runs: Sequence[RunResult], places: JobPlaces
         for plot, name in zip(plots, names):
             shutil.copyfile(plot, target.parent / name)
         reading = kept_reading(target)
-        target.write_text(results_page(cfg, runs, comparisons, names, runs_seconds, parent_run_id) + reading, encoding="utf-8")
+        target.write_text(results_page(cfg, runs, comparisons, names, runs_seconds, parent_run_id) + reading,
+                          encoding="utf-8")
     metrics = {}
     for arm, group in by_arm(runs).items():
         for metric in (cfg.headline_metric, "val_loss", "val_plain_loss", "niah_score_mean"):

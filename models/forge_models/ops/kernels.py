@@ -20,10 +20,11 @@ KERNEL_MODULES = ("mamba_ssm.ops.triton.ssd_combined", "causal_conv1d")
 
 FIXED_CONFIG_ENV = {"MAMBA_DETERMINISTIC": "1", "TRITON_CACHE_AUTOTUNING": "0"}
 """mamba_ssm's Triton kernels with one config each instead of autotuning: its deterministic mode
-takes the cheapest config when cached autotuning is off (and makes its SSD backward reductions
-deterministic; causal_conv1d's weight and bias gradients still are not: atomic adds, measured on an H100). Autotuning took 114 s of a 6M model's first step on an H200, in every process; a
-small model is launch-bound whatever the tile sizes. mamba_ssm reads these when its modules are
-imported, so they must be set before (`use_fixed_kernel_configs`) and reach every Ray worker."""
+takes the cheapest config when cached autotuning is off, and makes its SSD backward reductions
+deterministic (causal_conv1d's weight and bias gradients still are not: atomic adds, seen on an
+H100). Autotuning took 114 s of a 6M model's first step on an H200, in every process; a small model
+is launch-bound whatever the tile sizes. mamba_ssm reads these when its modules are imported, so
+they must be set before (`use_fixed_kernel_configs`) and reach every Ray worker."""
 
 
 def use_fixed_kernel_configs() -> None:
