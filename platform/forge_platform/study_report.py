@@ -89,6 +89,11 @@ class Estimate:
         return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f}"
 
     @property
+    def drawn_width(self) -> float:
+        """The half-width a plot draws: 0 where there is no interval (one seed)."""
+        return 0.0 if math.isnan(self.half_width) else self.half_width
+
+    @property
     def excludes_zero(self) -> bool:
         return not math.isnan(self.half_width) and abs(self.mean) > self.half_width
 
@@ -213,9 +218,7 @@ def accuracy_band(points: Sequence[Estimate]) -> tuple[list[float], list[float]]
     """The low and high edges of a band of accuracies' 95% intervals, inside [0, 1]: with 3 seeds a
     t interval is 4.3 standard errors wide on each side and runs past what an accuracy can be (the
     page's table keeps the interval as computed)."""
-    widths = [0.0 if math.isnan(p.half_width) else p.half_width for p in points]
-    return ([max(0.0, p.mean - w) for p, w in zip(points, widths)],
-            [min(1.0, p.mean + w) for p, w in zip(points, widths)])
+    return [max(0.0, p.mean - p.drawn_width) for p in points], [min(1.0, p.mean + p.drawn_width) for p in points]
 
 
 def plot_resets(runs: Sequence[RunResult], trained_length: int, path: Path) -> Path:
@@ -232,7 +235,7 @@ def plot_resets(runs: Sequence[RunResult], trained_length: int, path: Path) -> P
                          for r in groups[a]]) for a in names]
     bars.bar(range(len(names)), [g.mean for g in gaps], width=0.6,
              color=["tab:blue" if groups[a][0].document_resets else "tab:orange" for a in names],
-             yerr=[0 if math.isnan(g.half_width) else g.half_width for g in gaps], capsize=3)
+             yerr=[g.drawn_width for g in gaps], capsize=3)
     bars.axhline(0, color="grey", linewidth=0.8)
     bars.set_xticks(range(len(names)))
     bars.set_xticklabels([f"{a}\ntrained with\nresets {'on' if groups[a][0].document_resets else 'off'}"
